@@ -1,0 +1,190 @@
+"""Attack base class (torchattacks style) and the guide context every ReID attack shares.
+
+The base class owns the device, the model's train/eval mode (restored afterwards), the seed, the
+threat model (epsilon, step, iterations, random start, L-inf or L2) and the projection onto the
+epsilon-ball intersected with [0, 1]. A white-box subclass supplies only `loss` (to be maximised);
+black-box, universal and transfer attacks override `perturb`. Gradients are taken with
+`torch.autograd.grad` with respect to the input only, so nothing accumulates in model parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from benchmark.enums import AttackFamily, Knowledge, Norm, Side
+from benchmark.options import build_options
+from benchmark.registry import Registry
+
+# Without a random start the self-distance loss d(f(x_hat), f(x)) has a zero gradient at x_hat = x;
+# a start this small (far below one grey level) only breaks that symmetry.
+SYMMETRY_BREAK = 1e-4
+
+
+@dataclass(frozen=True)
+class AttackOptions:
+    eps: float = 8 / 255
+    step: float = 1 / 255
+    steps: int = 16
+    random_start: bool = False
+    norm: str = Norm.LINF.value
+
+
+@dataclass
+class AttackContext:
+    """What a ReID attacker may know about the queries it perturbs.
+
+    `query_feats` are the target model's clean query embeddings (white-box attackers compute them,
+    black-box ones are given their own surrogate's); guides are derived from them.
+    """
+
+    query_pids: torch.Tensor
+    query_feats: torch.Tensor
+    seed: int = 0
+    gallery_feats: torch.Tensor | None = None
+    gallery_pids: torch.Tensor | None = None
+    #: training split (images uint8, pids) for attacks that learn on training identities only
+    train_images: torch.Tensor | None = None
+    train_pids: torch.Tensor | None = None
+    #: builds an undefended surrogate model of a given backbone (cached) for transfer attacks
+    surrogate: Callable[[str], nn.Module] | None = None
+    target_backbone: str | None = None
+    #: filled by attacks that report extra numbers (queries used, surrogate name, ...)
+    report: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: guide tensors computed once per query set (see attacks.guides)
+    cache: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+
+class Attack:
+    name: ClassVar[str] = ""
+    family: ClassVar[AttackFamily] = AttackFamily.GRADIENT
+    knowledge: ClassVar[Knowledge] = Knowledge.WHITE_BOX
+    side: ClassVar[Side] = Side.QUERY
+    Options: ClassVar[type] = AttackOptions
+    #: batch size used when the harness runs the attack over a whole query set
+    batch_size: ClassVar[int] = 128
+
+    def __init__(self, model: nn.Module, **options: Any) -> None:
+        self.model = model
+        self.options = build_options(self.Options, f"attack '{self.name}'", options)
+        if self.options.norm not in (Norm.LINF.value, Norm.L2.value):
+            raise ValueError(f"norm must be linf or l2, got {self.options.norm}")
+        self.device = next(iter(model.parameters())).device
+
+    # -- public entry point -------------------------------------------------------------------
+    def __call__(self, images: torch.Tensor, ctx: AttackContext, index: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        """Adversarial versions of `images` (float in [0, 1]); `index` locates them in the query set."""
+        if index is None:
+            index = torch.arange(len(images))
+        was_training = self.model.training
+        self.model.eval()
+        generator = torch.Generator(device="cpu").manual_seed(ctx.seed * 100_003 + int(index[0]))
+        try:
+            x = images.detach().to(self.device)
+            adv = self.perturb(x, ctx, index, generator)
+        finally:
+            self.model.train(was_training)
+        return adv.detach()
+
+    def run(self, images: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
+        """Attack a whole query set in batches; returns float images on the CPU."""
+        self.prepare(images, ctx)
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            idx = torch.arange(start, min(start + self.batch_size, len(images)))
+            batch = images[idx]
+            batch = batch.float().div(255.0) if batch.dtype == torch.uint8 else batch
+            out.append(self(batch, ctx, idx).cpu())
+        return torch.cat(out)
+
+    def prepare(self, images: torch.Tensor, ctx: AttackContext) -> None:
+        """Hook for work done once per query set (universal perturbations, surrogates)."""
+
+    # -- what subclasses override ---------------------------------------------------------------
+    def loss(self, emb: torch.Tensor, x: torch.Tensor, ctx: AttackContext, index: torch.Tensor
+             ) -> torch.Tensor:
+        """Per-sample objective to maximise, given the adversarial embeddings."""
+        raise NotImplementedError
+
+    def perturb(self, x: torch.Tensor, ctx: AttackContext, index: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:
+        """Iterative signed-gradient ascent (PGD / I-FGSM) on `loss`."""
+        o = self.options
+        x_adv = self.start(x, generator)
+        for _ in range(o.steps):
+            grad = self.gradient(x_adv, x, ctx, index)
+            x_adv = self.project(self.ascend(x_adv, grad, o.step), x)
+        return x_adv
+
+    # -- shared machinery -------------------------------------------------------------------------
+    def gradient(self, x_adv: torch.Tensor, x: torch.Tensor, ctx: AttackContext, index: torch.Tensor
+                 ) -> torch.Tensor:
+        x_adv = x_adv.detach().requires_grad_(True)
+        objective = self.loss(self.model.embed(x_adv), x, ctx, index).sum()
+        (grad,) = torch.autograd.grad(objective, x_adv)
+        return grad
+
+    def start(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        o = self.options
+        scale = o.eps if o.random_start else SYMMETRY_BREAK
+        noise = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x.device) * scale
+        if o.norm == Norm.L2.value and o.random_start:
+            noise = self._l2_clip(noise, o.eps)
+        return self.project(x + noise, x)
+
+    def ascend(self, x_adv: torch.Tensor, grad: torch.Tensor, step: float) -> torch.Tensor:
+        if self.options.norm == Norm.LINF.value:
+            return x_adv + step * grad.sign()
+        norm = grad.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
+        return x_adv + step * grad / norm
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Onto the epsilon-ball around x, intersected with [0, 1]."""
+        eps = self.options.eps
+        delta = (x_adv - x).clamp(-eps, eps) if self.options.norm == Norm.LINF.value else self._l2_clip(x_adv - x, eps)
+        return (x + delta).clamp(0.0, 1.0)
+
+    @staticmethod
+    def _l2_clip(delta: torch.Tensor, eps: float) -> torch.Tensor:
+        norm = delta.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
+        return delta * (eps / norm).clamp(max=1.0)
+
+
+def sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise squared Euclidean distance d(a, b) = ||a - b||^2."""
+    return (a - b).pow(2).sum(-1)
+
+
+ATTACKS: Registry[type[Attack]] = Registry(
+    "attack", "reid_robustness_bench.attacks",
+    builtin_modules=("attacks.fgsm", "attacks.ifgsm", "attacks.mifgsm", "attacks.sma", "attacks.fna",
+                     "attacks.odfa", "attacks.tma", "attacks.muap", "attacks.transfer", "attacks.query_bb",
+                     "attacks.art_attacks"))
+
+
+def register_attack(name: str, **meta: Any) -> Callable[[type[Attack]], type[Attack]]:
+    """Class decorator recording the threat model as registry metadata."""
+
+    def decorator(cls: type[Attack]) -> type[Attack]:
+        cls.name = name
+        defaults = cls.Options()
+        meta.setdefault("family", cls.family.value)
+        meta.setdefault("knowledge", cls.knowledge.value)
+        meta.setdefault("side", cls.side.value)
+        meta.setdefault("eps", getattr(defaults, "eps", None))
+        meta.setdefault("steps", getattr(defaults, "steps", None))
+        meta.setdefault("step", getattr(defaults, "step", None))
+        meta.setdefault("summary", (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "")
+        return ATTACKS.register(name, **meta)(cls)
+
+    return decorator
+
+
+def build_attack(name: str, model: nn.Module, **options: Any) -> Attack:
+    return ATTACKS.get(name)(model, **options)

@@ -1,0 +1,32 @@
+"""FGSM on the embedding (Goodfellow et al., ICLR 2015, adapted to metric learning).
+
+Threat model: white-box, L-inf, query side. Defaults: eps = 8/255, one step of size eps.
+Objective: maximise d(f(x_hat), f(x)); the start is x plus a symmetry-breaking perturbation far
+below one grey level, because the gradient of this objective vanishes at x_hat = x.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from attacks.base import Attack, AttackContext, AttackOptions, register_attack, sq_dist
+from benchmark.enums import AttackFamily
+
+
+@dataclass(frozen=True)
+class FGSMOptions(AttackOptions):
+    step: float = 8 / 255
+    steps: int = 1
+
+
+@register_attack("fgsm", paper="Goodfellow et al. ICLR 2015")
+class FGSM(Attack):
+    """One signed-gradient step of size eps pushing the embedding away from the clean one."""
+
+    family = AttackFamily.GRADIENT
+    Options = FGSMOptions
+
+    def loss(self, emb: torch.Tensor, x: torch.Tensor, ctx: AttackContext, index: torch.Tensor) -> torch.Tensor:
+        return sq_dist(emb, ctx.query_feats[index].to(emb.device))

@@ -1,0 +1,124 @@
+"""The one data set abstraction: items (path, pid, camid) split into train / query / gallery."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from benchmark.errors import DataError
+from benchmark.registry import Registry
+
+JUNK_PID = -1
+DISTRACTOR_PID = 0
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path
+    pid: int
+    camid: int
+
+
+@dataclass
+class ReidDataset:
+    """A ReID data set with identity-disjoint train and test (query + gallery) splits."""
+
+    name: str
+    train: list[Item]
+    query: list[Item]
+    gallery: list[Item]
+
+    def __post_init__(self) -> None:
+        for split in ("train", "query", "gallery"):
+            if not getattr(self, split):
+                raise DataError(f"data set '{self.name}' has an empty {split} split; check the data root")
+        assert_identity_disjoint(self.train_ids, self.test_ids, f"data set '{self.name}'")
+
+    @property
+    def train_ids(self) -> set[int]:
+        return {it.pid for it in self.train if it.pid > DISTRACTOR_PID}
+
+    @property
+    def test_ids(self) -> set[int]:
+        return {it.pid for it in self.query + self.gallery if it.pid > DISTRACTOR_PID}
+
+    def summary(self) -> str:
+        cams = {it.camid for it in self.train + self.query + self.gallery}
+        return (f"{self.name}: train {len(self.train)} images / {len(self.train_ids)} IDs, "
+                f"query {len(self.query)}, gallery {len(self.gallery)} / {len(self.test_ids)} test IDs, "
+                f"{len(cams)} cameras")
+
+
+def assert_identity_disjoint(train_ids: set[int], test_ids: set[int], what: str) -> None:
+    overlap = train_ids & test_ids
+    if overlap:
+        sample = sorted(overlap)[:5]
+        raise DataError(f"{what}: {len(overlap)} identities are in both train and test (e.g. {sample}); "
+                        "the protocol needs unseen test identities, fix the split")
+
+
+DatasetFactory = Callable[..., ReidDataset]
+DATASETS: Registry[DatasetFactory] = Registry(
+    "data set", builtin_modules=("benchmark.data.synthped", "benchmark.data.market", "benchmark.data.pku"))
+
+
+def build_dataset(name: str, root: str | Path | None = None, seed: int = 0) -> ReidDataset:
+    factory = DATASETS.get(name)
+    needs_root = DATASETS.meta(name).get("needs_root", True)
+    if needs_root:
+        if root is None:
+            raise DataError(f"data set '{name}' needs --data-root pointing at its folder")
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"data root '{root}' does not exist or is not a folder; pass the folder that "
+                            f"holds the '{name}' data with --data-root")
+    return factory(root=root, seed=seed)
+
+
+def load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """Read one RGB image as uint8 CHW resized to (height, width)."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot read image '{path}' ({type(exc).__name__}); the file is corrupt or not an "
+                        "image, remove or replace it") from exc
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def load_images(items: Sequence[Item], size: tuple[int, int]) -> torch.Tensor:
+    """Stack the items' images into one uint8 N x 3 x H x W tensor (kept uint8 to save memory)."""
+    out = torch.empty((len(items), 3, size[0], size[1]), dtype=torch.uint8)
+    for i, it in enumerate(items):
+        out[i] = load_image(it.path, size)
+    return out
+
+
+@dataclass
+class SplitTensors:
+    """Decoded images and labels of one split; images uint8, converted to [0, 1] floats on use."""
+
+    images: torch.Tensor
+    pids: torch.Tensor
+    camids: torch.Tensor
+
+    @classmethod
+    def from_items(cls, items: Sequence[Item], size: tuple[int, int]) -> SplitTensors:
+        return cls(load_images(items, size),
+                   torch.tensor([it.pid for it in items], dtype=torch.long),
+                   torch.tensor([it.camid for it in items], dtype=torch.long))
+
+    def __len__(self) -> int:
+        return len(self.pids)
+
+    def float_images(self, index: torch.Tensor | slice | None = None) -> torch.Tensor:
+        imgs = self.images if index is None else self.images[index]
+        return imgs.float().div_(255.0)

@@ -1,0 +1,24 @@
+"""Device choice: `auto` picks CUDA when present, the CPU otherwise."""
+
+from __future__ import annotations
+
+import torch
+
+from benchmark.errors import BenchmarkError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchmarkError("--device cuda was asked for but no CUDA device is visible; use --device cpu "
+                             "or auto")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise BenchmarkError(f"unknown device '{name}'; use auto, cpu or cuda[:N]")
+    return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels so wall-clock timings are real on CUDA."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

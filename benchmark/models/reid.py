@@ -1,0 +1,89 @@
+"""ReID model: backbone -> global average pooling -> BNNeck embedding -> ID classifier.
+
+Inputs are images in [0, 1]; ImageNet normalisation happens inside the model so attacks and
+defenses always work in pixel space.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from benchmark.models.backbones import build_backbone
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str
+    num_classes: int
+    height: int = 128
+    width: int = 64
+
+
+class ReidOutput(NamedTuple):
+    features: torch.Tensor   # pooled, before BNNeck: what the triplet loss sees
+    embedding: torch.Tensor  # after BNNeck: the test-time descriptor
+    logits: torch.Tensor
+
+
+class ReidModel(nn.Module):
+    def __init__(self, config: ModelConfig, backbone_weights: str | Path | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone, dim = build_backbone(config.backbone, backbone_weights)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.bnneck = nn.BatchNorm1d(dim)
+        self.bnneck.bias.requires_grad_(False)  # BNNeck (Luo et al. 2019): no shift before the classifier
+        self.classifier = nn.Linear(dim, config.num_classes, bias=False)
+        nn.init.normal_(self.classifier.weight, std=0.001)
+        self.embedding_dim = dim
+
+    def forward(self, x: torch.Tensor) -> ReidOutput:
+        fmap = self.backbone((x - self.mean) / self.std)
+        feats = fmap.mean(dim=(2, 3))
+        emb = self.bnneck(feats)
+        return ReidOutput(feats, emb, self.classifier(emb))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Test-time embedding of images in [0, 1]."""
+        return self.bnneck(self.backbone((x - self.mean) / self.std).mean(dim=(2, 3)))
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"))
+        (folder / "model.json").write_text(json.dumps(asdict(self.config), indent=2))
+
+    @classmethod
+    def load(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> ReidModel:
+        folder = Path(folder)
+        model = cls(ModelConfig(**json.loads((folder / "model.json").read_text())))
+        model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(map_location)))
+        return model
+
+
+@torch.no_grad()
+def extract_embeddings(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
+                       device: torch.device | str = "cpu") -> torch.Tensor:
+    """Embeddings of uint8 or float images, batched, in eval mode (mode restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].to(device)
+        if batch.dtype == torch.uint8:
+            batch = batch.float().div_(255.0)
+        out.append(model.embed(batch).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)

@@ -1,0 +1,278 @@
+"""Paper figures (PNG + PDF) from the leaderboard CSVs and the run folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from PIL import Image  # noqa: E402
+
+plt.rcParams.update({"figure.dpi": 120, "savefig.bbox": "tight", "font.size": 9, "axes.grid": True,
+                     "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False})
+
+
+def _save(fig: plt.Figure, stem: Path) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for p in paths:
+        fig.savefig(p)
+    plt.close(fig)
+    return paths
+
+
+# -- figures of one run -----------------------------------------------------------------------------
+def _to_hwc(img: Any) -> np.ndarray:
+    arr = img.numpy() if hasattr(img, "numpy") else np.asarray(img)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+    return arr.transpose(1, 2, 0) if arr.shape[0] == 3 else arr
+
+
+def save_examples_strip(clean: Any, adv: Any, path: Path) -> None:
+    """Lossless strip: row 0 clean queries, row 1 adversarial queries (re-read by `plots`)."""
+    top = np.concatenate([_to_hwc(c) for c in clean], axis=1)
+    bottom = np.concatenate([_to_hwc(a) for a in adv], axis=1)
+    Image.fromarray(np.concatenate([top, bottom], axis=0)).save(path)
+
+
+def plot_adversarial_grid(strip_path: Path, n: int, title: str, stem: Path) -> list[Path]:
+    strip = np.asarray(Image.open(strip_path)).astype(np.float32) / 255
+    h, w = strip.shape[0] // 2, strip.shape[1] // n
+    fig, axes = plt.subplots(3, n, figsize=(1.1 * n, 6.2))
+    for i in range(n):
+        clean, adv = strip[:h, i * w:(i + 1) * w], strip[h:, i * w:(i + 1) * w]
+        delta = adv - clean
+        scale = max(np.abs(delta).max(), 1e-6)
+        for row, img in enumerate((clean, adv, 0.5 + delta / (2 * scale))):
+            ax = axes[row, i] if n > 1 else axes[row]
+            ax.imshow(np.clip(img, 0, 1))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+    for row, label in enumerate(("clean", "adversarial", "perturbation\n(amplified)")):
+        (axes[row, 0] if n > 1 else axes[row]).set_ylabel(label)
+    fig.suptitle(title)
+    return _save(fig, stem)
+
+
+def plot_ranking(record: dict[str, Any], image_lookup: dict[str, np.ndarray], stem: Path) -> list[Path]:
+    """Query + top-k gallery, clean vs attacked; green frame = correct identity, red = wrong."""
+    queries = record.get("queries", [])
+    if not queries:
+        return []
+    k = len(queries[0]["clean"])
+    fig, axes = plt.subplots(2 * len(queries), k + 1, figsize=(0.9 * (k + 1), 1.9 * 2 * len(queries) / 1.6))
+    for qi, q in enumerate(queries):
+        for half, label in enumerate(("clean", "attacked")):
+            row = 2 * qi + half
+            ax = axes[row, 0]
+            ax.imshow(image_lookup.get(q["query"] if half == 0 else f"adv:{q['query']}", np.zeros((8, 4, 3))))
+            ax.set_ylabel(f"{label}\npid {q['pid']}", fontsize=7)
+            for j, hit in enumerate(q[label]):
+                axg = axes[row, j + 1]
+                axg.imshow(image_lookup.get(hit["name"], np.zeros((8, 4, 3))))
+                for spine in axg.spines.values():
+                    spine.set_visible(True)
+                    spine.set_color("tab:green" if hit["match"] else "tab:red")
+                    spine.set_linewidth(3)
+            for ax_ in axes[row]:
+                ax_.set_xticks([])
+                ax_.set_yticks([])
+                ax_.grid(False)
+    fig.suptitle(f"top-{k} retrieval, clean vs {record['attack']} @ {record['eps']}")
+    return _save(fig, stem)
+
+
+def plot_per_id(per_id_csv: Path, stem: Path, title: str) -> list[Path]:
+    table = pd.read_csv(per_id_csv)
+    cols = [c for c in table.columns if c != "pid"]
+    fig, ax = plt.subplots(figsize=(max(4, 0.55 * len(cols)), 3))
+    ax.boxplot([table[c].dropna() for c in cols], tick_labels=cols, showfliers=True)
+    ax.set_ylabel("per-identity AP (%)")
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=60)
+    return _save(fig, stem)
+
+
+def plot_run(outcome: Any, record: dict[str, Any], folder: Path) -> list[Path]:
+    """Figures of one run, drawn when the run ends (images come from memory)."""
+    out: list[Path] = []
+    title = f"{outcome.cfg.defense} / {outcome.workspace.dataset.name}"
+    out += plot_per_id(folder / "per_id_ap.csv", folder / "per_id_ap", f"per-ID AP, {title}")
+    if record:
+        idx = record["adversarial_index"]
+        strongest = next(r for r in outcome.attacks if r.attack == record["attack"])
+        save_examples_strip(outcome.workspace.query.images[idx], strongest.adversarial[idx], folder / "examples.png")
+        out += plot_adversarial_grid(folder / "examples.png", len(idx),
+                                     f"{record['attack']} @ {record['eps']} on {title}", folder / "adversarial")
+        out += plot_ranking(record, _lookup_from_run(outcome, record), folder / "ranking")
+    return out
+
+
+def _lookup_from_run(outcome: Any, record: dict[str, Any]) -> dict[str, np.ndarray]:
+    ws = outcome.workspace
+    names = {it.path.name: i for i, it in enumerate(ws.dataset.gallery)}
+    qnames = {it.path.name: i for i, it in enumerate(ws.dataset.query)}
+    strongest = next(r for r in outcome.attacks if r.attack == record["attack"])
+    lookup: dict[str, np.ndarray] = {}
+    for q in record["queries"]:
+        qi = qnames[q["query"]]
+        lookup[q["query"]] = _to_hwc(ws.query.images[qi])
+        lookup[f"adv:{q['query']}"] = _to_hwc(strongest.adversarial[qi])
+        for half in ("clean", "attacked"):
+            for hit in q[half]:
+                lookup[hit["name"]] = _to_hwc(ws.gallery.images[names[hit["name"]]])
+    return lookup
+
+
+def replot_run(folder: Path) -> list[Path]:
+    """Redraw a run's figures from its files (per_id_ap.csv, ranking.json, examples.png)."""
+    out: list[Path] = []
+    config = json.loads((folder / "config.json").read_text())
+    title = f"{config['run']['defense']} / {config['run']['dataset']}"
+    if (folder / "per_id_ap.csv").is_file():
+        out += plot_per_id(folder / "per_id_ap.csv", folder / "per_id_ap", f"per-ID AP, {title}")
+    record = json.loads((folder / "ranking.json").read_text()) if (folder / "ranking.json").is_file() else {}
+    if record and (folder / "examples.png").is_file():
+        out += plot_adversarial_grid(folder / "examples.png", len(record["adversarial_index"]),
+                                     f"{record['attack']} @ {record['eps']} on {title}", folder / "adversarial")
+    return out
+
+
+# -- figures from the leaderboards ------------------------------------------------------------------
+def plot_eps_curves(board: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
+    attacked = board[board["seen"] != "clean"]
+    if attacked["eps"].nunique() < 2:
+        return []
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for defense, grp in attacked.groupby("defense"):
+        curve = grp.groupby("eps_value")["mAP"].mean().sort_index()
+        clean = board[(board["defense"] == defense) & (board["seen"] == "clean")]["mAP"]
+        xs = [0.0] + list(curve.index * 255)
+        ys = [float(clean.mean()) if len(clean) else np.nan] + list(curve.values)
+        ax.plot(xs, ys, marker="o", label=defense)
+    ax.set_xlabel("epsilon (x/255)")
+    ax.set_ylabel("mAP (%), mean over attacks")
+    ax.set_title(f"robustness vs epsilon, {dataset}")
+    ax.legend(fontsize=7)
+    return _save(fig, out / f"{dataset}-eps-curves")
+
+
+def plot_attack_bars(board: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
+    scope = board[(board["eps"] == "8/255") | (board["seen"] == "clean")]
+    table = scope.pivot_table(index="defense", columns="attack", values="mAP", aggfunc="mean")
+    if table.empty:
+        return []
+    cols = ["clean"] + sorted(c for c in table.columns if c != "clean")
+    table = table.reindex(columns=[c for c in cols if c in table.columns])
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(table) * len(table.columns) / 4), 3.4))
+    width = 0.8 / len(table.columns)
+    xs = np.arange(len(table))
+    cmap = plt.get_cmap("tab20")
+    for i, col in enumerate(table.columns):
+        ax.bar(xs + i * width, table[col].values, width, label=col, color="black" if col == "clean" else cmap(i))
+    ax.set_xticks(xs + 0.4 - width / 2, table.index, rotation=20)
+    ax.set_ylabel("mAP (%)")
+    ax.set_title(f"clean and attacked mAP at 8/255, {dataset}")
+    ax.legend(fontsize=6, ncols=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+    return _save(fig, out / f"{dataset}-attack-bars")
+
+
+def plot_seen_unseen(summary: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
+    if summary.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    xs = np.arange(len(summary))
+    cross = summary["train_dataset"] != dataset
+    labels = summary["defense"] + np.where(cross, "\n(train " + summary["train_dataset"] + ")", "")
+    ax.bar(xs - 0.3, summary["clean_mAP"], 0.2, label="clean", color="black")
+    ax.bar(xs - 0.1, summary["seen_mAP_mean"].fillna(0), 0.2, label="seen attacks (mean)", color="tab:blue")
+    ax.bar(xs + 0.1, summary["unseen_mAP_mean"], 0.2, label="unseen attacks (mean)", color="tab:orange")
+    ax.bar(xs + 0.3, summary["unseen_mAP_worst"], 0.2, label="unseen attacks (worst)", color="tab:red")
+    ax.set_xticks(xs, labels, rotation=20)
+    ax.set_ylabel("mAP (%)")
+    ax.set_title(f"seen vs unseen attacks, {dataset}")
+    ax.legend(fontsize=7)
+    return _save(fig, out / f"{dataset}-seen-unseen")
+
+
+def plot_clean_vs_robust(summary: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
+    if summary.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(4, 3.4))
+    ax.scatter(summary["clean_mAP"], summary["robust_mAP_worst"], label="worst attack", marker="v")
+    ax.scatter(summary["clean_mAP"], summary["robust_mAP_mean"], label="mean over attacks", marker="o")
+    for _, r in summary.iterrows():
+        ax.annotate(r["defense"], (r["clean_mAP"], r["robust_mAP_mean"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xlabel("clean mAP (%)")
+    ax.set_ylabel("robust mAP (%)")
+    ax.set_title(f"clean vs robust, {dataset}")
+    ax.legend(fontsize=7)
+    return _save(fig, out / f"{dataset}-clean-vs-robust")
+
+
+def plot_per_id_boards(summary: pd.DataFrame, results_dir: Path, dataset: str, out: Path) -> list[Path]:
+    data, labels = [], []
+    for _, r in summary.iterrows():
+        csv = results_dir / str(r["run_id"]) / "per_id_ap.csv"
+        if not csv.is_file():
+            continue
+        table = pd.read_csv(csv)
+        attacked = [c for c in table.columns if c not in ("pid", "clean") and c.endswith("@8/255")]
+        data.append(table["clean"].dropna())
+        labels.append(f"{r['defense']}\nclean")
+        if attacked:
+            data.append(table[attacked].mean(axis=1).dropna())
+            labels.append(f"{r['defense']}\nattacked")
+    if not data:
+        return []
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(data)), 3.2))
+    ax.boxplot(data, tick_labels=labels)
+    ax.set_ylabel("per-identity AP (%)")
+    ax.set_title(f"per-identity AP before and after attack, {dataset}")
+    ax.tick_params(axis="x", labelsize=6)
+    return _save(fig, out / f"{dataset}-per-id-ap")
+
+
+def plot_throughput(csv: Path, out: Path) -> list[Path]:
+    table = pd.read_csv(csv)
+    if table.empty:
+        return []
+    table = table.sort_values("images_per_second")
+    fig, ax = plt.subplots(figsize=(5, 0.22 * len(table) + 1))
+    ax.barh(table["kind"] + ": " + table["name"], table["images_per_second"])
+    ax.set_xlabel("images / s")
+    ax.set_xscale("log")
+    ax.set_title(csv.stem)
+    return _save(fig, out / csv.stem)
+
+
+def plot_all(leaderboard_dir: str | Path, results_dir: str | Path, out: str | Path) -> list[Path]:
+    leaderboard_dir, results_dir, out = Path(leaderboard_dir), Path(results_dir), Path(out)
+    paths: list[Path] = []
+    for board_path in sorted(leaderboard_dir.glob("*.csv")):
+        name = board_path.stem
+        if name.startswith("throughput-"):
+            paths += plot_throughput(board_path, out)
+            continue
+        if name.startswith("summary-"):
+            continue
+        board = pd.read_csv(board_path)
+        summary_path = leaderboard_dir / f"summary-{name}.csv"
+        summary = pd.read_csv(summary_path) if summary_path.is_file() else pd.DataFrame()
+        paths += plot_eps_curves(board, name, out)
+        paths += plot_attack_bars(board, name, out)
+        paths += plot_seen_unseen(summary, name, out)
+        paths += plot_clean_vs_robust(summary, name, out)
+        paths += plot_per_id_boards(summary, results_dir, name, out)
+    for folder in sorted(p for p in results_dir.glob("*") if (p / "config.json").is_file()):
+        paths += replot_run(folder)
+    return paths

@@ -1,0 +1,114 @@
+"""Name -> object registries with decorator registration, wildcard listing and plugin discovery.
+
+One `Registry` instance exists per kind (data sets, backbones, attacks, defenses). Third-party
+packages add entries through an `importlib.metadata` entry-point group; loading the entry point
+imports the module, whose decorators register the entries.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib.metadata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """Raised for a name that is not registered; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    name: str
+    obj: T
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str, entry_point_group: str | None = None,
+                 builtin_modules: Iterable[str] = ()) -> None:
+        self.kind = kind
+        self.entry_point_group = entry_point_group
+        self._builtin_modules = tuple(builtin_modules)
+        self._entries: dict[str, Entry[T]] = {}
+        self._loaded = False
+        self.plugin_errors: dict[str, str] = {}
+
+    def register(self, name: str, **meta: Any) -> Callable[[T], T]:
+        """Decorator: `@REGISTRY.register("fna", family=...)`."""
+
+        def decorator(obj: T) -> T:
+            if name in self._entries and self._entries[name].obj is not obj:
+                raise ValueError(f"{self.kind} '{name}' is already registered "
+                                 f"by {self._entries[name].obj!r}")
+            self._entries[name] = Entry(name, obj, dict(meta))
+            return obj
+
+        return decorator
+
+    def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        for module in self._builtin_modules:
+            importlib.import_module(module)
+        if self.entry_point_group is None:
+            return
+        for ep in importlib.metadata.entry_points(group=self.entry_point_group):
+            try:
+                ep.load()
+            except Exception as exc:  # a broken plugin must not take the benchmark down
+                self.plugin_errors[ep.name] = f"{type(exc).__name__}: {exc}"
+
+    def names(self, pattern: str = "*") -> list[str]:
+        self._ensure_loaded()
+        return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
+
+    def entry(self, name: str) -> Entry[T]:
+        self._ensure_loaded()
+        if name not in self._entries:
+            raise UnknownNameError(self._unknown_message(name))
+        return self._entries[name]
+
+    def get(self, name: str) -> T:
+        return self.entry(name).obj
+
+    def meta(self, name: str) -> dict[str, Any]:
+        return self.entry(name).meta
+
+    def __contains__(self, name: str) -> bool:
+        self._ensure_loaded()
+        return name in self._entries
+
+    def resolve(self, spec: str, exclude: Iterable[str] = ()) -> list[str]:
+        """Turn 'all', 'a,b' or wildcards like 'art-*' into a list of registered names."""
+        self._ensure_loaded()
+        excluded = set(exclude)
+        out: list[str] = []
+        for part in (p.strip() for p in spec.split(",")):
+            if not part:
+                continue
+            if part == "all":
+                matched = [n for n in self.names() if n not in excluded]
+            elif any(ch in part for ch in "*?["):
+                matched = self.names(part)
+                if not matched:
+                    raise UnknownNameError(self._unknown_message(part))
+            else:
+                self.entry(part)
+                matched = [part]
+            out.extend(m for m in matched if m not in out)
+        return out
+
+    def _unknown_message(self, name: str) -> str:
+        valid = self.names()
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        return f"unknown {self.kind} '{name}'.{hint} Valid {self.kind}s: {', '.join(valid)}"

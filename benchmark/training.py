@@ -1,0 +1,154 @@
+"""The training loop every defense shares: PK batches, augmentation, tqdm, checkpoint cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from benchmark.data import SplitTensors
+from benchmark.losses import batch_hard_triplet
+from benchmark.models import ReidModel
+from benchmark.paths import cache_dir
+from benchmark.sampling import augment, pk_batches
+
+CODE_VERSION = 1  # bump when training semantics change so cached checkpoints are not reused
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    p: int = 16
+    k: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 2
+    label_smoothing: float = 0.1
+    margin: float = 0.3
+    seed: int = 0
+
+
+@dataclass
+class TrainContext:
+    """What a training step may use besides the batch."""
+
+    optimizer: torch.optim.Optimizer
+    num_classes: int
+    device: torch.device
+    generator: torch.Generator
+    cfg: TrainConfig
+    epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def id_loss_and_triplet(model: ReidModel, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+    """ID cross-entropy with label smoothing + batch-hard triplet: the standard ReID objective."""
+    out = model(x)
+    ce = torch.nn.functional.cross_entropy(out.logits, y, label_smoothing=ctx.cfg.label_smoothing)
+    return ce + batch_hard_triplet(out.features, y, ctx.cfg.margin)
+
+
+StepFn = Callable[[ReidModel, torch.Tensor, torch.Tensor, TrainContext], dict[str, float]]
+
+
+def relabel(pids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Map arbitrary pids to 0..C-1 class labels."""
+    uniq, labels = torch.unique(pids, return_inverse=True)
+    return labels, len(uniq)
+
+
+def _lr_factor(epoch: float, cfg: TrainConfig) -> float:
+    if epoch < cfg.warmup_epochs:
+        return 0.1 + 0.9 * epoch / max(cfg.warmup_epochs, 1e-9)
+    progress = (epoch - cfg.warmup_epochs) / max(cfg.epochs - cfg.warmup_epochs, 1)
+    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def train_model(model: ReidModel, train: SplitTensors, cfg: TrainConfig, step: StepFn,
+                device: torch.device, desc: str = "train", extra_params: list[torch.nn.Parameter] | None = None,
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train in place; returns a history with per-epoch mean losses and seconds per epoch."""
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    labels, num_classes = relabel(train.pids)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params or [])
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ctx = TrainContext(optimizer, num_classes, device, generator, cfg, extra=dict(extra or {}))
+    history: dict[str, Any] = {"epochs": [], "seconds_per_epoch": []}
+    for epoch in range(cfg.epochs):
+        ctx.epoch = epoch
+        start = time.perf_counter()
+        sums: dict[str, float] = {}
+        batches = list(pk_batches(labels, cfg.p, cfg.k, generator))
+        bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
+                   disable=None)
+        for i, idx in enumerate(bar):
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * _lr_factor(epoch + i / len(batches), cfg)
+            x = augment(train.float_images(idx).to(device), generator)
+            logs = step(model, x, labels[idx].to(device), ctx)
+            for key, val in logs.items():
+                sums[key] = sums.get(key, 0.0) + val
+            bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()}, refresh=False)
+        history["epochs"].append({k: v / len(batches) for k, v in sums.items()})
+        history["seconds_per_epoch"].append(time.perf_counter() - start)
+    model.eval()
+    return history
+
+
+def standard_step(model: ReidModel, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> dict[str, float]:
+    loss = id_loss_and_triplet(model, x, y, ctx)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    ctx.optimizer.step()
+    return {"loss": loss.item()}
+
+
+def fingerprint(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def split_fingerprint(train: SplitTensors) -> str:
+    """Content hash of a training split, so a checkpoint is reused only on the same data."""
+    h = hashlib.sha256()
+    h.update(train.pids.numpy().tobytes())
+    h.update(train.camids.numpy().tobytes())
+    h.update(train.images[:: max(1, len(train) // 64)].numpy().tobytes())
+    h.update(str(tuple(train.images.shape)).encode())
+    return h.hexdigest()[:16]
+
+
+def cached_checkpoint(key_payload: dict[str, Any], train_fn: Callable[[], tuple[ReidModel, dict[str, Any]]],
+                      retrain: bool = False) -> tuple[ReidModel, dict[str, Any], Path]:
+    """Load the checkpoint for this key, or train, save atomically and return it."""
+    key = fingerprint({"code": CODE_VERSION, **key_payload})
+    folder = cache_dir() / "checkpoints" / key
+    if (folder / "train.json").is_file() and not retrain:
+        info = json.loads((folder / "train.json").read_text())
+        info["cached"] = True
+        return ReidModel.load(folder), info, folder
+    model, info = train_fn()
+    tmp = folder.with_name(f".tmp-{os.getpid()}-{key}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(tmp)
+    (tmp / "train.json").write_text(json.dumps({"key": key_payload, **info}, indent=2, default=str))
+    if folder.exists():
+        shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    info["cached"] = False
+    return model, info, folder
+
+
+def asdict_config(cfg: TrainConfig) -> dict[str, Any]:
+    return asdict(cfg)

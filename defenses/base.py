@@ -1,0 +1,107 @@
+"""Defense interface and registry.
+
+A defense trains a ReID model (`fit`) and may add a test-time input transform (`transform`). It
+declares the attacks it trains with (`trains_with`, registry names) so the harness can tag every
+result as seen or unseen. Third-party defenses register through the entry-point group
+`reid_robustness_bench.defenses`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from benchmark.data import SplitTensors
+from benchmark.models import ReidModel
+from benchmark.options import build_options
+from benchmark.registry import Registry
+from benchmark.training import TrainConfig, TrainContext, standard_step, train_model
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    pass
+
+
+class Defense:
+    """Base class: the undefended training recipe (ID CE with label smoothing + batch-hard triplet)."""
+
+    name: ClassVar[str] = ""
+    trains_with: ClassVar[tuple[str, ...]] = ()
+    Options: ClassVar[type] = NoOptions
+    #: True when the defense changes inputs at test time and must be attacked through BPDA/EOT.
+    has_input_transform: ClassVar[bool] = False
+    #: how attacks reach the model: "direct", or "bpda" through a non-differentiable transform
+    attacked_with: ClassVar[str] = "direct"
+    #: reuse the checkpoint of another defense whose training is identical (e.g. "none")
+    trains_like: ClassVar[str | None] = None
+    #: default training epochs (the CLI's --epochs overrides)
+    default_epochs: ClassVar[int] = 30
+    #: start from the trained checkpoint of this defense (adversarial fine-tuning), or from scratch
+    warm_start: ClassVar[str | None] = None
+
+    def __init__(self, **options: Any) -> None:
+        self.options = build_options(self.Options, f"defense '{self.name}'", options)
+
+    def config(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.options)
+
+    def seen_attacks(self) -> tuple[str, ...]:
+        return self.trains_with
+
+    def train_step(self, model: ReidModel, x: torch.Tensor, y: torch.Tensor,
+                   ctx: TrainContext) -> dict[str, float]:
+        return standard_step(model, x, y, ctx)
+
+    def fit(self, model: ReidModel, train: SplitTensors, cfg: TrainConfig,
+            device: torch.device) -> dict[str, Any]:
+        """Train `model` in place on the training split; return a JSON-able history."""
+        return train_model(model, train, cfg, self.train_step, device, desc=self.name)
+
+    def transform(self) -> nn.Module | None:
+        """Test-time input transform (images in [0, 1] -> images in [0, 1]), or None."""
+        return None
+
+
+class DefendedModel(nn.Module):
+    """What attacks and the evaluator see: optional input transform, then the ReID model."""
+
+    def __init__(self, model: ReidModel, transform: nn.Module | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.transform = transform
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.transform is not None:
+            x = self.transform(x)
+        return self.model.embed(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x)
+
+
+DEFENSES: Registry[type[Defense]] = Registry(
+    "defense", "reid_robustness_bench.defenses",
+    builtin_modules=("defenses.none", "defenses.adv_train", "defenses.metric_at", "defenses.goat",
+                     "defenses.transforms", "defenses.ddid"))
+
+
+def register_defense(name: str, **meta: Any) -> Callable[[type[Defense]], type[Defense]]:
+    """Class decorator: `@register_defense("my-defense", paper="...")`."""
+
+    def decorator(cls: type[Defense]) -> type[Defense]:
+        cls.name = name
+        meta.setdefault("trains_with", cls.trains_with)
+        meta.setdefault("summary", (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "")
+        return DEFENSES.register(name, **meta)(cls)
+
+    return decorator
+
+
+def build_defense(name: str, **options: Any) -> Defense:
+    return DEFENSES.get(name)(**options)

@@ -1,0 +1,292 @@
+"""DDID phase 1: balance the training data with an identity- and camera-conditioned diffusion model.
+
+- Inter-ID imbalance: an identity with n_i < delta1 images gets delta1 - n_i generated images.
+- Intra-ID diversity: when one camera holds more than a delta2 fraction of an identity's images,
+  one image of that identity is generated for every other camera.
+
+The generator is a diffusers `UNet2DModel` trained with EDM preconditioning (Karras et al. 2022,
+`EDMEulerScheduler`, Karras sigmas). Conditioning is the sum of a learned identity embedding and a
+learned camera embedding fed through `class_embed_type="identity"`, so (identity, camera) pairs
+never seen together can still be generated. The model runs at a reduced resolution (CPU budget)
+and samples are upsampled to the ReID input size. Generated images are cached on disk with a
+manifest keyed by a hash of the data and the configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from benchmark.data import SplitTensors
+from benchmark.errors import BenchmarkError
+from benchmark.paths import cache_dir
+from benchmark.training import split_fingerprint
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    height: int = 32
+    width: int = 16
+    channels: tuple[int, ...] = (32, 64, 64)
+    train_steps: int = 600
+    batch_size: int = 32
+    lr: float = 1e-3
+    sample_steps: int = 24
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    sigma_data: float = 0.5
+    delta1: int = 0          # 0 = median images per identity (our default; the paper leaves it open)
+    delta2: float = 0.7
+    version: int = 1
+
+
+def balance_plan(pids: torch.Tensor, camids: torch.Tensor, delta1: int, delta2: float
+                 ) -> list[tuple[int, int, str]]:
+    """(pid, camid, reason) for every image to generate, by the delta1 / delta2 rules."""
+    cams = sorted(set(camids.tolist()))
+    plan: list[tuple[int, int, str]] = []
+    for pid in sorted(set(pids.tolist())):
+        own = camids[pids == pid].tolist()
+        counts = {c: own.count(c) for c in cams}
+        n = len(own)
+        # inter-ID: top up to delta1, each new image in the camera this ID has least of
+        for _ in range(max(0, delta1 - n)):
+            cam = min(cams, key=lambda c: (counts[c], c))
+            counts[cam] += 1
+            plan.append((pid, cam, "inter-id"))
+        dominant = max(cams, key=lambda c: own.count(c))
+        if own.count(dominant) > delta2 * n:
+            plan.extend((pid, c, "intra-id") for c in cams if c != dominant)
+    return plan
+
+
+def median_images_per_id(pids: torch.Tensor) -> int:
+    _, counts = torch.unique(pids, return_counts=True)
+    return int(counts.float().median().ceil())
+
+
+class Conditioner(nn.Module):
+    """Identity embedding + camera embedding, in the UNet's time-embedding space."""
+
+    def __init__(self, num_ids: int, num_cams: int, dim: int) -> None:
+        super().__init__()
+        self.ids = nn.Embedding(num_ids, dim)
+        self.cams = nn.Embedding(num_cams, dim)
+
+    def forward(self, id_index: torch.Tensor, cam_index: torch.Tensor) -> torch.Tensor:
+        return self.ids(id_index) + self.cams(cam_index)
+
+
+def build_unet(cfg: DiffusionConfig) -> nn.Module:
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=(cfg.height, cfg.width), in_channels=3, out_channels=3, layers_per_block=1,
+        block_out_channels=cfg.channels, down_block_types=("DownBlock2D",) * len(cfg.channels),
+        up_block_types=("UpBlock2D",) * len(cfg.channels), time_embedding_type="fourier",
+        class_embed_type="identity", norm_num_groups=16)
+
+
+def make_scheduler(cfg: DiffusionConfig):
+    from diffusers import EDMEulerScheduler
+
+    return EDMEulerScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=cfg.sigma_data, sigma_schedule="karras",
+                             prediction_type="epsilon")
+
+
+class ConditionalEDM:
+    """UNet + conditioner + EDM scheduler: training, sampling, save/load as a diffusers folder."""
+
+    def __init__(self, cfg: DiffusionConfig, id_values: list[int], cam_values: list[int],
+                 device: torch.device) -> None:
+        self.cfg = cfg
+        self.id_values, self.cam_values = id_values, cam_values
+        self.unet = build_unet(cfg).to(device)
+        dim = self.unet.config.block_out_channels[0] * 4
+        self.conditioner = Conditioner(len(id_values), len(cam_values), dim).to(device)
+        self.scheduler = make_scheduler(cfg)
+        self.device = device
+
+    def _indices(self, pids: torch.Tensor, cams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.tensor([self.id_values.index(int(p)) for p in pids], device=self.device)
+        cs = torch.tensor([self.cam_values.index(int(c)) for c in cams], device=self.device)
+        return ids, cs
+
+    def denoise(self, noisy: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        s = sigma.view(-1, 1, 1, 1)
+        model_in = self.scheduler.precondition_inputs(noisy, s)
+        # The Fourier time embedding takes log(sigma) itself: EDM's c_noise up to a constant.
+        out = self.unet(model_in, sigma.flatten(), class_labels=cond).sample
+        return self.scheduler.precondition_outputs(noisy, out, s)
+
+    def fit(self, images: torch.Tensor, pids: torch.Tensor, cams: torch.Tensor, seed: int) -> list[float]:
+        cfg = self.cfg
+        g = torch.Generator().manual_seed(seed)
+        x_all = F.interpolate(images.float().div(255.0), size=(cfg.height, cfg.width), mode="area") * 2 - 1
+        ids, cs = self._indices(pids, cams)
+        params = list(self.unet.parameters()) + list(self.conditioner.parameters())
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        losses = []
+        self.unet.train()
+        bar = tqdm(range(cfg.train_steps), desc="DDID phase 1: diffusion training", leave=False, disable=None)
+        for _ in bar:
+            idx = torch.randint(len(x_all), (cfg.batch_size,), generator=g)
+            x = x_all[idx].to(self.device)
+            sigma = torch.exp(torch.randn(len(idx), generator=g) * cfg.p_std + cfg.p_mean).to(self.device)
+            noise = torch.randn(x.shape, generator=g).to(self.device)
+            cond = self.conditioner(ids[idx], cs[idx])
+            denoised = self.denoise(x + sigma.view(-1, 1, 1, 1) * noise, sigma, cond)
+            weight = (sigma ** 2 + cfg.sigma_data ** 2) / (sigma * cfg.sigma_data) ** 2
+            loss = (weight.view(-1, 1, 1, 1) * (denoised - x) ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", refresh=False)
+        self.unet.eval()
+        return losses
+
+    @torch.no_grad()
+    def sample(self, pids: list[int], cams: list[int], out_size: tuple[int, int], seed: int,
+               batch: int = 128) -> torch.Tensor:
+        """uint8 images (N, 3, H, W) for the requested (pid, camera) pairs."""
+        cfg = self.cfg
+        g = torch.Generator().manual_seed(seed)
+        out = []
+        self.unet.eval()
+        for start in tqdm(range(0, len(pids), batch), desc="DDID phase 1: generation", leave=False, disable=None):
+            p = torch.tensor(pids[start:start + batch])
+            c = torch.tensor(cams[start:start + batch])
+            cond = self.conditioner(*self._indices(p, c))
+            self.scheduler.set_timesteps(cfg.sample_steps)
+            x = torch.randn((len(p), 3, cfg.height, cfg.width), generator=g).to(self.device)
+            x = x * self.scheduler.init_noise_sigma
+            for i, t in enumerate(self.scheduler.timesteps):
+                sigma = self.scheduler.sigmas[i].to(self.device, torch.float32).expand(len(p))
+                model_in = self.scheduler.scale_model_input(x, t)
+                eps = self.unet(model_in, sigma, class_labels=cond).sample
+                x = self.scheduler.step(eps, t, x).prev_sample
+            x = ((x.clamp(-1, 1) + 1) / 2)
+            x = F.interpolate(x, size=out_size, mode="bilinear", align_corners=False)
+            out.append((x * 255).round().clamp(0, 255).to(torch.uint8).cpu())
+        return torch.cat(out) if out else torch.empty((0, 3, *out_size), dtype=torch.uint8)
+
+    def save(self, folder: Path) -> None:
+        self.unet.save_pretrained(folder / "unet")
+        self.scheduler.save_pretrained(folder / "scheduler")
+        state = {k: v.cpu() for k, v in self.conditioner.state_dict().items()}
+        save_file(state, str(folder / "conditioning.safetensors"))
+        (folder / "conditioning.json").write_text(json.dumps(
+            {"id_values": self.id_values, "cam_values": self.cam_values, "config": asdict(self.cfg)}, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path, device: torch.device) -> ConditionalEDM:
+        from diffusers import EDMEulerScheduler, UNet2DModel
+
+        meta_path = folder / "conditioning.json"
+        if not (folder / "unet").is_dir() or not meta_path.is_file():
+            raise BenchmarkError(f"'{folder}' is not a DDID generator folder: expected unet/ (diffusers "
+                                 "UNet2DModel), scheduler/ and conditioning.json + conditioning.safetensors, "
+                                 "as written by a previous DDID run (see its run folder)")
+        meta = json.loads(meta_path.read_text())
+        cfg_dict = meta["config"]
+        cfg_dict["channels"] = tuple(cfg_dict["channels"])
+        obj = cls.__new__(cls)
+        obj.cfg = DiffusionConfig(**cfg_dict)
+        obj.id_values, obj.cam_values = meta["id_values"], meta["cam_values"]
+        obj.unet = UNet2DModel.from_pretrained(folder / "unet").to(device).eval()
+        dim = obj.unet.config.block_out_channels[0] * 4
+        obj.conditioner = Conditioner(len(obj.id_values), len(obj.cam_values), dim).to(device)
+        obj.conditioner.load_state_dict(load_file(str(folder / "conditioning.safetensors")))
+        obj.scheduler = EDMEulerScheduler.from_pretrained(folder / "scheduler")
+        obj.device = device
+        return obj
+
+
+@dataclass
+class BalancedData:
+    train: SplitTensors
+    generated: SplitTensors
+    plan: list[tuple[int, int, str]]
+    info: dict[str, Any]
+    folder: Path
+
+
+def _save_grid(images: torch.Tensor, path: Path, cols: int = 16) -> None:
+    n = min(len(images), cols * 4)
+    if n == 0:
+        return
+    h, w = images.shape[2:]
+    rows = (n + cols - 1) // cols
+    grid = np.zeros((rows * h, cols * w, 3), dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = images[i].permute(1, 2, 0).numpy()
+    Image.fromarray(grid).save(path)
+
+
+def balance(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torch.device,
+            generator_path: str | None = None) -> BalancedData:
+    """Phase 1: plan, train (or load) the generator, generate, cache; returns train + generated."""
+    delta1 = cfg.delta1 or median_images_per_id(train.pids)
+    plan = balance_plan(train.pids, train.camids, delta1, cfg.delta2)
+    key_src = {"data": split_fingerprint(train), "cfg": asdict(cfg), "seed": seed, "generator": generator_path}
+    key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    folder = cache_dir() / "ddid" / key
+    manifest_path = folder / "manifest.json"
+    out_size = tuple(train.images.shape[2:])
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        tensors = load_file(str(folder / "generated.safetensors"))
+        generated = SplitTensors(tensors["images"], tensors["pids"], tensors["camids"])
+        manifest["cached"] = True
+    else:
+        start = time.perf_counter()
+        ids = sorted(set(train.pids.tolist()))
+        cams = sorted(set(train.camids.tolist()))
+        tmp = folder.with_name(f".tmp-{os.getpid()}-{key}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        if generator_path:
+            edm = ConditionalEDM.load(Path(generator_path), device)
+            losses: list[float] = []
+        else:
+            edm = ConditionalEDM(cfg, ids, cams, device)
+            losses = edm.fit(train.images, train.pids, train.camids, seed)
+            edm.save(tmp / "generator")
+        fit_seconds = time.perf_counter() - start
+        images = edm.sample([p for p, _, _ in plan], [c for _, c, _ in plan], out_size, seed + 1)
+        generated = SplitTensors(images, torch.tensor([p for p, _, _ in plan], dtype=torch.long),
+                                 torch.tensor([c for _, c, _ in plan], dtype=torch.long))
+        save_file({"images": generated.images.contiguous(), "pids": generated.pids, "camids": generated.camids},
+                  str(tmp / "generated.safetensors"))
+        _save_grid(generated.images, tmp / "samples.png")
+        manifest = {
+            "key": key_src, "delta1": delta1, "delta2": cfg.delta2, "generated": len(plan),
+            "inter_id": sum(r == "inter-id" for *_, r in plan), "intra_id": sum(r == "intra-id" for *_, r in plan),
+            "train_images": len(train), "fit_seconds": fit_seconds,
+            "generate_seconds": time.perf_counter() - start - fit_seconds,
+            "final_loss": float(np.mean(losses[-50:])) if losses else None,
+            "generator": generator_path or str(folder / "generator"),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        manifest["cached"] = False
+    merged = SplitTensors(torch.cat([train.images, generated.images]), torch.cat([train.pids, generated.pids]),
+                          torch.cat([train.camids, generated.camids]))
+    return BalancedData(merged, generated, plan, manifest, folder)

@@ -1,0 +1,158 @@
+"""DDID: Debiased Dual-Invariant Defense (arXiv 2511.09933), the reference defense.
+
+Phase 1 balances the training data with a conditional diffusion model (`balancing`). Phase 2 is
+bi-adversarial self-meta training: metric PGD towards the farthest negative, softened by FNES
+(`fnes`); a feature discriminator played against the encoder (`adversarial_learning`); and a
+self-meta step over identity-disjoint meta-train / meta-test halves whose adversarial examples
+come from different attacks (`self_meta`). Each part can be ablated (paper Table 3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from benchmark.data import SplitTensors
+from benchmark.errors import BenchmarkError
+from benchmark.losses import batch_hard_triplet, soft_cross_entropy
+from benchmark.models import ReidModel
+from benchmark.training import TrainConfig, TrainContext, train_model
+from defenses.adversarial import eval_mode, farthest_negative_centroids, metric_pgd, self_metric_pgd
+from defenses.base import Defense, register_defense
+from defenses.ddid.adversarial_learning import FeatureDiscriminator, discriminator_loss, encoder_loss
+from defenses.ddid.balancing import DiffusionConfig, balance
+from defenses.ddid.fnes import FNESConfig, extend_and_mix, soft_targets
+from defenses.ddid.self_meta import identity_split, meta_update
+
+PARTS = ("diffusion", "adv-learning", "self-meta", "fnes")
+
+
+@dataclass(frozen=True)
+class DDIDOptions:
+    eps: float = 8 / 255
+    step: float = 2 / 255
+    steps: int = 5
+    gamma: float = 2.0
+    a: float = 0.0
+    b: float = 1.0
+    lambda1: float = 1.0
+    lambda2: float = 0.5
+    upsilon: float = 0.2
+    lambda_e: float = 0.1
+    second_order: bool = False
+    delta1: int = 0          # 0 = median images per identity
+    delta2: float = 0.7
+    diffusion_steps: int = 600
+    generator: str = ""      # a DDID generator folder to use instead of training one
+    ablate: tuple = ()       # parts switched off: diffusion, adv-learning, self-meta, fnes
+
+
+@register_defense("ddid", kind="reference", paper="DDID, arXiv 2511.09933")
+class DDID(Defense):
+    """Diffusion balancing + bi-adversarial self-meta training (metric PGD/FNES, discriminator, meta split)."""
+
+    trains_with = ("fna", "sma")
+    Options = DDIDOptions
+    default_epochs = 10
+    warm_start = "none"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        unknown = set(self.options.ablate) - set(PARTS)
+        if unknown:
+            raise BenchmarkError(f"unknown DDID part(s) {', '.join(sorted(unknown))} in --ablate; "
+                                 f"valid parts: {', '.join(PARTS)}")
+        self.fnes_cfg = FNESConfig(self.options.gamma, self.options.a, self.options.b, self.options.lambda1,
+                                   self.options.lambda2, self.options.upsilon)
+
+    def uses(self, part: str) -> bool:
+        return part not in self.options.ablate
+
+    def seen_attacks(self) -> tuple[str, ...]:
+        # meta-train: metric PGD towards the farthest negative (fna); meta-test: self-metric (sma)
+        return ("fna", "sma") if self.uses("self-meta") else ("fna",)
+
+    def config(self) -> dict[str, Any]:
+        cfg = dataclasses.asdict(self.options)
+        cfg["ablate"] = sorted(self.options.ablate)
+        return cfg
+
+    # -- phase 1 + 2 ----------------------------------------------------------------------------
+    def fit(self, model: ReidModel, train: SplitTensors, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+        history: dict[str, Any] = {}
+        if self.uses("diffusion"):
+            o = self.options
+            dcfg = DiffusionConfig(delta1=o.delta1, delta2=o.delta2, train_steps=o.diffusion_steps)
+            balanced = balance(train, dcfg, cfg.seed, device, o.generator or None)
+            train = balanced.train
+            history["phase1"] = {**balanced.info, "folder": str(balanced.folder)}
+        disc = FeatureDiscriminator(model.embedding_dim).to(device)
+        disc_opt = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+        history["phase2"] = train_model(model, train, cfg, self.train_step, device, desc="ddid",
+                                        extra={"disc": disc, "disc_opt": disc_opt})
+        return history
+
+    # -- one training step ------------------------------------------------------------------------
+    def adversarial(self, model: ReidModel, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext, kind: str
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adversarial images and their (soft) targets for one half of the batch."""
+        o = self.options
+        if kind == "metric":
+            x_hat, far = metric_pgd(model, x, y, o.eps, o.step, o.steps, ctx.generator)
+        else:
+            x_hat = self_metric_pgd(model, x, o.eps, o.step, o.steps, ctx.generator)
+            with eval_mode(model), torch.no_grad():
+                _, far = farthest_negative_centroids(model.embed(x), y)
+        if not self.uses("fnes"):
+            return x_hat, F.one_hot(y, ctx.num_classes).float()
+        x_adv, omega = extend_and_mix(x, x_hat, self.fnes_cfg, ctx.generator)
+        return x_adv, soft_targets(y, far, omega, ctx.num_classes, self.fnes_cfg)
+
+    def objective(self, call: Any, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, targets: torch.Tensor,
+                  ctx: TrainContext, store: dict[str, torch.Tensor]) -> torch.Tensor:
+        """CE (clean, label smoothing) + soft CE (adversarial) + triplets + lambda_E * L_E."""
+        out = call(torch.cat([x, x_adv]))
+        n = len(x)
+        logits_c, logits_a = out.logits[:n], out.logits[n:]
+        loss = F.cross_entropy(logits_c, y, label_smoothing=ctx.cfg.label_smoothing)
+        loss = loss + soft_cross_entropy(logits_a, targets)
+        loss = loss + batch_hard_triplet(out.features[:n], y, ctx.cfg.margin)
+        loss = loss + batch_hard_triplet(out.features[n:], y, ctx.cfg.margin)
+        if self.uses("adv-learning"):
+            loss = loss + self.options.lambda_e * encoder_loss(ctx.extra["disc"], out.embedding[n:])
+        store.setdefault("clean", []).append(out.embedding[:n].detach())
+        store.setdefault("adv", []).append(out.embedding[n:].detach())
+        return loss
+
+    def train_step(self, model: ReidModel, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> dict[str, float]:
+        store: dict[str, Any] = {}
+        logs: dict[str, float] = {}
+        if self.uses("self-meta"):
+            mtr, mte = identity_split(y, ctx.generator)
+            xa_tr, t_tr = self.adversarial(model, x[mtr], y[mtr], ctx, "metric")
+            xa_te, t_te = self.adversarial(model, x[mte], y[mte], ctx, "self")
+            alpha = ctx.optimizer.param_groups[0]["lr"]
+            l_tr, l_te = meta_update(
+                model, ctx.optimizer, alpha, self.options.second_order,
+                lambda call: self.objective(call, x[mtr], xa_tr, y[mtr], t_tr, ctx, store),
+                lambda call: self.objective(call, x[mte], xa_te, y[mte], t_te, ctx, store))
+            logs.update(meta_train=l_tr, meta_test=l_te)
+        else:
+            x_adv, targets = self.adversarial(model, x, y, ctx, "metric")
+            loss = self.objective(model, x, x_adv, y, targets, ctx, store)
+            ctx.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            ctx.optimizer.step()
+            logs["loss"] = loss.item()
+        if self.uses("adv-learning"):
+            disc, disc_opt = ctx.extra["disc"], ctx.extra["disc_opt"]
+            d_loss = discriminator_loss(disc, torch.cat(store["clean"]), torch.cat(store["adv"]))
+            disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            disc_opt.step()
+            logs["disc"] = d_loss.item()
+        return logs

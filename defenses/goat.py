@@ -1,0 +1,40 @@
+"""GOAT: guided online adversarial training (Bouniot et al., "Metric adversarial training", 2020)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from benchmark.models import ReidModel
+from benchmark.training import TrainContext, id_loss_and_triplet
+from defenses.adversarial import metric_pgd
+from defenses.base import Defense, register_defense
+
+
+@dataclass(frozen=True)
+class GOATOptions:
+    eps: float = 5 / 255
+    step: float = 1 / 255
+    steps: int = 7
+    push_guides: int = 4
+
+
+@register_defense("goat", kind="adversarial training", paper="Bouniot et al. 2020 (GOAT)")
+class GOAT(Defense):
+    """Online metric AT: push from 4 same-ID guides, pull to the farthest negative; adversarial batch only."""
+
+    trains_with = ("fna",)
+    Options = GOATOptions
+    default_epochs = 10
+    warm_start = "none"
+
+    def train_step(self, model: ReidModel, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> dict[str, float]:
+        o = self.options
+        x_adv, _ = metric_pgd(model, x, y, o.eps, o.step, o.steps, ctx.generator, random_start=True,
+                              max_push=o.push_guides)
+        loss = id_loss_and_triplet(model, x_adv, y, ctx)
+        ctx.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        ctx.optimizer.step()
+        return {"loss": loss.item()}
