@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -56,6 +57,7 @@ def _add_run_args(p: argparse.ArgumentParser, attacks_default: str) -> None:
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine"])
+    p.add_argument("--dataset-opt", action="append", help="key=value option of the data set, e.g. num_ids=60")
     p.add_argument("--defense-opt", action="append", help="key=value option of the defense (repeatable)")
     p.add_argument("--attack-opt", action="append", help="NAME:key=value option of an attack (repeatable)")
     p.add_argument("--ablate", default=None, help="DDID parts to switch off: diffusion,adv-learning,self-meta,fnes")
@@ -98,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    logging.getLogger("benchmark").setLevel(logging.INFO)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:

@@ -28,7 +28,8 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         train_dataset=args.train_dataset, train_data_root=args.train_data_root, backbone=args.backbone,
         backbone_weights=args.backbone_weights, eps=_eps_list(args.eps), seed=args.seed, device=args.device,
         epochs=args.epochs, height=args.height, width=args.width, metric=args.metric,
-        defense_options=defense_options, attack_options=_attack_options(args.attack_opt), retrain=args.retrain)
+        dataset_options=parse_kv(args.dataset_opt), defense_options=defense_options,
+        attack_options=_attack_options(args.attack_opt), retrain=args.retrain)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

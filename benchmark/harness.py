@@ -8,6 +8,7 @@ defense's declared training attacks.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from benchmark.validity import check_adversarial
 from defenses import DEFENSES, DefendedModel, Defense, build_defense
 
 CROSS_DATASET_PID_OFFSET = 1_000_000
+log = logging.getLogger("benchmark")
 
 
 @dataclass
@@ -48,6 +50,7 @@ class RunConfig:
     height: int = 128
     width: int = 64
     metric: str = "euclidean"
+    dataset_options: dict[str, str] = field(default_factory=dict)
     defense_options: dict[str, str] = field(default_factory=dict)
     attack_options: dict[str, dict[str, str]] = field(default_factory=dict)
     retrain: bool = False
@@ -75,7 +78,7 @@ class Workspace:
 
 def load_workspace(cfg: RunConfig) -> Workspace:
     size = (cfg.height, cfg.width)
-    test_ds = build_dataset(cfg.dataset, cfg.data_root, seed=cfg.seed)
+    test_ds = build_dataset(cfg.dataset, cfg.data_root, seed=cfg.seed, **cfg.dataset_options)
     query = SplitTensors.from_items(test_ds.query, size)
     gallery = SplitTensors.from_items(test_ds.gallery, size)
     if cfg.train_dataset and cfg.train_dataset != cfg.dataset:
@@ -122,7 +125,9 @@ def train_or_load(defense: Defense, cfg: RunConfig, ws: Workspace, device: torch
         if warm_model is not None:
             model.load_state_dict(warm_model.state_dict())
         start = time.perf_counter()
+        log.info("training %s (%s, %d epochs) on %d images", trained_as.name, backbone, tcfg.epochs, len(ws.train))
         history = trained_as.fit(model, ws.train, tcfg, device)
+        log.info("trained %s in %.0f s", trained_as.name, time.perf_counter() - start)
         return model.cpu(), {"train_seconds": time.perf_counter() - start, "history": history}
 
     model, info, folder = cached_checkpoint(key, fit, retrain=cfg.retrain)
@@ -218,6 +223,8 @@ def run_benchmark(cfg: RunConfig, ws: Workspace | None = None, progress: bool = 
         metrics = evaluate_features(af, gf, ws.query.pids, ws.gallery.pids, ws.query.camids, ws.gallery.camids,
                                     cfg.metric)
         results.append(AttackResult(name, eps, metrics, seen_tag(defense, name), seconds, report, adv))
+        log.info("attack %-11s eps %-7s mAP %6.2f  R1 %6.2f  (%.1f s)", name, eps_label(eps), metrics.mAP,
+                 metrics.rank1, seconds)
     return RunOutcome(cfg, defense, clean, results, info, ws, deployed, qf, gf)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -103,6 +104,9 @@ def train_model(model: ReidModel, train: SplitTensors, cfg: TrainConfig, step: S
             bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()}, refresh=False)
         history["epochs"].append({k: v / len(batches) for k, v in sums.items()})
         history["seconds_per_epoch"].append(time.perf_counter() - start)
+        logging.getLogger("benchmark").info("%s epoch %d/%d: %s (%.1f s)", desc, epoch + 1, cfg.epochs,
+                                            " ".join(f"{k}={v:.3f}" for k, v in history["epochs"][-1].items()),
+                                            history["seconds_per_epoch"][-1])
     model.eval()
     return history
 

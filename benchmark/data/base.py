@@ -67,7 +67,8 @@ DATASETS: Registry[DatasetFactory] = Registry(
     "data set", builtin_modules=("benchmark.data.synthped", "benchmark.data.market", "benchmark.data.pku"))
 
 
-def build_dataset(name: str, root: str | Path | None = None, seed: int = 0) -> ReidDataset:
+def build_dataset(name: str, root: str | Path | None = None, seed: int = 0, **options: str) -> ReidDataset:
+    """Build a registered data set; `options` are the factory's keyword options (e.g. synthped sizes)."""
     factory = DATASETS.get(name)
     needs_root = DATASETS.meta(name).get("needs_root", True)
     if needs_root:
@@ -77,7 +78,7 @@ def build_dataset(name: str, root: str | Path | None = None, seed: int = 0) -> R
         if not root.is_dir():
             raise DataError(f"data root '{root}' does not exist or is not a folder; pass the folder that "
                             f"holds the '{name}' data with --data-root")
-    return factory(root=root, seed=seed)
+    return factory(root=root, seed=seed, **options)
 
 
 def load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:

@@ -41,7 +41,8 @@ def scan_pku(root: Path) -> list[Item]:
 
 @DATASETS.register("pku", needs_root=True, layout="PKU-Reid <pid>/<cam>_<orient>.png",
                    split="seeded identity split, half/half; query = camera 1, gallery = other cameras")
-def pku(root: Path, seed: int = 0, test_fraction: float = 0.5, query_cam: int = 1) -> ReidDataset:
+def pku(root: Path, seed: int = 0, test_fraction: float | str = 0.5, query_cam: int | str = 1) -> ReidDataset:
+    test_fraction, query_cam = float(test_fraction), int(query_cam)
     items = scan_pku(root)
     pids = sorted({it.pid for it in items})
     if len(pids) < 4:

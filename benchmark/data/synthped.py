@@ -22,6 +22,7 @@ from PIL import Image, ImageFilter
 
 from benchmark.data.base import DATASETS, ReidDataset
 from benchmark.data.market import load_market_layout
+from benchmark.options import build_options
 from benchmark.paths import cache_dir
 
 VIEWS = ("front", "back", "left", "right")
@@ -319,6 +320,10 @@ def ensure_synthped(seed: int = 0, cfg: SynthPedConfig | None = None, root: Path
 
 @DATASETS.register("synthped", needs_root=False, layout="embedded, generated from the seed",
                    default=True)
-def synthped(root: Path | None = None, seed: int = 0, cfg: SynthPedConfig | None = None) -> ReidDataset:
+def synthped(root: Path | None = None, seed: int = 0, cfg: SynthPedConfig | None = None, **options: str
+             ) -> ReidDataset:
+    """Options override SynthPedConfig fields, e.g. num_ids=40 for a tiny copy."""
+    if options:
+        cfg = build_options(SynthPedConfig, "data set 'synthped'", options)
     folder = ensure_synthped(seed, cfg, root)
     return load_market_layout(folder, "synthped")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -35,6 +36,8 @@ from benchmark.data import SplitTensors
 from benchmark.errors import BenchmarkError
 from benchmark.paths import cache_dir
 from benchmark.training import split_fingerprint
+
+log = logging.getLogger("benchmark")
 
 
 @dataclass(frozen=True)
@@ -265,10 +268,12 @@ def balance(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torch.
             edm = ConditionalEDM.load(Path(generator_path), device)
             losses: list[float] = []
         else:
+            log.info("DDID phase 1: training the conditional diffusion model (%d steps)", cfg.train_steps)
             edm = ConditionalEDM(cfg, ids, cams, device)
             losses = edm.fit(train.images, train.pids, train.camids, seed)
             edm.save(tmp / "generator")
         fit_seconds = time.perf_counter() - start
+        log.info("DDID phase 1: generating %d images (delta1=%d, delta2=%.2f)", len(plan), delta1, cfg.delta2)
         images = edm.sample([p for p, _, _ in plan], [c for _, c, _ in plan], out_size, seed + 1)
         generated = SplitTensors(images, torch.tensor([p for p, _, _ in plan], dtype=torch.long),
                                  torch.tensor([c for _, c, _ in plan], dtype=torch.long))

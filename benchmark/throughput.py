@@ -1,0 +1,142 @@
+"""Throughput: images/s of feature extraction, of each attack iteration, and of each defense's training step.
+
+Warm-up before timing, CUDA synchronisation around every timed call, and batch back-off (halving)
+on CUDA out-of-memory. Writes `leaderboards/throughput-<device>-<torch>.csv` (timm `results/` style).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from attacks import ATTACKS, AttackContext, build_attack
+from benchmark.device import resolve_device, synchronize
+from benchmark.leaderboard import upsert
+from benchmark.models import BACKBONES, ModelConfig, ReidModel
+from benchmark.provenance import provenance
+from benchmark.training import TrainConfig, TrainContext
+from defenses import DEFENSES, DefendedModel, build_defense
+
+THROUGHPUT_KEY = ("kind", "name", "backbone", "device")
+ITERATIONS = 4  # attack iterations timed per measurement
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median seconds of `fn` after one warm-up call."""
+    fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def with_backoff(measure: Callable[[int], float], batch: int) -> tuple[float, int]:
+    """Run `measure(batch)`, halving the batch on CUDA out-of-memory."""
+    while True:
+        try:
+            return measure(batch), batch
+        except torch.cuda.OutOfMemoryError:
+            if batch == 1:
+                raise
+            torch.cuda.empty_cache()
+            batch //= 2
+
+
+def _model(backbone: str, device: torch.device, classes: int = 16) -> ReidModel:
+    torch.manual_seed(0)
+    return ReidModel(ModelConfig(backbone, classes)).to(device)
+
+
+def extraction_rate(backbone: str, batch: int, device: torch.device, repeats: int) -> tuple[float, int]:
+    model = _model(backbone, device).eval()
+
+    def measure(b: int) -> float:
+        x = torch.rand(b, 3, 128, 64, device=device)
+        with torch.no_grad():
+            return b / timed(lambda: model.embed(x), device, repeats)
+
+    return with_backoff(measure, batch)
+
+
+def attack_rate(name: str, backbone: str, batch: int, device: torch.device, repeats: int) -> tuple[float, int]:
+    """Images x iterations per second (one query-bb 'iteration' is one query of the batch)."""
+    model = DefendedModel(_model(backbone, device)).eval()
+    options = {"steps": ITERATIONS} if "steps" in ATTACKS.get(name).Options.__dataclass_fields__ else {}
+    if name == "query-bb":
+        options = {"queries": ITERATIONS}
+    if name == "muap":
+        options = {"steps": ITERATIONS, "batch": batch}
+
+    def measure(b: int) -> float:
+        x = torch.rand(b, 3, 128, 64)
+        pids = torch.arange(b) % max(2, b // 4)
+        with torch.no_grad():
+            feats = model.embed(x.to(device)).cpu()
+        surrogate = _model("reidnet-t", device).eval()
+        ctx = AttackContext(query_pids=pids, query_feats=feats, train_images=(x * 255).to(torch.uint8),
+                            train_pids=pids + 10_000, surrogate=lambda _: surrogate, target_backbone=backbone)
+        attack = build_attack(name, model, **options)
+        iters = 1 if name == "fgsm" else ITERATIONS
+        return b * iters / timed(lambda: attack.run(x, ctx), device, repeats)
+
+    return with_backoff(measure, batch)
+
+
+def training_rate(defense_name: str, backbone: str, batch: int, device: torch.device,
+                  repeats: int) -> tuple[float, int]:
+    defense = build_defense(defense_name, **({"ablate": ("diffusion",)} if defense_name == "ddid" else {}))
+    model = _model(backbone, device).train()
+
+    def measure(b: int) -> float:
+        k = 4
+        x = torch.rand(b, 3, 128, 64, device=device)
+        y = (torch.arange(b) // k).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        extra = {}
+        if defense_name == "ddid":
+            from defenses.ddid.adversarial_learning import FeatureDiscriminator
+
+            disc = FeatureDiscriminator(model.embedding_dim).to(device)
+            extra = {"disc": disc, "disc_opt": torch.optim.Adam(disc.parameters())}
+        ctx = TrainContext(opt, 16, device, torch.Generator().manual_seed(0), TrainConfig(), extra=extra)
+        return b / timed(lambda: defense.train_step(model, x, y, ctx), device, repeats)
+
+    return with_backoff(measure, batch)
+
+
+def cmd_throughput(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    prov = provenance(device, 0)
+    rows = []
+    jobs: list[tuple[str, str, Callable[[], tuple[float, int]]]] = []
+    for b in BACKBONES.names():
+        jobs.append(("extract", b, lambda b=b: extraction_rate(b, args.batch_size, device, args.repeats)))
+    for a in ATTACKS.resolve(args.attack) if args.attack != "none" else []:
+        if a == "transfer":
+            continue  # transfer = mifgsm on the surrogate; its cost is mifgsm's plus one surrogate training
+        jobs.append(("attack", a, lambda a=a: attack_rate(a, args.backbone, args.batch_size, device, args.repeats)))
+    for d in DEFENSES.resolve(args.defense) if args.defense != "none" else []:
+        jobs.append(("train-step", d, lambda d=d: training_rate(d, args.backbone, args.batch_size, device,
+                                                                args.repeats)))
+    for kind, name, job in jobs:
+        rate, batch = job()
+        backbone = name if kind == "extract" else args.backbone
+        print(f"{kind:<10} {name:<12} {backbone:<11} batch {batch:>3}  {rate:10.1f} images/s")
+        rows.append({"kind": kind, "name": name, "backbone": backbone, "batch_size": batch,
+                     "images_per_second": rate, "input": "128x64", "device": prov["device"],
+                     "torch_version": prov["torch_version"], "git_commit": prov["git_commit"], "date": prov["date"],
+                     "command": prov["command"]})
+    tag = "cuda" if device.type == "cuda" else "cpu"
+    path = Path(args.leaderboard_dir) / f"throughput-{tag}-torch{torch.__version__.split('+')[0]}.csv"
+    upsert(path, rows, THROUGHPUT_KEY)
+    print(f"throughput: {path}")
+    return 0

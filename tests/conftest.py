@@ -1,0 +1,66 @@
+"""Shared fixtures: a private cache, a tiny synthped workspace, tiny and trained models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+TINY_SYNTHPED = {"num_ids": "40", "max_images": "12", "distractors": "8", "junk": "4", "height": "64", "width": "32"}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test session gets its own cache so tests never reuse a developer's checkpoints."""
+    path = tmp_path_factory.mktemp("rrb-cache")
+    old = os.environ.get("RRB_CACHE_DIR")
+    os.environ["RRB_CACHE_DIR"] = str(path)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    yield path
+    if old is None:
+        os.environ.pop("RRB_CACHE_DIR", None)
+    else:
+        os.environ["RRB_CACHE_DIR"] = old
+
+
+def tiny_config(**overrides):
+    from benchmark.harness import RunConfig
+
+    base = dict(dataset_options=dict(TINY_SYNTHPED), height=64, width=32, device="cpu")
+    base.update(overrides)
+    return RunConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny_ws():
+    from benchmark.harness import load_workspace
+
+    return load_workspace(tiny_config())
+
+
+@pytest.fixture(scope="session")
+def trained_none(tiny_ws):
+    """An undefended reidnet-s trained on the tiny synthped (cached for the session)."""
+    from benchmark.harness import train_or_load
+    from defenses import build_defense
+
+    cfg = tiny_config(epochs=15)
+    model, info = train_or_load(build_defense("none"), cfg, tiny_ws, torch.device("cpu"))
+    return model, info
+
+
+def shared_data(name: str) -> Path:
+    path = SHARED / "data" / name
+    if not path.is_dir():
+        pytest.skip(f"../shared/data/{name} is not available")
+    return path
+
+
+def pytest_ignore_collect(collection_path, config):
+    """tests/benchmarks/ holds timings, not checks: collected only with --benchmark-only."""
+    if "benchmarks" in Path(collection_path).parts and not config.getoption("benchmark_only", default=False):
+        return True
+    return None

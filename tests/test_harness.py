@@ -1,0 +1,100 @@
+"""End to end: harness, run folder, leaderboards, sanity flags, plots, CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark.harness import run_benchmark
+from benchmark.reporting import write_run
+from tests.conftest import TINY_SYNTHPED, shared_data, tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "benchmark", *args], capture_output=True, text=True, env=env,
+                          cwd=REPO, check=check)
+
+
+def test_cli_lists_every_registry():
+    out = cli("list", check=True).stdout
+    for name in ("synthped", "pku", "reidnet-s", "resnet50", "fna", "query-bb", "art-pgd", "ddid", "metric-at"):
+        assert name in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (("run", "--defense", "nope"), "unknown defense 'nope'. Did you mean 'none'?"),
+    (("run", "--attack", "fnaa"), "Valid attacks:"),
+    (("run", "--dataset", "market1501", "--data-root", "/no/such/dir"), "does not exist"),
+    (("run", "--backbone", "resnet5O"), "Did you mean 'resnet50'"),
+])
+def test_cli_bad_input_is_one_clear_line(args, message):
+    out = cli(*args)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_run_writes_results_leaderboards_and_plots(tiny_ws, tmp_path):
+    cfg = tiny_config(defense="metric-at", attacks="fna,sma,query-bb", eps=(4 / 255, 8 / 255), epochs=2,
+                      attack_options={"query-bb": {"queries": "20"}})
+    outcome = run_benchmark(cfg, ws=tiny_ws, progress=False)
+    assert {r.seen.value for r in outcome.attacks if r.attack == "fna"} == {"seen"}
+    assert {r.seen.value for r in outcome.attacks if r.attack == "sma"} == {"unseen"}
+    paths = write_run(outcome, tmp_path / "results", tmp_path / "boards")
+    board = pd.read_csv(tmp_path / "boards" / "synthped.csv")
+    assert len(board) == 1 + 3 * 2
+    assert set(board["eps"]) == {"0", "4/255", "8/255"}
+    assert board["git_commit"].notna().all() and (board["seed"] == 0).all()
+    assert board.loc[board["attack"] == "query-bb", "queries_per_image"].eq(20).all()
+    summary = pd.read_csv(tmp_path / "boards" / "summary-synthped.csv")
+    assert len(summary) == 1 and summary["seen_mAP_mean"].notna().all()
+    run = paths["run folder"]
+    for name in ("config.json", "metrics.json", "log.txt", "per_id_ap.csv", "ranking.png", "adversarial.pdf"):
+        assert (run / name).is_file(), name
+    from benchmark.plots import plot_all
+
+    figures = plot_all(tmp_path / "boards", tmp_path / "results", tmp_path / "figs")
+    names = {p.name for p in figures}
+    assert {"synthped-eps-curves.png", "synthped-attack-bars.pdf", "synthped-seen-unseen.png",
+            "synthped-clean-vs-robust.png", "synthped-per-id-ap.png"} <= names
+
+
+@pytest.mark.slow
+def test_cli_run_on_tiny_synthped(tmp_path):
+    opts = ",".join(f"{k}={v}" for k, v in TINY_SYNTHPED.items())
+    out = cli("run", "--defense", "none", "--attack", "fgsm,odfa", "--epochs", "2", "--dataset-opt", opts,
+              "--height", "64", "--width", "32", "--results-dir", str(tmp_path / "r"),
+              "--leaderboard-dir", str(tmp_path / "l"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "clean" in out.stdout and "odfa" in out.stdout and "unseen" in out.stdout
+    assert (tmp_path / "l" / "synthped.csv").is_file()
+
+
+@pytest.mark.slow
+def test_pku_real_images_run():
+    root = shared_data("pku-reid-subset")
+    cfg = tiny_config(dataset="pku", data_root=str(root), dataset_options={}, attacks="fgsm", epochs=2,
+                      height=128, width=48)
+    outcome = run_benchmark(cfg, progress=False)
+    assert outcome.clean.num_queries > 0 and outcome.attacks[0].metrics.mAP <= outcome.clean.mAP + 1
+
+
+def test_cuda_request_without_cuda_is_a_clear_error():
+    import torch
+
+    from benchmark.device import resolve_device
+    from benchmark.errors import BenchmarkError
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(BenchmarkError, match="no CUDA device"):
+        resolve_device("cuda")

@@ -1,0 +1,64 @@
+"""Leaderboards: upsert by key, formula neutralisation, concurrent writers, summaries."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+
+import pandas as pd
+
+from benchmark.leaderboard import LeaderboardRow, neutralise, write_leaderboards
+
+
+def make_row(defense="none", attack="fna", seen="unseen", mAP=10.0, eps="8/255", seed=0, command="python -m x"):
+    return LeaderboardRow(dataset="toy", train_dataset="toy", defense=defense, backbone="b", attack=attack, eps=eps,
+                          eps_value=8 / 255, family="guided", knowledge="white-box", seen=seen, attacked_with="direct",
+                          clean_mAP=60.0, clean_R1=70.0, mAP=mAP, R1=mAP, R5=mAP, R10=mAP, mINP=mAP, mAP_drop=60 - mAP,
+                          id_ap_var=1.0, id_ap_worst10=0.5, clean_id_ap_var=2.0, num_queries=10, attack_seconds=1.0,
+                          queries_per_image=float("nan"), flags="", train_seconds=3.0, run_id="r", seed=seed,
+                          package_version="0", torch_version="t", git_commit="c", device="cpu",
+                          date="2026-01-01T00:00:00Z", command=command)
+
+
+def clean_row(defense="none", seed=0):
+    return dataclasses.replace(make_row(defense, "clean", "clean", 60.0, "0", seed), family="-", knowledge="-")
+
+
+def test_upsert_replaces_rows_with_the_same_key(tmp_path):
+    write_leaderboards([clean_row(), make_row(mAP=10.0), make_row(attack="sma", mAP=20.0)], tmp_path)
+    write_leaderboards([make_row(mAP=5.0)], tmp_path)
+    board = pd.read_csv(tmp_path / "toy.csv")
+    assert len(board) == 3
+    assert board.loc[board["attack"] == "fna", "mAP"].item() == 5.0
+
+
+def test_formula_cells_are_neutralised(tmp_path):
+    write_leaderboards([make_row(command="=cmd|' /C calc'!A0")], tmp_path)
+    board = pd.read_csv(tmp_path / "toy.csv")
+    assert board["command"].item().startswith("'=")
+    assert neutralise("-1+2") == "'-1+2" and neutralise(-1.0) == -1.0 and neutralise("none") == "none"
+
+
+def _writer(args):
+    directory, worker = args
+    for i in range(5):
+        write_leaderboards([make_row(defense=f"d{worker}", attack=f"a{i}")], directory)
+
+
+def test_concurrent_writers_lose_no_row(tmp_path):
+    with mp.get_context("spawn").Pool(4) as pool:
+        pool.map(_writer, [(str(tmp_path), w) for w in range(4)])
+    board = pd.read_csv(tmp_path / "toy.csv")
+    assert len(board) == 20
+    summary = pd.read_csv(tmp_path / "summary-toy.csv")
+    assert sorted(summary["defense"]) == ["d0", "d1", "d2", "d3"]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_summary_separates_seen_and_unseen(tmp_path):
+    rows = [clean_row("ddid"), make_row("ddid", "fna", "seen", 30.0), make_row("ddid", "ifgsm", "unseen", 12.0),
+            make_row("ddid", "odfa", "unseen", 20.0)]
+    write_leaderboards(rows, tmp_path)
+    s = pd.read_csv(tmp_path / "summary-toy.csv").iloc[0]
+    assert s["seen_mAP_mean"] == 30.0 and s["unseen_mAP_mean"] == 16.0 and s["unseen_mAP_worst"] == 12.0
+    assert s["robust_mAP_worst"] == 12.0 and s["worst_attack"] == "ifgsm" and s["clean_mAP"] == 60.0
