@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from attacks.base import Attack, AttackContext, AttackOptions, register_attack, sq_dist
-from benchmark.enums import AttackFamily
+from attacks.base import AttackOptions, register_attack
+from attacks.sma import SelfMetricAttack
 
 
 @dataclass(frozen=True)
@@ -22,11 +20,7 @@ class FGSMOptions(AttackOptions):
 
 
 @register_attack("fgsm", paper="Goodfellow et al. ICLR 2015")
-class FGSM(Attack):
-    """One signed-gradient step of size eps pushing the embedding away from the clean one."""
+class FGSM(SelfMetricAttack):
+    """One signed-gradient step of size eps pushing the embedding away from the clean one (SMA's loss)."""
 
-    family = AttackFamily.GRADIENT
     Options = FGSMOptions
-
-    def loss(self, emb: torch.Tensor, x: torch.Tensor, ctx: AttackContext, index: torch.Tensor) -> torch.Tensor:
-        return sq_dist(emb, ctx.query_feats[index].to(emb.device))

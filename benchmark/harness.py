@@ -55,6 +55,13 @@ class RunConfig:
     attack_options: dict[str, dict[str, str]] = field(default_factory=dict)
     retrain: bool = False
 
+    def defense_label(self) -> str:
+        """The defense's name plus any non-default options, e.g. ddid[ablate=fnes+self-meta]."""
+        if not self.defense_options:
+            return self.defense
+        opts = ",".join(f"{k}={v}" for k, v in sorted(self.defense_options.items()))
+        return f"{self.defense}[{opts}]"
+
     def attack_names(self) -> list[str]:
         if self.attacks.strip() in ("", "none"):
             return []

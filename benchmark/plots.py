@@ -68,7 +68,8 @@ def plot_ranking(record: dict[str, Any], image_lookup: dict[str, np.ndarray], st
     if not queries:
         return []
     k = len(queries[0]["clean"])
-    fig, axes = plt.subplots(2 * len(queries), k + 1, figsize=(0.9 * (k + 1), 1.9 * 2 * len(queries) / 1.6))
+    fig, axes = plt.subplots(2 * len(queries), k + 1, figsize=(0.75 * (k + 1), 1.3 * 2 * len(queries)),
+                             gridspec_kw={"hspace": 0.08, "wspace": 0.08})
     for qi, q in enumerate(queries):
         for half, label in enumerate(("clean", "attacked")):
             row = 2 * qi + half
@@ -86,7 +87,7 @@ def plot_ranking(record: dict[str, Any], image_lookup: dict[str, np.ndarray], st
                 ax_.set_xticks([])
                 ax_.set_yticks([])
                 ax_.grid(False)
-    fig.suptitle(f"top-{k} retrieval, clean vs {record['attack']} @ {record['eps']}")
+    fig.suptitle(f"top-{k} retrieval, clean vs {record['attack']} @ {record['eps']}", y=0.995)
     return _save(fig, stem)
 
 

@@ -25,7 +25,9 @@ def run_id(outcome: RunOutcome, prov: dict[str, Any]) -> str:
     cfg = outcome.cfg
     stamp = prov["date"].replace("-", "").replace(":", "").replace("T", "-").rstrip("Z")
     digest = fingerprint({"cfg": dataclasses.asdict(cfg), "date": prov["date"]})[:6]
-    return f"{stamp}-{cfg.dataset}-{cfg.defense}-{cfg.backbone}-s{cfg.seed}-{digest}"
+    label = cfg.defense_label().replace("[", "-").replace("]", "").replace("=", "-").replace(",", "-")
+    label = label.replace("+", "-").replace("/", "-")
+    return f"{stamp}-{cfg.dataset}-{label}-{cfg.backbone}-s{cfg.seed}-{digest}"
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -39,7 +41,7 @@ def build_rows(outcome: RunOutcome, flags: list[Flag], prov: dict[str, Any], rid
     cfg, clean = outcome.cfg, outcome.clean
     flag_text = ";".join(f.code for f in flags)
     common = dict(dataset=outcome.workspace.dataset.name, train_dataset=outcome.workspace.train_name,
-                  defense=cfg.defense, backbone=cfg.backbone, attacked_with=outcome.defense.attacked_with,
+                  defense=cfg.defense_label(), backbone=cfg.backbone, attacked_with=outcome.defense.attacked_with,
                   clean_mAP=clean.mAP, clean_R1=clean.rank1, clean_id_ap_var=clean.id_ap_variance, flags=flag_text,
                   train_seconds=float(outcome.train_info.get("train_seconds", math.nan)), run_id=rid,
                   seed=cfg.seed, package_version=prov["package_version"], torch_version=prov["torch_version"],

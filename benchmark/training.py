@@ -111,12 +111,16 @@ def train_model(model: ReidModel, train: SplitTensors, cfg: TrainConfig, step: S
     return history
 
 
-def standard_step(model: ReidModel, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> dict[str, float]:
-    loss = id_loss_and_triplet(model, x, y, ctx)
+def optimize(loss: torch.Tensor, ctx: TrainContext) -> dict[str, float]:
+    """One optimiser step on `loss`; returns it for logging."""
     ctx.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     ctx.optimizer.step()
     return {"loss": loss.item()}
+
+
+def standard_step(model: ReidModel, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> dict[str, float]:
+    return optimize(id_loss_and_triplet(model, x, y, ctx), ctx)
 
 
 def fingerprint(payload: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from benchmark.models import ReidModel
-from benchmark.training import TrainContext, id_loss_and_triplet
+from benchmark.training import TrainContext, id_loss_and_triplet, optimize
 from defenses.adversarial import metric_pgd
 from defenses.base import Defense, register_defense
 
@@ -34,7 +34,4 @@ class GOAT(Defense):
         x_adv, _ = metric_pgd(model, x, y, o.eps, o.step, o.steps, ctx.generator, random_start=True,
                               max_push=o.push_guides)
         loss = id_loss_and_triplet(model, x_adv, y, ctx)
-        ctx.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        ctx.optimizer.step()
-        return {"loss": loss.item()}
+        return optimize(loss, ctx)

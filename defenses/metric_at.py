@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from benchmark.models import ReidModel
-from benchmark.training import TrainContext, id_loss_and_triplet
+from benchmark.training import TrainContext, id_loss_and_triplet, optimize
 from defenses.adversarial import metric_pgd
 from defenses.base import Defense, register_defense
 
@@ -36,7 +36,4 @@ class MetricAT(Defense):
         loss = id_loss_and_triplet(model, x_adv, y, ctx)
         if o.clean_weight > 0:
             loss = (loss + o.clean_weight * id_loss_and_triplet(model, x, y, ctx)) / (1 + o.clean_weight)
-        ctx.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        ctx.optimizer.step()
-        return {"loss": loss.item()}
+        return optimize(loss, ctx)

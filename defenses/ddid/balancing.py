@@ -54,7 +54,7 @@ class DiffusionConfig:
     sigma_data: float = 0.5
     delta1: int = 0          # 0 = median images per identity (our default; the paper leaves it open)
     delta2: float = 0.7
-    version: int = 1
+    version: int = 2
 
 
 def balance_plan(pids: torch.Tensor, camids: torch.Tensor, delta1: int, delta2: float
@@ -100,8 +100,17 @@ def build_unet(cfg: DiffusionConfig) -> nn.Module:
     return UNet2DModel(
         sample_size=(cfg.height, cfg.width), in_channels=3, out_channels=3, layers_per_block=1,
         block_out_channels=cfg.channels, down_block_types=("DownBlock2D",) * len(cfg.channels),
-        up_block_types=("UpBlock2D",) * len(cfg.channels), time_embedding_type="fourier",
+        up_block_types=("UpBlock2D",) * len(cfg.channels), time_embedding_type="positional",
         class_embed_type="identity", norm_num_groups=16)
+
+
+def noise_timestep(sigma: torch.Tensor) -> torch.Tensor:
+    """EDM's c_noise = log(sigma) / 4, mapped onto [0, 1000] for the UNet's sinusoidal embedding.
+
+    (diffusers' Fourier embedding multiplies log(sigma) by a fixed scale of 16, which makes nearby
+    noise levels look unrelated: samples then never lose their noise.)
+    """
+    return (0.25 * torch.log(sigma) + 1.56) * (1000.0 / 2.66)
 
 
 def make_scheduler(cfg: DiffusionConfig):
@@ -132,8 +141,7 @@ class ConditionalEDM:
     def denoise(self, noisy: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         s = sigma.view(-1, 1, 1, 1)
         model_in = self.scheduler.precondition_inputs(noisy, s)
-        # The Fourier time embedding takes log(sigma) itself: EDM's c_noise up to a constant.
-        out = self.unet(model_in, sigma.flatten(), class_labels=cond).sample
+        out = self.unet(model_in, noise_timestep(sigma.flatten()), class_labels=cond).sample
         return self.scheduler.precondition_outputs(noisy, out, s)
 
     def fit(self, images: torch.Tensor, pids: torch.Tensor, cams: torch.Tensor, seed: int) -> list[float]:
@@ -181,7 +189,7 @@ class ConditionalEDM:
             for i, t in enumerate(self.scheduler.timesteps):
                 sigma = self.scheduler.sigmas[i].to(self.device, torch.float32).expand(len(p))
                 model_in = self.scheduler.scale_model_input(x, t)
-                eps = self.unet(model_in, sigma, class_labels=cond).sample
+                eps = self.unet(model_in, noise_timestep(sigma), class_labels=cond).sample
                 x = self.scheduler.step(eps, t, x).prev_sample
             x = ((x.clamp(-1, 1) + 1) / 2)
             x = F.interpolate(x, size=out_size, mode="bilinear", align_corners=False)

@@ -20,7 +20,7 @@ from benchmark.data import SplitTensors
 from benchmark.errors import BenchmarkError
 from benchmark.losses import batch_hard_triplet, soft_cross_entropy
 from benchmark.models import ReidModel
-from benchmark.training import TrainConfig, TrainContext, train_model
+from benchmark.training import TrainConfig, TrainContext, optimize, train_model
 from defenses.adversarial import eval_mode, farthest_negative_centroids, metric_pgd, self_metric_pgd
 from defenses.base import Defense, register_defense
 from defenses.ddid.adversarial_learning import FeatureDiscriminator, discriminator_loss, encoder_loss
@@ -143,11 +143,7 @@ class DDID(Defense):
             logs.update(meta_train=l_tr, meta_test=l_te)
         else:
             x_adv, targets = self.adversarial(model, x, y, ctx, "metric")
-            loss = self.objective(model, x, x_adv, y, targets, ctx, store)
-            ctx.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            ctx.optimizer.step()
-            logs["loss"] = loss.item()
+            logs.update(optimize(self.objective(model, x, x_adv, y, targets, ctx, store), ctx))
         if self.uses("adv-learning"):
             disc, disc_opt = ctx.extra["disc"], ctx.extra["disc_opt"]
             d_loss = discriminator_loss(disc, torch.cat(store["clean"]), torch.cat(store["adv"]))
