@@ -79,6 +79,8 @@ class DDID(Defense):
     def config(self) -> dict[str, Any]:
         cfg = dataclasses.asdict(self.options)
         cfg["ablate"] = sorted(self.options.ablate)
+        # part of the checkpoint key: a changed generator must not reuse models trained on old images
+        cfg["diffusion_version"] = DiffusionConfig.version
         return cfg
 
     # -- phase 1 + 2 ----------------------------------------------------------------------------
