@@ -16,6 +16,8 @@ from attacks import ATTACKS
 from benchmark.enums import Seen
 from benchmark.harness import RunOutcome, eps_label, format_table
 from benchmark.leaderboard import LeaderboardRow, write_leaderboards
+from benchmark.metrics import pairwise_distance
+from benchmark.models import extract_embeddings
 from benchmark.provenance import provenance
 from benchmark.sanity import Flag, sanity_flags
 from benchmark.training import fingerprint
@@ -73,15 +75,11 @@ def per_id_table(outcome: RunOutcome) -> str:
 
 def ranking_record(outcome: RunOutcome, k: int = 5, n_queries: int = 6) -> dict[str, Any]:
     """Top-k gallery file names for a few queries, clean and under the strongest attack."""
-    from benchmark.metrics import pairwise_distance
-
     ws = outcome.workspace
     if not outcome.attacks:
         return {}
     strongest = min(outcome.attacks, key=lambda r: r.metrics.mAP)
     device = next(outcome.model.parameters()).device
-    from benchmark.models import extract_embeddings
-
     picks = torch.linspace(0, len(ws.query) - 1, n_queries).long()
     adv_feats = extract_embeddings(outcome.model, strongest.adversarial[picks], device=device)
     record: dict[str, Any] = {"attack": strongest.attack, "eps": eps_label(strongest.eps), "queries": []}

@@ -10,7 +10,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +76,14 @@ def _lr_factor(epoch: float, cfg: TrainConfig) -> float:
 
 
 def train_model(model: ReidModel, train: SplitTensors, cfg: TrainConfig, step: StepFn,
-                device: torch.device, desc: str = "train", extra_params: list[torch.nn.Parameter] | None = None,
+                device: torch.device, desc: str = "train",
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train in place; returns a history with per-epoch mean losses and seconds per epoch."""
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     labels, num_classes = relabel(train.pids)
     model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params or [])
+    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ctx = TrainContext(optimizer, num_classes, device, generator, cfg, extra=dict(extra or {}))
     history: dict[str, Any] = {"epochs": [], "seconds_per_epoch": []}
@@ -157,6 +157,3 @@ def cached_checkpoint(key_payload: dict[str, Any], train_fn: Callable[[], tuple[
     info["cached"] = False
     return model, info, folder
 
-
-def asdict_config(cfg: TrainConfig) -> dict[str, Any]:
-    return asdict(cfg)
