@@ -112,14 +112,15 @@ def write_run(outcome: RunOutcome, results_dir: str | Path, leaderboard_dir: str
               "seen_attacks": list(outcome.defense.seen_attacks()),
               "attacked_with": outcome.defense.attacked_with, "provenance": prov,
               "checkpoint": outcome.train_info.get("checkpoint"), "dataset": outcome.workspace.dataset.summary()}
-    history = outcome.train_info.get("history", {})
-    phase1 = history.get("phase1") if isinstance(history, dict) else None
     metrics = {"clean": outcome.clean.as_dict(),
                "attacks": [{"attack": r.attack, "eps": eps_label(r.eps), "seen": r.seen.value, "seconds": r.seconds,
                             **r.metrics.as_dict(), **{f"report_{k}": v for k, v in r.report.items()}}
                            for r in outcome.attacks],
                "flags": [dataclasses.asdict(f) for f in flags],
-               "train_seconds": outcome.train_info.get("train_seconds"), "ddid_phase1": phase1}
+               # per-epoch losses and seconds (and DDID's phase-1 manifest), from when the checkpoint was trained
+               "training": {"train_seconds": outcome.train_info.get("train_seconds"),
+                            "loaded_from_cache": outcome.train_info.get("cached", False),
+                            "history": outcome.train_info.get("history", {})}}
     _write_text(folder / "config.json", json.dumps(config, indent=2, default=str))
     _write_text(folder / "metrics.json", json.dumps(metrics, indent=2, default=str))
     _write_text(folder / "per_id_ap.csv", per_id_table(outcome))

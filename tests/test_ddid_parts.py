@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
 import torch
 
+from benchmark.data import SplitTensors
+from benchmark.errors import BenchmarkError
 from benchmark.models import ModelConfig, ReidModel
-from defenses.ddid.balancing import balance_plan, median_images_per_id
+from defenses.ddid.balancing import (
+    ConditionalEDM,
+    DiffusionConfig,
+    balance_plan,
+    identity_fidelity,
+    median_images_per_id,
+)
 from defenses.ddid.fnes import FNESConfig, extend_and_mix, shift_to_negative, soft_targets
 from defenses.ddid.self_meta import identity_split, meta_update
 
@@ -68,3 +79,34 @@ def test_meta_update_first_order_matches_manual_gradient():
             p.copy_(expected)
     for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-5), n
+
+
+def test_generator_round_trip_is_deterministic(tmp_path):
+    cfg = DiffusionConfig(height=8, width=4, channels=(16, 16), train_steps=2, batch_size=4, sample_steps=2)
+    torch.manual_seed(0)
+    edm = ConditionalEDM(cfg, id_values=[3, 7], cam_values=[1, 2], device=torch.device("cpu"))
+    images = torch.randint(0, 256, (6, 3, 16, 8), dtype=torch.uint8)
+    edm.fit(images, torch.tensor([3, 3, 3, 7, 7, 7]), torch.tensor([1, 2, 1, 2, 1, 2]), seed=0)
+    edm.save(tmp_path / "gen")
+    loaded = ConditionalEDM.load(tmp_path / "gen", torch.device("cpu"))
+    a = edm.sample([3, 7], [2, 1], (16, 8), seed=1)
+    assert a.shape == (2, 3, 16, 8) and a.dtype == torch.uint8
+    assert torch.equal(a, loaded.sample([3, 7], [2, 1], (16, 8), seed=1))
+    with pytest.raises(BenchmarkError, match="not a DDID generator folder"):
+        ConditionalEDM.load(tmp_path, torch.device("cpu"))
+
+
+class _PixelClassifier(torch.nn.Module):
+    """Predicts class = round(mean pixel * 10): lets the test set what is 'recognisable'."""
+
+    def forward(self, x: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(logits=torch.nn.functional.one_hot((x.mean((1, 2, 3)) * 10).round().long(), 11).float())
+
+
+def test_identity_fidelity_counts_generated_images_recognised_as_their_identity():
+    pids = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10] * 2)
+    real = SplitTensors((pids * 25.5).round().to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 4, 2).contiguous(),
+                        pids, torch.zeros_like(pids))
+    wrong = SplitTensors(real.images[:4].clone(), torch.tensor([0, 1, 2, 4]), torch.zeros(4, dtype=torch.long))
+    out = identity_fidelity(_PixelClassifier(), real, wrong, torch.device("cpu"))
+    assert out == {"generated_id_top1": 75.0, "real_id_top1": 100.0}

@@ -237,17 +237,45 @@ class BalancedData:
     folder: Path
 
 
-def _save_grid(images: torch.Tensor, path: Path, cols: int = 16) -> None:
-    n = min(len(images), cols * 4)
+def _save_grid(generated: SplitTensors, train: SplitTensors, path: Path, cols: int = 16) -> None:
+    """Generated images (rows 1, 3) above a real training image of the same identity (rows 2, 4),
+    so a reader can judge both realism and identity fidelity at a glance."""
+    n = min(len(generated), cols * 2)
     if n == 0:
         return
-    h, w = images.shape[2:]
-    rows = (n + cols - 1) // cols
-    grid = np.zeros((rows * h, cols * w, 3), dtype=np.uint8)
+    h, w = generated.images.shape[2:]
+    pair_rows = (n + cols - 1) // cols
+    grid = np.zeros((2 * pair_rows * h, cols * w, 3), dtype=np.uint8)
     for i in range(n):
         r, c = divmod(i, cols)
-        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = images[i].permute(1, 2, 0).numpy()
+        real = train.images[torch.nonzero(train.pids == generated.pids[i])[0, 0]]
+        for row, img in ((2 * r, generated.images[i]), (2 * r + 1, real)):
+            grid[row * h:(row + 1) * h, c * w:(c + 1) * w] = img.permute(1, 2, 0).numpy()
     Image.fromarray(grid).save(path)
+
+
+@torch.no_grad()
+def identity_fidelity(model: nn.Module, train: SplitTensors, generated: SplitTensors, device: torch.device,
+                      batch: int = 128) -> dict[str, float]:
+    """Top-1 accuracy of a trained ID classifier on generated images against their conditioning identity,
+    next to its accuracy on as many real training images: how much identity the generator keeps."""
+    classes = torch.unique(train.pids)
+    was_training = model.training
+    model.eval()
+
+    def accuracy(split: SplitTensors, index: torch.Tensor) -> float:
+        hits = 0
+        for start in range(0, len(index), batch):
+            idx = index[start:start + batch]
+            logits = model(split.float_images(idx).to(device)).logits
+            hits += int((classes[logits.argmax(1).cpu()] == split.pids[idx]).sum())
+        return 100.0 * hits / max(len(index), 1)
+
+    real_index = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: len(generated)]
+    out = {"generated_id_top1": accuracy(generated, torch.arange(len(generated))),
+           "real_id_top1": accuracy(train, real_index)}
+    model.train(was_training)
+    return out
 
 
 def balance(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torch.device,
@@ -287,7 +315,7 @@ def balance(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torch.
                                  torch.tensor([c for _, c, _ in plan], dtype=torch.long))
         save_file({"images": generated.images.contiguous(), "pids": generated.pids, "camids": generated.camids},
                   str(tmp / "generated.safetensors"))
-        _save_grid(generated.images, tmp / "samples.png")
+        _save_grid(generated, train, tmp / "samples.png")
         manifest = {
             "key": key_src, "delta1": delta1, "delta2": cfg.delta2, "generated": len(plan),
             "inter_id": sum(r == "inter-id" for *_, r in plan), "intra_id": sum(r == "intra-id" for *_, r in plan),

@@ -10,6 +10,7 @@ come from different attacks (`self_meta`). Each part can be ablated (paper Table
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +25,11 @@ from benchmark.training import TrainConfig, TrainContext, optimize, train_model
 from defenses.adversarial import eval_mode, farthest_negative_centroids, metric_pgd, self_metric_pgd
 from defenses.base import Defense, register_defense
 from defenses.ddid.adversarial_learning import FeatureDiscriminator, discriminator_loss, encoder_loss
-from defenses.ddid.balancing import DiffusionConfig, balance
+from defenses.ddid.balancing import DiffusionConfig, balance, identity_fidelity
 from defenses.ddid.fnes import FNESConfig, extend_and_mix, soft_targets
 from defenses.ddid.self_meta import identity_split, meta_update
+
+log = logging.getLogger("benchmark")
 
 PARTS = ("diffusion", "adv-learning", "self-meta", "fnes")
 
@@ -90,8 +93,12 @@ class DDID(Defense):
             o = self.options
             dcfg = DiffusionConfig(delta1=o.delta1, delta2=o.delta2, train_steps=o.diffusion_steps)
             balanced = balance(train, dcfg, cfg.seed, device, o.generator or None)
+            # judged by the warm-start model, before phase 2 changes it
+            fidelity = identity_fidelity(model, train, balanced.generated, device)
+            log.info("DDID phase 1: ID top-1 of the starting model on generated images %.1f%% (real: %.1f%%)",
+                     fidelity["generated_id_top1"], fidelity["real_id_top1"])
             train = balanced.train
-            history["phase1"] = {**balanced.info, "folder": str(balanced.folder)}
+            history["phase1"] = {**balanced.info, **fidelity, "folder": str(balanced.folder)}
         disc = FeatureDiscriminator(model.embedding_dim).to(device)
         disc_opt = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
         history["phase2"] = train_model(model, train, cfg, self.train_step, device, desc="ddid",
