@@ -20,9 +20,11 @@ plt.rcParams.update({"figure.dpi": 120, "savefig.bbox": "tight", "font.size": 9,
 
 def _save(fig: plt.Figure, stem: Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    # not with_suffix: stems such as "throughput-cpu-torch2.14.1" contain dots
+    paths = [stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.pdf"]
     for p in paths:
-        fig.savefig(p)
+        # no creation date in PDFs, so redrawing unchanged data leaves the committed files unchanged
+        fig.savefig(p, metadata={"CreationDate": None} if p.suffix == ".pdf" else None)
     plt.close(fig)
     return paths
 
@@ -149,28 +151,36 @@ def replot_run(folder: Path) -> list[Path]:
 
 # -- figures from the leaderboards ------------------------------------------------------------------
 def plot_eps_curves(board: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
+    """One panel per swept attack, one line per defense swept on it (epsilon 0 = clean mAP).
+
+    Only (defense, attack) pairs run at two or more epsilons are drawn: a mean over whichever attacks
+    happen to exist at each epsilon would mix different attack sets along one curve.
+    """
     attacked = board[board["seen"] != "clean"]
-    if attacked["eps"].nunique() < 2:
+    counts = attacked.groupby(["attack", "defense"])["eps_value"].nunique()
+    swept = counts[counts >= 2]
+    if swept.empty:
         return []
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    for defense, grp in attacked.groupby("defense"):
-        curve = grp.groupby("eps_value")["mAP"].mean().sort_index()
-        clean = board[(board["defense"] == defense) & (board["seen"] == "clean")]["mAP"]
-        xs = [0.0] + list(curve.index * 255)
-        ys = [float(clean.mean()) if len(clean) else np.nan] + list(curve.values)
-        ax.plot(xs, ys, marker="o", label=defense)
-    ax.set_xlabel("epsilon (x/255)")
-    ax.set_ylabel("mAP (%), mean over attacks")
-    ax.set_title(f"robustness vs epsilon, {dataset}")
-    ax.legend(fontsize=7)
+    attacks = sorted(swept.index.get_level_values("attack").unique())
+    fig, axes = plt.subplots(1, len(attacks), figsize=(3.0 * len(attacks) + 1.6, 2.8), sharey=True, squeeze=False)
+    for ax, attack in zip(axes[0], attacks, strict=True):
+        for defense in sorted(swept.loc[attack].index):
+            grp = attacked[(attacked["attack"] == attack) & (attacked["defense"] == defense)]
+            curve = grp.groupby("eps_value")["mAP"].mean().sort_index()
+            clean = board[(board["defense"] == defense) & (board["seen"] == "clean")]["mAP"]
+            xs = [0.0] + list(curve.index * 255)
+            ys = [float(clean.mean()) if len(clean) else np.nan] + list(curve.values)
+            ax.plot(xs, ys, marker="o", markersize=3, label=defense)
+        ax.set_title(attack)
+        ax.set_xlabel("epsilon (x/255)")
+    axes[0][0].set_ylabel("mAP (%)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
+    fig.suptitle(f"robustness vs epsilon, {dataset}", y=1.08)
     return _save(fig, out / f"{dataset}-eps-curves")
 
 
-def plot_attack_bars(board: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
-    scope = board[(board["eps"] == "8/255") | (board["seen"] == "clean")]
-    table = scope.pivot_table(index="defense", columns="attack", values="mAP", aggfunc="mean")
-    if table.empty:
-        return []
+def _grouped_bars(table: pd.DataFrame, title: str, stem: Path) -> list[Path]:
     cols = ["clean"] + sorted(c for c in table.columns if c != "clean")
     table = table.reindex(columns=[c for c in cols if c in table.columns])
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(table) * len(table.columns) / 4), 3.4))
@@ -179,11 +189,39 @@ def plot_attack_bars(board: pd.DataFrame, dataset: str, out: Path) -> list[Path]
     cmap = plt.get_cmap("tab20")
     for i, col in enumerate(table.columns):
         ax.bar(xs + i * width, table[col].values, width, label=col, color="black" if col == "clean" else cmap(i))
-    ax.set_xticks(xs + 0.4 - width / 2, table.index, rotation=20)
+    ax.set_xticks(xs + 0.4 - width / 2, table.index, rotation=20, ha="right")
     ax.set_ylabel("mAP (%)")
-    ax.set_title(f"clean and attacked mAP at 8/255, {dataset}")
+    ax.set_title(title)
     ax.legend(fontsize=6, ncols=2, bbox_to_anchor=(1.01, 1), loc="upper left")
-    return _save(fig, out / f"{dataset}-attack-bars")
+    return _save(fig, stem)
+
+
+def _mAP_at_8(board: pd.DataFrame) -> pd.DataFrame:
+    scope = board[(board["eps"] == "8/255") | (board["seen"] == "clean")]
+    return scope.pivot_table(index="defense", columns="attack", values="mAP", aggfunc="mean")
+
+
+def plot_attack_bars(board: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
+    """Clean vs each attack per defense; variants with options (ablations) go to their own figure."""
+    table = _mAP_at_8(board)
+    table = table[~table.index.str.contains(r"\[", regex=True)]
+    if table.empty:
+        return []
+    return _grouped_bars(table, f"clean and attacked mAP at 8/255, {dataset}", out / f"{dataset}-attack-bars")
+
+
+def plot_variants(board: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
+    """Each defense run with options (e.g. DDID ablations) beside its default, on the attacks all share."""
+    table = _mAP_at_8(board)
+    variants = table.index[table.index.str.contains(r"\[", regex=True)]
+    paths: list[Path] = []
+    for base in sorted({v.split("[", 1)[0] for v in variants}):
+        rows = [base] * (base in table.index) + sorted(v for v in variants if v.startswith(base + "["))
+        sub = table.loc[rows].dropna(axis=1)
+        if len(rows) < 2 or sub.empty:
+            continue
+        paths += _grouped_bars(sub, f"{base} variants, mAP at 8/255, {dataset}", out / f"{dataset}-{base}-variants")
+    return paths
 
 
 def plot_seen_unseen(summary: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
@@ -271,6 +309,7 @@ def plot_all(leaderboard_dir: str | Path, results_dir: str | Path, out: str | Pa
         summary = pd.read_csv(summary_path) if summary_path.is_file() else pd.DataFrame()
         paths += plot_eps_curves(board, name, out)
         paths += plot_attack_bars(board, name, out)
+        paths += plot_variants(board, name, out)
         paths += plot_seen_unseen(summary, name, out)
         paths += plot_clean_vs_robust(summary, name, out)
         paths += plot_per_id_boards(summary, results_dir, name, out)

@@ -62,3 +62,21 @@ def test_summary_separates_seen_and_unseen(tmp_path):
     s = pd.read_csv(tmp_path / "summary-toy.csv").iloc[0]
     assert s["seen_mAP_mean"] == 30.0 and s["unseen_mAP_mean"] == 16.0 and s["unseen_mAP_worst"] == 12.0
     assert s["robust_mAP_worst"] == 12.0 and s["worst_attack"] == "ifgsm" and s["clean_mAP"] == 60.0
+
+
+def test_board_figures_draw_sweeps_per_attack_and_variants_apart(tmp_path):
+    from benchmark.plots import plot_attack_bars, plot_eps_curves, plot_variants
+
+    rows = []
+    for defense in ("none", "ddid", "ddid[ablate=fnes]"):
+        rows.append({"defense": defense, "attack": "clean", "eps": "0", "eps_value": 0.0, "seen": "clean",
+                     "mAP": 60.0})
+        for eps in ((2, 8) if defense == "none" else (8,)):
+            rows.append({"defense": defense, "attack": "fna", "eps": f"{eps}/255", "eps_value": eps / 255,
+                         "seen": "unseen", "mAP": 40.0 - eps})
+    board = pd.DataFrame(rows)
+    assert [p.name for p in plot_eps_curves(board, "d", tmp_path)] == ["d-eps-curves.png", "d-eps-curves.pdf"]
+    assert [p.name for p in plot_variants(board, "d", tmp_path)] == ["d-ddid-variants.png", "d-ddid-variants.pdf"]
+    assert (tmp_path / "d-attack-bars.png") in plot_attack_bars(board, "d", tmp_path)
+    # a board without any swept (defense, attack) pair has no epsilon figure
+    assert plot_eps_curves(board[board["defense"] != "none"], "e", tmp_path) == []
