@@ -9,7 +9,7 @@ from attacks import ATTACKS
 from benchmark.cli import _attack_options, _eps_list
 from benchmark.data import DATASETS
 from benchmark.errors import BenchmarkError
-from benchmark.harness import RunConfig, format_table, run_benchmark
+from benchmark.harness import RunConfig, format_summary, format_table, run_benchmark
 from benchmark.models import BACKBONES
 from benchmark.options import parse_kv
 from defenses import DEFENSES
@@ -63,12 +63,19 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{'loaded from cache' if info.get('cached') else 'trained'} "
           f"({info.get('train_seconds', 0):.0f} s training), checkpoint {info['checkpoint']}")
     print(format_table(outcome))
+    summary = format_summary(outcome)
+    if summary:
+        print(summary)
     if not args.no_write and args.command == "run":
         from benchmark.reporting import write_run
 
         paths = write_run(outcome, args.results_dir, args.leaderboard_dir)
         for label, path in paths.items():
             print(f"{label}: {path}")
+    else:
+        from benchmark.sanity import format_flags, sanity_flags
+
+        print(format_flags(sanity_flags(outcome)))
     return 0
 
 

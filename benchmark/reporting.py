@@ -14,12 +14,12 @@ import torch
 
 from attacks import ATTACKS
 from benchmark.enums import Seen
-from benchmark.harness import RunOutcome, eps_label, format_table
+from benchmark.harness import RunOutcome, eps_label, format_summary, format_table
 from benchmark.leaderboard import LeaderboardRow, write_leaderboards
 from benchmark.metrics import pairwise_distance
 from benchmark.models import extract_embeddings
 from benchmark.provenance import provenance
-from benchmark.sanity import Flag, sanity_flags
+from benchmark.sanity import Flag, format_flags, sanity_flags
 from benchmark.training import fingerprint
 
 
@@ -126,8 +126,9 @@ def write_run(outcome: RunOutcome, results_dir: str | Path, leaderboard_dir: str
     _write_text(folder / "per_id_ap.csv", per_id_table(outcome))
     record = ranking_record(outcome)
     _write_text(folder / "ranking.json", json.dumps(record, indent=2))
-    flag_lines = "\n".join(f"FLAG {f.code}: {f.message}" for f in flags) or "no sanity flags raised"
+    flag_lines = format_flags(flags)
     log = (f"{outcome.workspace.dataset.summary()}\n{prov['command']}\n\n{format_table(outcome)}\n\n"
+           f"{format_summary(outcome)}\n\n"
            f"attacked with: {outcome.defense.attacked_with}\n{flag_lines}\n")
     _write_text(folder / "log.txt", log)
     from benchmark.plots import plot_run

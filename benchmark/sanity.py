@@ -114,3 +114,7 @@ def sanity_flags(outcome: RunOutcome) -> list[Flag]:
     torch.manual_seed(outcome.cfg.seed)
     return (eps_monotonicity(outcome.attacks) + black_box_stronger(outcome.attacks)
             + more_iterations_weaker(outcome) + zero_gradients(outcome) + nondeterminism(outcome))
+
+
+def format_flags(flags: list[Flag]) -> str:
+    return "\n".join(f"FLAG {f.code}: {f.message}" for f in flags) or "no sanity flags raised"

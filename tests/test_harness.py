@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmark.harness import run_benchmark
+from benchmark.harness import format_summary, run_benchmark
 from benchmark.reporting import write_run
 from tests.conftest import TINY_SYNTHPED, shared_data, tiny_config
 
@@ -57,6 +57,11 @@ def test_run_writes_results_leaderboards_and_plots(tiny_ws, tmp_path):
     summary = pd.read_csv(tmp_path / "boards" / "summary-synthped.csv")
     assert len(summary) == 1 and summary["seen_mAP_mean"].notna().all()
     run = paths["run folder"]
+    summary = format_summary(outcome).splitlines()
+    fna, sma, qbb = (next(r.metrics.mAP for r in outcome.attacks if r.attack == a and r.eps == 8 / 255)
+                     for a in ("fna", "sma", "query-bb"))
+    row_8 = next(line for line in summary if " 8/255 " in line)
+    assert f"{(sma + qbb) / 2:.2f}/{min(sma, qbb):.2f}" in row_8 and f"{fna:.2f}/{fna:.2f}" in row_8
     for name in ("config.json", "metrics.json", "log.txt", "per_id_ap.csv", "ranking.png", "adversarial.pdf"):
         assert (run / name).is_file(), name
     from benchmark.plots import plot_all
@@ -75,6 +80,8 @@ def test_cli_run_on_tiny_synthped(tmp_path):
               "--leaderboard-dir", str(tmp_path / "l"))
     assert out.returncode == 0, out.stderr[-2000:]
     assert "clean" in out.stdout and "odfa" in out.stdout and "unseen" in out.stdout
+    summary = out.stdout[out.stdout.index("summary"):]
+    assert "unseen mean/worst" in summary and "8/255" in summary and "sanity flags" in summary
     assert (tmp_path / "l" / "synthped.csv").is_file()
 
 
