@@ -254,23 +254,23 @@ def format_table(outcome: RunOutcome) -> str:
     return "\n".join(lines)
 
 
+def _mean_worst(results: list[AttackResult]) -> str:
+    if not results:
+        return "-"
+    maps = [r.metrics.mAP for r in results]
+    return f"{sum(maps) / len(maps):.2f}/{min(maps):.2f}"
+
+
 def format_summary(outcome: RunOutcome) -> str:
     """Robust mAP over all, unseen and seen attacks (mean and worst) per epsilon, as the summary board has it."""
     lines = [f"{'summary':<9} {'eps':>7} {'attacks':>8} {'all mean/worst':>16} {'unseen mean/worst':>19} "
              f"{'seen mean/worst':>17}  worst attack"]
     for eps in sorted({r.eps for r in outcome.attacks}):
         scope = [r for r in outcome.attacks if r.eps == eps]
-
-        def mean_worst(results: list[AttackResult]) -> str:
-            if not results:
-                return "-"
-            maps = [r.metrics.mAP for r in results]
-            return f"{sum(maps) / len(maps):.2f}/{min(maps):.2f}"
-
         worst = min(scope, key=lambda r: r.metrics.mAP)
-        lines.append(f"{'':<9} {eps_label(eps):>7} {len(scope):>8} {mean_worst(scope):>16} "
-                     f"{mean_worst([r for r in scope if r.seen is Seen.UNSEEN]):>19} "
-                     f"{mean_worst([r for r in scope if r.seen is Seen.SEEN]):>17}  {worst.attack}")
+        lines.append(f"{'':<9} {eps_label(eps):>7} {len(scope):>8} {_mean_worst(scope):>16} "
+                     f"{_mean_worst([r for r in scope if r.seen is Seen.UNSEEN]):>19} "
+                     f"{_mean_worst([r for r in scope if r.seen is Seen.SEEN]):>17}  {worst.attack}")
     return "\n".join(lines) if len(lines) > 1 else ""
 
 

@@ -201,10 +201,15 @@ def _mAP_at_8(board: pd.DataFrame) -> pd.DataFrame:
     return scope.pivot_table(index="defense", columns="attack", values="mAP", aggfunc="mean")
 
 
+def _is_variant(defenses: pd.Index) -> np.ndarray:
+    """Defense labels with options, e.g. ddid[ablate=fnes]."""
+    return defenses.str.contains("[", regex=False)
+
+
 def plot_attack_bars(board: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
     """Clean vs each attack per defense; variants with options (ablations) go to their own figure."""
     table = _mAP_at_8(board)
-    table = table[~table.index.str.contains(r"\[", regex=True)]
+    table = table[~_is_variant(table.index)]
     if table.empty:
         return []
     return _grouped_bars(table, f"clean and attacked mAP at 8/255, {dataset}", out / f"{dataset}-attack-bars")
@@ -213,7 +218,7 @@ def plot_attack_bars(board: pd.DataFrame, dataset: str, out: Path) -> list[Path]
 def plot_variants(board: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
     """Each defense run with options (e.g. DDID ablations) beside its default, on the attacks all share."""
     table = _mAP_at_8(board)
-    variants = table.index[table.index.str.contains(r"\[", regex=True)]
+    variants = table.index[_is_variant(table.index)]
     paths: list[Path] = []
     for base in sorted({v.split("[", 1)[0] for v in variants}):
         rows = [base] * (base in table.index) + sorted(v for v in variants if v.startswith(base + "["))

@@ -22,13 +22,15 @@ from benchmark.provenance import provenance
 from benchmark.sanity import Flag, format_flags, sanity_flags
 from benchmark.training import fingerprint
 
+# defense labels such as "ddid[ablate=fnes+self-meta]" become folder-name safe "ddid-ablate-fnes-self-meta"
+RUN_ID_SAFE = str.maketrans({"[": "-", "]": None, "=": "-", ",": "-", "+": "-", "/": "-"})
+
 
 def run_id(outcome: RunOutcome, prov: dict[str, Any]) -> str:
     cfg = outcome.cfg
     stamp = prov["date"].replace("-", "").replace(":", "").replace("T", "-").rstrip("Z")
     digest = fingerprint({"cfg": dataclasses.asdict(cfg), "date": prov["date"]})[:6]
-    label = cfg.defense_label().replace("[", "-").replace("]", "").replace("=", "-").replace(",", "-")
-    label = label.replace("+", "-").replace("/", "-")
+    label = cfg.defense_label().translate(RUN_ID_SAFE)
     return f"{stamp}-{cfg.dataset}-{label}-{cfg.backbone}-s{cfg.seed}-{digest}"
 
 

@@ -26,6 +26,9 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ["RRB_CACHE_DIR"] = old
 
 
+DEFAULT_DATA = {"dataset_options": {}, "height": 128, "width": 64}  # synthped as the benchmark runs it
+
+
 def tiny_config(**overrides):
     from benchmark.harness import RunConfig
 
@@ -46,7 +49,7 @@ def trained_ws():
     """The default synthped at 128x64, the data set the benchmark's claims are made on."""
     from benchmark.harness import load_workspace
 
-    return load_workspace(tiny_config(dataset_options={}, height=128, width=64))
+    return load_workspace(tiny_config(**DEFAULT_DATA))
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +58,7 @@ def trained_none(trained_ws):
     from benchmark.harness import train_or_load
     from defenses import build_defense
 
-    cfg = tiny_config(dataset_options={}, height=128, width=64)
+    cfg = tiny_config(**DEFAULT_DATA)
     model, info = train_or_load(build_defense("none"), cfg, trained_ws, torch.device("cpu"))
     return model, info
 

@@ -36,6 +36,7 @@ from benchmark.data import SplitTensors
 from benchmark.errors import BenchmarkError
 from benchmark.paths import cache_dir
 from benchmark.training import split_fingerprint
+from defenses.adversarial import eval_mode
 
 log = logging.getLogger("benchmark")
 
@@ -260,8 +261,6 @@ def identity_fidelity(model: nn.Module, train: SplitTensors, generated: SplitTen
     """Top-1 accuracy of a trained ID classifier on generated images against their conditioning identity,
     next to its accuracy on as many real training images: how much identity the generator keeps."""
     classes = torch.unique(train.pids)
-    was_training = model.training
-    model.eval()
 
     def accuracy(split: SplitTensors, index: torch.Tensor) -> float:
         hits = 0
@@ -272,10 +271,9 @@ def identity_fidelity(model: nn.Module, train: SplitTensors, generated: SplitTen
         return 100.0 * hits / max(len(index), 1)
 
     real_index = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: len(generated)]
-    out = {"generated_id_top1": accuracy(generated, torch.arange(len(generated))),
-           "real_id_top1": accuracy(train, real_index)}
-    model.train(was_training)
-    return out
+    with eval_mode(model):
+        return {"generated_id_top1": accuracy(generated, torch.arange(len(generated))),
+                "real_id_top1": accuracy(train, real_index)}
 
 
 def balance(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torch.device,
