@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from benchmark.enums import AttackFamily, Knowledge, Norm, Side
+from benchmark.errors import BenchmarkError
+from benchmark.models import eval_mode
 from benchmark.options import build_options
 from benchmark.registry import Registry
 
@@ -73,8 +75,18 @@ class Attack:
         self.model = model
         self.options = build_options(self.Options, f"attack '{self.name}'", options)
         if self.options.norm not in (Norm.LINF.value, Norm.L2.value):
-            raise ValueError(f"norm must be linf or l2, got {self.options.norm}")
+            raise BenchmarkError(f"attack '{self.name}': norm={self.options.norm} is not linf or l2")
         self.device = next(iter(model.parameters())).device
+
+    @classmethod
+    def throughput_options(cls, iterations: int, batch: int) -> dict[str, Any] | None:
+        """Options that make one timed run cost `iterations` model iterations per image (None: not timed)."""
+        return {"steps": iterations} if "steps" in cls.Options.__dataclass_fields__ else {}
+
+    @classmethod
+    def throughput_iterations(cls, iterations: int) -> int:
+        """Iterations per image that a run with `throughput_options(iterations, ...)` performs."""
+        return iterations
 
     # -- public entry point -------------------------------------------------------------------
     def __call__(self, images: torch.Tensor, ctx: AttackContext, index: torch.Tensor | None = None
@@ -82,14 +94,9 @@ class Attack:
         """Adversarial versions of `images` (float in [0, 1]); `index` locates them in the query set."""
         if index is None:
             index = torch.arange(len(images))
-        was_training = self.model.training
-        self.model.eval()
         generator = torch.Generator(device="cpu").manual_seed(ctx.seed * 100_003 + int(index[0]))
-        try:
-            x = images.detach().to(self.device)
-            adv = self.perturb(x, ctx, index, generator)
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model):
+            adv = self.perturb(images.detach().to(self.device), ctx, index, generator)
         return adv.detach()
 
     def run(self, images: torch.Tensor, ctx: AttackContext) -> torch.Tensor:

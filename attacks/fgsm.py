@@ -23,4 +23,14 @@ class FGSMOptions(AttackOptions):
 class FGSM(SelfMetricAttack):
     """One signed-gradient step of size eps pushing the embedding away from the clean one (SMA's loss)."""
 
+    @classmethod
+    def throughput_options(cls, iterations: int, batch: int) -> dict | None:
+        """One step by definition."""
+        return {}
+
+    @classmethod
+    def throughput_iterations(cls, iterations: int) -> int:
+        """One step by definition."""
+        return 1
+
     Options = FGSMOptions

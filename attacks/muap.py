@@ -17,6 +17,7 @@ from attacks.base import Attack, AttackContext, AttackOptions, register_attack, 
 from benchmark.data import assert_identity_disjoint
 from benchmark.enums import AttackFamily
 from benchmark.errors import BenchmarkError
+from benchmark.models import eval_mode
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,11 @@ class MUAPOptions(AttackOptions):
 @register_attack("muap", paper="Li et al. 2019; Ding et al. 2021 (universal ReID perturbations)")
 class UniversalPerturbation(Attack):
     """One image-agnostic perturbation learned on training IDs, applied to unseen test queries."""
+
+    @classmethod
+    def throughput_options(cls, iterations: int, batch: int) -> dict | None:
+        """Ascent steps over batches of the timed batch size."""
+        return {"steps": iterations, "batch": batch}
 
     family = AttackFamily.UNIVERSAL
     Options = MUAPOptions
@@ -43,18 +49,16 @@ class UniversalPerturbation(Attack):
         shape = (1, *images.shape[1:])
         delta = (torch.rand(shape, generator=g) * 2 - 1) * (o.eps if o.random_start else 1e-4)
         delta = delta.to(self.device)
-        was_training = self.model.training
-        self.model.eval()
-        for _ in range(o.steps):
-            idx = torch.randint(len(ctx.train_images), (min(o.batch, len(ctx.train_images)),), generator=g)
-            x = ctx.train_images[idx].to(self.device).float().div(255.0)
-            with torch.no_grad():
-                clean = self.model.embed(x)
-            d = delta.detach().requires_grad_(True)
-            loss = sq_dist(self.model.embed((x + d).clamp(0, 1)), clean).mean()
-            (grad,) = torch.autograd.grad(loss, d)
-            delta = (delta + o.step * grad.sign()).clamp(-o.eps, o.eps)
-        self.model.train(was_training)
+        with eval_mode(self.model):
+            for _ in range(o.steps):
+                idx = torch.randint(len(ctx.train_images), (min(o.batch, len(ctx.train_images)),), generator=g)
+                x = ctx.train_images[idx].to(self.device).float().div(255.0)
+                with torch.no_grad():
+                    clean = self.model.embed(x)
+                d = delta.detach().requires_grad_(True)
+                loss = sq_dist(self.model.embed((x + d).clamp(0, 1)), clean).mean()
+                (grad,) = torch.autograd.grad(loss, d)
+                delta = (delta + o.step * grad.sign()).clamp(-o.eps, o.eps)
         self.delta = delta.detach()
 
     def perturb(self, x: torch.Tensor, ctx: AttackContext, index: torch.Tensor,

@@ -27,6 +27,11 @@ class SquareOptions(AttackOptions):
 class SquareQueryAttack(Attack):
     """Random-search Square Attack maximising the embedding distance with a counted query budget."""
 
+    @classmethod
+    def throughput_options(cls, iterations: int, batch: int) -> dict | None:
+        """One iteration is one query of the batch."""
+        return {"queries": iterations}
+
     family = AttackFamily.QUERY
     knowledge = Knowledge.SCORE_BASED
     Options = SquareOptions

@@ -32,6 +32,11 @@ class TransferOptions(AttackOptions):
 class TransferAttack(Attack):
     """Adversarial queries crafted on an undefended surrogate of a different backbone."""
 
+    @classmethod
+    def throughput_options(cls, iterations: int, batch: int) -> dict | None:
+        """Not timed: its cost is mifgsm's on the surrogate plus one surrogate training."""
+        return None
+
     family = AttackFamily.TRANSFER
     knowledge = Knowledge.TRANSFER
     Options = TransferOptions

@@ -1,76 +1,106 @@
-"""What each CLI subcommand does."""
+"""What each CLI subcommand does: one function per command, looked up by name."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 
 from attacks import ATTACKS
-from benchmark.cli import _attack_options, _eps_list
+from benchmark.arguments import spec_from_args
 from benchmark.data import DATASETS
 from benchmark.errors import BenchmarkError
-from benchmark.harness import RunConfig, format_summary, format_table, run_benchmark
+from benchmark.harness import Runtime, format_summary, format_table, run_benchmark
 from benchmark.models import BACKBONES
-from benchmark.options import parse_kv
+from benchmark.options import format_value, option_table
+from benchmark.provenance import tree_dirty
+from benchmark.registry import Registry
 from defenses import DEFENSES
 
+REGISTRIES: dict[str, Registry] = {"datasets": DATASETS, "backbones": BACKBONES, "attacks": ATTACKS,
+                                   "defenses": DEFENSES}
 
-def run_config(args: argparse.Namespace) -> RunConfig:
-    defense_options = parse_kv(args.defense_opt)
-    if args.ablate:
-        defense_options["ablate"] = args.ablate.replace(",", "+")
-    if args.ddid_generator:
-        defense_options["generator"] = args.ddid_generator
-    if (args.ablate or args.ddid_generator) and args.defense != "ddid":
-        raise BenchmarkError("--ablate and --ddid-generator apply to --defense ddid only")
-    return RunConfig(
-        defense=args.defense, attacks=args.attack, dataset=args.dataset, data_root=args.data_root,
-        train_dataset=args.train_dataset, train_data_root=args.train_data_root, backbone=args.backbone,
-        backbone_weights=args.backbone_weights, eps=_eps_list(args.eps), seed=args.seed, device=args.device,
-        epochs=args.epochs, height=args.height, width=args.width, metric=args.metric,
-        dataset_options=parse_kv(args.dataset_opt), defense_options=defense_options,
-        attack_options=_attack_options(args.attack_opt), retrain=args.retrain)
+
+def _summary_line(title: str, name: str, meta: dict) -> str:
+    if title == "attacks":
+        return (f"{meta['family']:<9} {meta['knowledge']:<11} eps={meta['eps'] * 255:.0f}/255 "
+                f"steps={meta['steps']}  {meta.get('summary', '')}")
+    if title == "defenses":
+        seen = ",".join(meta.get("trains_with", ())) or "-"
+        return f"trains with: {seen:<14} {meta.get('summary', '')}"
+    return ", ".join(f"{k}={v}" for k, v in meta.items() if k not in ("default", "options", "torchvision_keys",
+                                                                       "dist"))
+
+
+def _details(name: str) -> int:
+    hits = [(title, reg) for title, reg in REGISTRIES.items() if name in reg]
+    if not hits:
+        raise BenchmarkError(f"'{name}' is not a registered data set, backbone, attack or defense; see "
+                             "`python -m benchmark list`")
+    for title, registry in hits:
+        entry = registry.entry(name)
+        print(f"{title[:-1]} '{name}'")
+        for key, value in sorted(entry.meta.items()):
+            if key not in ("options", "torchvision_keys"):
+                print(f"  {key}: {value}")
+        options_cls = getattr(entry.obj, "Options", None) or entry.meta.get("options")
+        rows = option_table(options_cls) if options_cls else []
+        print("  options (key  type  default):" if rows else "  options: none")
+        for key, kind, default in rows:
+            print(f"    {key:<16} {kind:<6} {format_value(key, default)}")
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    sections = {"datasets": DATASETS, "backbones": BACKBONES, "attacks": ATTACKS, "defenses": DEFENSES}
-    for title, registry in sections.items():
+    """Print the registries (or one entry's details with --details NAME)."""
+    if args.details:
+        return _details(args.details)
+    for title, registry in REGISTRIES.items():
         if args.what not in ("all", title):
             continue
         print(f"{title}:")
         for name in registry.names(args.filter):
-            meta = registry.meta(name)
-            if title == "attacks":
-                desc = (f"{meta['family']:<9} {meta['knowledge']:<11} eps={meta['eps'] * 255:.0f}/255 "
-                        f"steps={meta['steps']}  {meta.get('summary', '')}")
-            elif title == "defenses":
-                seen = ",".join(meta.get("trains_with", ())) or "-"
-                desc = f"trains with: {seen:<14} {meta.get('summary', '')}"
-            else:
-                desc = ", ".join(f"{k}={v}" for k, v in meta.items() if k != "default")
-            print(f"  {name:<14} {desc}")
+            print(f"  {name:<14} {_summary_line(title, name, registry.meta(name))}")
         for plugin, err in registry.plugin_errors.items():
             print(f"  (plugin '{plugin}' failed to load: {err})")
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    cfg = run_config(args)
-    outcome = run_benchmark(cfg)
+def _check_writable(args: argparse.Namespace, official: bool) -> None:
+    if official and not args.allow_dirty and tree_dirty():
+        raise BenchmarkError("the code has uncommitted changes: official rows must come from a clean tree; commit "
+                             "first, or pass --allow-dirty (recorded in every row) or --no-write")
+
+
+def _report(outcome) -> None:  # noqa: ANN001 - RunOutcome, imported lazily by the harness
     info = outcome.train_info
+    spec = outcome.spec
     print(outcome.workspace.dataset.summary())
-    print(f"defense {cfg.defense} / backbone {cfg.backbone} / seed {cfg.seed}: "
-          f"{'loaded from cache' if info.get('cached') else 'trained'} "
-          f"({info.get('train_seconds', 0):.0f} s training), checkpoint {info['checkpoint']}")
+    source = "loaded from cache" if info.get("cached") else "trained"
+    print(f"defense {spec.defense.label} / backbone {spec.model.backbone} / seed {spec.seed}: {source} "
+          f"({float(info.get('train_seconds') or 0):.0f} s training), checkpoint {info['checkpoint']}")
+    if outcome.resumed:
+        print(f"resumed: {outcome.resumed} of {len(outcome.attacks)} attack cells came from the cache")
+    if not spec.official:
+        print(f"custom run (not the standard protocol): {spec.settings}")
     print(format_table(outcome))
     summary = format_summary(outcome)
     if summary:
         print(summary)
-    if not args.no_write and args.command == "run":
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Train or load, attack, print, and (for `run` without --no-write) write the run folder and boards."""
+    spec = spec_from_args(args)
+    write = args.command == "run" and not args.no_write
+    if write:
+        _check_writable(args, spec.official)
+    outcome = run_benchmark(spec, Runtime(device=args.device, retrain=args.retrain))
+    _report(outcome)
+    if write:
         from benchmark.reporting import write_run
 
-        paths = write_run(outcome, args.results_dir, args.leaderboard_dir)
-        for label, path in paths.items():
+        for label, path in write_run(outcome, args.results_dir, args.leaderboard_dir, args.allow_dirty).items():
             print(f"{label}: {path}")
     else:
         from benchmark.sanity import format_flags, sanity_flags
@@ -80,30 +110,37 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = run_config(args)
-    cfg.attacks = "none"
-    outcome = run_benchmark(cfg)
+    """Train (or load) the defense's checkpoint and print where it is."""
+    args.attack = "none"
+    spec = spec_from_args(args)
+    outcome = run_benchmark(spec, Runtime(device=args.device, retrain=args.retrain))
     print(json.dumps({"checkpoint": outcome.train_info["checkpoint"], "cached": outcome.train_info.get("cached"),
                       "train_seconds": outcome.train_info.get("train_seconds"),
                       "clean": outcome.clean.as_dict()}, indent=2))
     return 0
 
 
+def cmd_plots(args: argparse.Namespace) -> int:
+    """Redraw every figure from the boards and run folders."""
+    from benchmark.plots import plot_all
+
+    for path in plot_all(args.leaderboard_dir, args.results_dir, args.out):
+        print(path)
+    return 0
+
+
+def cmd_throughput(args: argparse.Namespace) -> int:
+    """Measure images/s of extraction, attacks and training steps."""
+    from benchmark.throughput import cmd_throughput as measure
+
+    return measure(args)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "list": cmd_list, "run": cmd_run, "eval": cmd_run, "train": cmd_train, "plots": cmd_plots,
+    "throughput": cmd_throughput}
+
+
 def dispatch(args: argparse.Namespace) -> int:
-    if args.command == "list":
-        return cmd_list(args)
-    if args.command in ("run", "eval"):
-        return cmd_run(args)
-    if args.command == "train":
-        return cmd_train(args)
-    if args.command == "plots":
-        from benchmark.plots import plot_all
-
-        for path in plot_all(args.leaderboard_dir, args.results_dir, args.out):
-            print(path)
-        return 0
-    if args.command == "throughput":
-        from benchmark.throughput import cmd_throughput
-
-        return cmd_throughput(args)
-    raise BenchmarkError(f"unknown command {args.command}")
+    """Run the subcommand named in `args`."""
+    return COMMANDS[args.command](args)

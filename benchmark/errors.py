@@ -11,3 +11,11 @@ class DataError(BenchmarkError):
 
 class AttackValidityError(BenchmarkError):
     """An attack returned images outside the epsilon-ball, outside [0, 1], or not finite."""
+
+
+class CorruptCacheError(BenchmarkError):
+    """A cache entry is missing files, unreadable or does not match the hash recorded when it was written."""
+
+
+class RunInterrupted(BenchmarkError):
+    """The user interrupted a run (Ctrl-C); finished work stays cached."""

@@ -1,71 +1,55 @@
 """The standard harness: train (or load) a defense, score clean and attacked queries on unseen IDs.
 
-One call of `run_benchmark` = one defense x backbone on one data set, against a list of attacks
-and epsilons. Every adversarial batch is validated; every row is tagged seen/unseen from the
-defense's declared training attacks.
+One call of `run_benchmark` = one RunSpec: a defense x backbone on one data set, against a list of
+attacks and epsilons. The threat model and the model's state belong to the harness: every
+adversarial batch is validated against the spec's ε and norm, attacks get copies of shared
+tensors, and the model's parameters and buffers are checked unchanged after each attack. Each
+finished (attack, ε) cell is stored in the cache as it completes, so a killed run resumes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from attacks import ATTACKS, AttackContext, build_attack
+from benchmark.atomic import atomic_folder, atomic_write_text, remove_folder
 from benchmark.data import ReidDataset, SplitTensors, assert_identity_disjoint, build_dataset
 from benchmark.device import resolve_device
 from benchmark.enums import Seen
+from benchmark.errors import AttackValidityError, BenchmarkError, RunInterrupted
+from benchmark.hashing import fingerprint, module_state_digest, sha256_file, source_digest, tensor_digest
 from benchmark.metrics import RetrievalMetrics, evaluate_features
-from benchmark.models import ModelConfig, ReidModel, extract_embeddings
+from benchmark.models import BACKBONES, ModelConfig, ReidModel, extract_embeddings
+from benchmark.paths import cache_dir
+from benchmark.provenance import training_provenance
+from benchmark.spec import DataSpec, DefenseSpec, ModelSpec, RunSpec
 from benchmark.training import TrainConfig, cached_checkpoint, split_fingerprint
 from benchmark.validity import check_adversarial
-from defenses import DEFENSES, DefendedModel, Defense, build_defense
+from defenses import DEFENSES, DefendedModel, Defense
 
 CROSS_DATASET_PID_OFFSET = 1_000_000
 log = logging.getLogger("benchmark")
 
 
 @dataclass
-class RunConfig:
-    defense: str = "none"
-    attacks: str = "none"
-    dataset: str = "synthped"
-    data_root: str | None = None
-    train_dataset: str | None = None
-    train_data_root: str | None = None
-    backbone: str = "reidnet-s"
-    backbone_weights: str | None = None
-    eps: tuple[float, ...] = (8 / 255,)
-    seed: int = 0
+class Runtime:
+    """How a run executes; nothing here changes its numbers."""
+
     device: str = "auto"
-    epochs: int | None = None
-    height: int = 128
-    width: int = 64
-    metric: str = "euclidean"
-    dataset_options: dict[str, str] = field(default_factory=dict)
-    defense_options: dict[str, str] = field(default_factory=dict)
-    attack_options: dict[str, dict[str, str]] = field(default_factory=dict)
     retrain: bool = False
-
-    def defense_label(self) -> str:
-        """The defense's name plus any non-default options, e.g. ddid[ablate=fnes+self-meta]."""
-        if not self.defense_options:
-            return self.defense
-        opts = ",".join(f"{k}={v}" for k, v in sorted(self.defense_options.items()))
-        return f"{self.defense}[{opts}]"
-
-    def attack_names(self) -> list[str]:
-        if self.attacks.strip() in ("", "none"):
-            return []
-        return ATTACKS.resolve(self.attacks)
+    progress: bool = True
 
 
 @dataclass
@@ -77,72 +61,107 @@ class Workspace:
     query: SplitTensors
     gallery: SplitTensors
     train_name: str
+    digests: dict[str, str] = field(default_factory=dict)
 
     @property
     def size(self) -> tuple[int, int]:
         return tuple(self.query.images.shape[2:])  # type: ignore[return-value]
 
 
-def load_workspace(cfg: RunConfig) -> Workspace:
-    size = (cfg.height, cfg.width)
-    test_ds = build_dataset(cfg.dataset, cfg.data_root, seed=cfg.seed, **cfg.dataset_options)
+def _build(data: DataSpec, seed: int) -> ReidDataset:
+    return build_dataset(data.name, data.root, seed=seed, options=data.options_object())
+
+
+def load_workspace(spec: RunSpec) -> Workspace:
+    """Load (or generate) the data of a run at the spec's input size and hash every split."""
+    size = (spec.model.height, spec.model.width)
+    test_ds = _build(spec.data, spec.seed)
     query = SplitTensors.from_items(test_ds.query, size)
     gallery = SplitTensors.from_items(test_ds.gallery, size)
-    if cfg.train_dataset and cfg.train_dataset != cfg.dataset:
-        train_ds = build_dataset(cfg.train_dataset, cfg.train_data_root, seed=cfg.seed)
+    if spec.train_data is not None:
+        train_ds = _build(spec.train_data, spec.seed)
         train = SplitTensors.from_items(train_ds.train, size)
         # Identities of two data sets are different people even when their numbers collide.
         train.pids = train.pids + CROSS_DATASET_PID_OFFSET
-        train_name = train_ds.name
+        train_name = spec.train_data.label
     else:
         train = SplitTensors.from_items(test_ds.train, size)
-        train_name = test_ds.name
+        train_name = spec.data.label
     assert_identity_disjoint({int(p) for p in train.pids if p > 0},
                              {int(p) for p in torch.cat([query.pids, gallery.pids]) if p > 0},
-                             f"run on '{cfg.dataset}'")
-    return Workspace(test_ds, train, query, gallery, train_name)
+                             f"run on '{spec.data.name}'")
+    digests = {name: split_fingerprint(split) for name, split in
+               (("train", train), ("query", query), ("gallery", gallery))}
+    return Workspace(test_ds, train, query, gallery, train_name, digests)
 
 
-def train_config(cfg: RunConfig, defense: Defense) -> TrainConfig:
-    epochs = cfg.epochs if cfg.epochs is not None else defense.default_epochs
-    return TrainConfig(epochs=epochs, seed=cfg.seed)
+# -- training ----------------------------------------------------------------------------------------
+def training_recipe(recipe: DefenseSpec) -> DefenseSpec:
+    """The recipe whose checkpoint a defense uses: itself, or the one it `trains_like` (input transforms)."""
+    defense = recipe.build()
+    if not defense.trains_like:
+        return recipe
+    return DefenseSpec(defense.trains_like, (), recipe.epochs, recipe.parent)
 
 
-def train_or_load(defense: Defense, cfg: RunConfig, ws: Workspace, device: torch.device,
-                  backbone: str | None = None) -> tuple[ReidModel, dict[str, Any]]:
-    """The defense's trained model for this data and configuration, from the cache when possible."""
-    backbone = backbone or cfg.backbone
+def checkpoint_payload(recipe: DefenseSpec, defense: Defense, model_spec: ModelSpec, num_classes: int, seed: int,
+                       ws: Workspace, parent_key: str | None) -> dict[str, Any]:
+    """Everything a trained model depends on, code included: the checkpoint's cache key."""
+    tcfg = TrainConfig(epochs=recipe.epochs, seed=seed)
+    return {"defense": recipe.name, "defense_config": defense.config(), "model": model_spec.identity(),
+            "num_classes": num_classes, "train": dataclasses.asdict(tcfg), "data": ws.digests["train"],
+            "train_dataset": ws.train_name, "parent": parent_key,
+            "code": source_digest(type(defense), BACKBONES.get(model_spec.backbone))}
+
+
+def _probe_finite(model: ReidModel, ws: Workspace, device: torch.device) -> None:
+    emb = extract_embeddings(model, ws.train.images[:32], device=device)
+    if not torch.isfinite(emb).all():
+        raise BenchmarkError("training produced non-finite embeddings; nothing was cached. Lower the learning "
+                             "rate or check the defense's loss")
+
+
+def train_or_load(recipe: DefenseSpec, spec: RunSpec, ws: Workspace, device: torch.device,
+                  model_spec: ModelSpec | None = None, retrain: bool = False) -> tuple[ReidModel, dict[str, Any]]:
+    """The trained model of a recipe on this data, from the cache when possible (warm-start parents first)."""
+    model_spec = model_spec or spec.model
+    recipe = training_recipe(recipe)
+    defense = recipe.build()
     num_classes = len(torch.unique(ws.train.pids))
-    trained_as = build_defense(defense.trains_like) if defense.trains_like else defense
-    tcfg = train_config(cfg, trained_as)
-    model_cfg = ModelConfig(backbone, num_classes, cfg.height, cfg.width)
-    key = {"defense": trained_as.name, "defense_config": trained_as.config(), "model": dataclasses.asdict(model_cfg),
-           "backbone_weights": cfg.backbone_weights, "train": dataclasses.asdict(tcfg),
-           "data": split_fingerprint(ws.train), "train_dataset": ws.train_name}
-    warm_model = None
-    if trained_as.warm_start:
-        base_cfg = dataclasses.replace(cfg, epochs=None, retrain=False)
-        warm_model, warm_info = train_or_load(build_defense(trained_as.warm_start), base_cfg, ws, device, backbone)
-        key["warm_start"] = Path(warm_info["checkpoint"]).name
+    warm_model, parent_key = None, None
+    if recipe.parent is not None:
+        warm_model, warm_info = train_or_load(recipe.parent, spec, ws, device, model_spec, retrain)
+        parent_key = warm_info["checkpoint_key"]
+    key = checkpoint_payload(recipe, defense, model_spec, num_classes, spec.seed, ws, parent_key)
 
     def fit() -> tuple[ReidModel, dict[str, Any]]:
-        torch.manual_seed(cfg.seed)
-        weights = cfg.backbone_weights if backbone == cfg.backbone else None
-        model = ReidModel(model_cfg, backbone_weights=weights).to(device)
+        torch.manual_seed(spec.seed)
+        model = ReidModel(ModelConfig(model_spec.backbone, num_classes, model_spec.height, model_spec.width),
+                          backbone_weights=model_spec.weights_path).to(device)
+        if model_spec.weights_path and sha256_file(model_spec.weights_path) != model_spec.weights_sha256:
+            raise BenchmarkError(f"backbone weights '{model_spec.weights_path}' changed while the run started; "
+                                 "run again")
         if warm_model is not None:
             model.load_state_dict(warm_model.state_dict())
         start = time.perf_counter()
-        log.info("training %s (%s, %d epochs) on %d images", trained_as.name, backbone, tcfg.epochs, len(ws.train))
-        history = trained_as.fit(model, ws.train, tcfg, device)
-        log.info("trained %s in %.0f s", trained_as.name, time.perf_counter() - start)
-        return model.cpu(), {"train_seconds": time.perf_counter() - start, "history": history}
+        log.info("training %s (%s, %d epochs) on %d images", recipe.label, model_spec.backbone, recipe.epochs,
+                 len(ws.train))
+        history = defense.fit(model, ws.train, TrainConfig(epochs=recipe.epochs, seed=spec.seed), device)
+        seconds = time.perf_counter() - start
+        log.info("trained %s in %.0f s", recipe.label, seconds)
+        if not model.non_finite():
+            _probe_finite(model, ws, device)
+        return model.cpu(), {"train_seconds": seconds, "history": history,
+                             "provenance": training_provenance(device, spec.seed)}
 
-    model, info, folder = cached_checkpoint(key, fit, retrain=cfg.retrain)
+    model, info, folder = cached_checkpoint(key, fit, retrain=retrain)
     info["checkpoint"] = str(folder)
+    info["checkpoint_key"] = folder.name
     return model.to(device).eval(), info
 
 
 def deploy(defense: Defense, model: ReidModel) -> DefendedModel:
+    """The model as attacks and the evaluator see it: the defense's test-time transform, then the ReID model."""
     transform = defense.transform()
     deployed = DefendedModel(model, transform)
     if transform is not None:
@@ -150,6 +169,7 @@ def deploy(defense: Defense, model: ReidModel) -> DefendedModel:
     return deployed.eval()
 
 
+# -- attacks -------------------------------------------------------------------------------------------
 @dataclass
 class AttackResult:
     attack: str
@@ -159,11 +179,12 @@ class AttackResult:
     seconds: float
     report: dict[str, Any]
     adversarial: torch.Tensor = field(repr=False)
+    resumed: bool = False
 
 
 @dataclass
 class RunOutcome:
-    cfg: RunConfig
+    spec: RunSpec
     defense: Defense
     clean: RetrievalMetrics
     attacks: list[AttackResult]
@@ -173,66 +194,155 @@ class RunOutcome:
     query_feats: torch.Tensor = field(repr=False)
     gallery_feats: torch.Tensor = field(repr=False)
 
+    @property
+    def resumed(self) -> int:
+        return sum(r.resumed for r in self.attacks)
+
 
 def seen_tag(defense: Defense, attack: str) -> Seen:
     return Seen.SEEN if attack in defense.seen_attacks() else Seen.UNSEEN
 
 
-def scaled_step(attack_name: str, eps: float) -> dict[str, float]:
-    """Epsilon and a step scaled with it, keeping each attack's default step/eps ratio."""
-    defaults = ATTACKS.get(attack_name).Options()
-    if not hasattr(defaults, "step"):
-        return {"eps": eps}
-    return {"eps": eps, "step": defaults.step * eps / defaults.eps}
+def attack_options(spec: RunSpec, name: str, eps: float) -> dict[str, Any]:
+    """ε from the run, a step scaled with it (keeping the attack's default step/ε ratio), then the user's options."""
+    defaults = ATTACKS.get(name).Options()
+    scaled: dict[str, Any] = {"eps": eps}
+    if hasattr(defaults, "step"):
+        scaled["step"] = defaults.step * eps / defaults.eps
+    return {**scaled, **dict(spec.attack(name).options)}
 
 
-def make_surrogate_builder(cfg: RunConfig, ws: Workspace, device: torch.device) -> Callable[[str], torch.nn.Module]:
+def make_surrogate_builder(spec: RunSpec, ws: Workspace, device: torch.device) -> Callable[[str], torch.nn.Module]:
+    """Undefended models of other backbones (cached checkpoints) for transfer attacks."""
     def build(backbone: str) -> torch.nn.Module:
-        model, _ = train_or_load(build_defense("none"), cfg, ws, device, backbone=backbone)
+        surrogate = ModelSpec(backbone, spec.model.height, spec.model.width)
+        recipe = DefenseSpec("none", (), DEFENSES.get("none").default_epochs)
+        model, _ = train_or_load(recipe, spec, ws, device, surrogate)
         return model
 
     return build
 
 
-def run_attack(name: str, eps: float, model: DefendedModel, ws: Workspace, ctx: AttackContext,
-               cfg: RunConfig, device: torch.device) -> tuple[torch.Tensor, dict[str, Any], float]:
-    options = {**scaled_step(name, eps), **cfg.attack_options.get(name, {})}
-    attack = build_attack(name, model, **options)
+def attack_context(spec: RunSpec, ws: Workspace, qf: torch.Tensor, gf: torch.Tensor,
+                   device: torch.device) -> AttackContext:
+    """A fresh context holding copies of every shared tensor: an attack cannot alter what later ones see."""
+    return AttackContext(query_pids=ws.query.pids.clone(), query_feats=qf.clone(), seed=spec.seed,
+                         gallery_feats=gf.clone(), gallery_pids=ws.gallery.pids.clone(),
+                         train_images=ws.train.images.clone(), train_pids=ws.train.pids.clone(),
+                         surrogate=make_surrogate_builder(spec, ws, device), target_backbone=spec.model.backbone)
+
+
+def run_attack(name: str, eps: float, model: DefendedModel, ws: Workspace, ctx: AttackContext, spec: RunSpec
+               ) -> tuple[torch.Tensor, dict[str, Any], float]:
+    """Run one attack over the query set and enforce the run's threat model and the model's integrity."""
+    attack = build_attack(name, model, **attack_options(spec, name, eps))
+    if not math.isclose(float(attack.options.eps), eps, rel_tol=0, abs_tol=1e-9) or attack.options.norm != spec.norm:
+        raise AttackValidityError(f"attack '{name}' set its own threat model (eps={attack.options.eps:.6f}, "
+                                  f"norm={attack.options.norm}); the run's is eps={eps:.6f}, norm={spec.norm}; "
+                                  "result refused")
+    state, mode = module_state_digest(model), model.training
     ctx.report = {}
     start = time.perf_counter()
-    adv = attack.run(ws.query.images, ctx)
+    adv = attack.run(ws.query.images.clone(), ctx)
     seconds = time.perf_counter() - start
-    check_adversarial(adv, ws.query.float_images(), float(attack.options.eps), name, attack.options.norm)
+    if module_state_digest(model) != state or model.training != mode:
+        raise AttackValidityError(f"attack '{name}' changed the model (parameters, buffers such as BatchNorm "
+                                  "statistics, or train/eval mode); result refused")
+    check_adversarial(adv, ws.query.float_images(), eps, name, spec.norm)
     return adv, dict(ctx.report), seconds
 
 
-def run_benchmark(cfg: RunConfig, ws: Workspace | None = None, progress: bool = True) -> RunOutcome:
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    attack_names = cfg.attack_names()
-    DEFENSES.entry(cfg.defense)
-    ws = ws or load_workspace(cfg)
-    defense = build_defense(cfg.defense, **cfg.defense_options)
-    model, info = train_or_load(defense, cfg, ws, device)
+class CellStore:
+    """Finished (attack, ε) cells of runs, in the cache: adversarial queries plus what the attack reported.
+
+    A cell's key holds the checkpoint, the deployed defense, the attack with its options, ε, seed,
+    the data and the code of attacks and defenses; its files are verified by sha256 on load.
+    """
+
+    def __init__(self, spec: RunSpec, checkpoint_key: str, defense: Defense, ws: Workspace) -> None:
+        self.root = cache_dir() / "cells"
+        self.base = {"checkpoint": checkpoint_key, "defense": spec.defense.identity(),
+                     "defense_config": defense.config(), "seed": spec.seed, "norm": spec.norm,
+                     "data": ws.digests, "defense_code": source_digest(type(defense))}
+
+    def key(self, name: str, eps: float, options: dict[str, Any]) -> str:
+        cls = ATTACKS.get(name)
+        return fingerprint({**self.base, "attack": name, "options": options, "eps": round(eps * 255, 6),
+                            "attack_code": source_digest(cls)})
+
+    def load(self, key: str) -> tuple[torch.Tensor, dict[str, Any], float] | None:
+        folder = self.root / key
+        try:
+            record = json.loads((folder / "cell.json").read_text())
+            if sha256_file(folder / "adv.safetensors") != record["sha256"]:
+                raise ValueError("sha256 mismatch")
+            adv = load_file(str(folder / "adv.safetensors"))["adv"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            log.warning("cached attack cell %s is damaged (%s); running it again", key, exc)
+            remove_folder(folder)
+            return None
+        return adv, record["report"], float(record["seconds"])
+
+    def save(self, key: str, adv: torch.Tensor, report: dict[str, Any], seconds: float) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root / f"{key}.lock")):
+            if (self.root / key).is_dir():
+                return
+            with atomic_folder(self.root / key) as tmp:
+                save_file({"adv": adv.contiguous()}, str(tmp / "adv.safetensors"))
+                record = {"sha256": sha256_file(tmp / "adv.safetensors"), "report": report, "seconds": seconds,
+                          "digest": tensor_digest([adv])[:16]}
+                atomic_write_text(tmp / "cell.json", json.dumps(record, default=str))
+
+
+def run_benchmark(spec: RunSpec, runtime: Runtime | None = None, ws: Workspace | None = None) -> RunOutcome:
+    """Train or load the defense, score clean queries, then every (attack, ε) cell, resuming cached cells."""
+    runtime = runtime or Runtime()
+    torch.manual_seed(spec.seed)
+    device = resolve_device(runtime.device)
+    ws = ws or load_workspace(spec)
+    defense = spec.defense.build()
+    model, info = train_or_load(spec.defense, spec, ws, device, retrain=runtime.retrain)
     deployed = deploy(defense, model)
     qf = extract_embeddings(deployed, ws.query.images, device=device)
     gf = extract_embeddings(deployed, ws.gallery.images, device=device)
+    if not (torch.isfinite(qf).all() and torch.isfinite(gf).all()):
+        raise BenchmarkError(f"defense '{spec.defense.label}' gives non-finite embeddings; its checkpoint "
+                             f"{info['checkpoint']} is unusable, rerun with --retrain")
     clean = evaluate_features(qf, gf, ws.query.pids, ws.gallery.pids, ws.query.camids, ws.gallery.camids,
-                              cfg.metric)
-    ctx = AttackContext(query_pids=ws.query.pids, query_feats=qf, seed=cfg.seed, gallery_feats=gf,
-                        gallery_pids=ws.gallery.pids, train_images=ws.train.images, train_pids=ws.train.pids,
-                        surrogate=make_surrogate_builder(cfg, ws, device), target_backbone=cfg.backbone)
+                              spec.metric)
+    cells = CellStore(spec, info["checkpoint_key"], defense, ws)
     results: list[AttackResult] = []
-    jobs = [(a, e) for a in attack_names for e in cfg.eps]
-    for name, eps in tqdm(jobs, desc=f"attacks on {cfg.defense}", disable=not progress or None, leave=False):
-        adv, report, seconds = run_attack(name, eps, deployed, ws, ctx, cfg, device)
-        af = extract_embeddings(deployed, adv, device=device)
-        metrics = evaluate_features(af, gf, ws.query.pids, ws.gallery.pids, ws.query.camids, ws.gallery.camids,
-                                    cfg.metric)
-        results.append(AttackResult(name, eps, metrics, seen_tag(defense, name), seconds, report, adv))
-        log.info("attack %-11s eps %-7s mAP %6.2f  R1 %6.2f  (%.1f s)", name, eps_label(eps), metrics.mAP,
-                 metrics.rank1, seconds)
-    return RunOutcome(cfg, defense, clean, results, info, ws, deployed, qf, gf)
+    jobs = [(a.name, e) for a in spec.attacks for e in spec.eps]
+    try:
+        for name, eps in tqdm(jobs, desc=f"attacks on {spec.defense.label}", disable=not runtime.progress or None,
+                              leave=False):
+            options = attack_options(spec, name, eps)
+            key = cells.key(name, eps, options)
+            cached = cells.load(key)
+            if cached is not None:
+                adv, report, seconds = cached
+                check_adversarial(adv, ws.query.float_images(), eps, name, spec.norm)
+            else:
+                ctx = attack_context(spec, ws, qf, gf, device)
+                adv, report, seconds = run_attack(name, eps, deployed, ws, ctx, spec)
+                cells.save(key, adv, report, seconds)
+            af = extract_embeddings(deployed, adv, device=device)
+            metrics = evaluate_features(af, gf, ws.query.pids, ws.gallery.pids, ws.query.camids, ws.gallery.camids,
+                                        spec.metric)
+            results.append(AttackResult(name, eps, metrics, seen_tag(defense, name), seconds, report, adv,
+                                        resumed=cached is not None))
+            log.info("attack %-11s eps %-7s mAP %6.2f  R1 %6.2f  (%s)", name, eps_label(eps), metrics.mAP,
+                     metrics.rank1, "from the cache" if cached is not None else f"{seconds:.1f} s")
+    except KeyboardInterrupt:
+        raise RunInterrupted(f"interrupted after {len(results)} of {len(jobs)} attack cells; finished cells are "
+                             "cached, run the same command again to resume") from None
+    resumed = sum(r.resumed for r in results)
+    if resumed:
+        log.info("resumed: %d of %d attack cells came from the cache", resumed, len(jobs))
+    return RunOutcome(spec, defense, clean, results, info, ws, deployed, qf, gf)
 
 
 def eps_label(eps: float) -> str:
@@ -242,6 +352,7 @@ def eps_label(eps: float) -> str:
 
 
 def format_table(outcome: RunOutcome) -> str:
+    """The per-attack table a run prints."""
     head = f"{'attack':<12} {'eps':>7} {'seen':>7} {'mAP':>6} {'R1':>6} {'R5':>6} {'R10':>6} {'mINP':>6} {'s':>6}"
     c = outcome.clean
     lines = [head, "-" * len(head),
@@ -272,7 +383,3 @@ def format_summary(outcome: RunOutcome) -> str:
                      f"{_mean_worst([r for r in scope if r.seen is Seen.UNSEEN]):>19} "
                      f"{_mean_worst([r for r in scope if r.seen is Seen.SEEN]):>17}  {worst.attack}")
     return "\n".join(lines) if len(lines) > 1 else ""
-
-
-def results_root() -> Path:
-    return Path("results")

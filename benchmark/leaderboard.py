@@ -1,33 +1,39 @@
 """CSV leaderboards: one schema dataclass per row, upserted by key under a file lock, written atomically.
 
-`leaderboards/<dataset>.csv`: one row per defense x backbone x attack x eps (x train set x seed).
-`leaderboards/summary-<dataset>.csv`: one row per defense x backbone (x train set x seed),
-recomputed from the full board after every write so the two never disagree.
-Columns are documented in `leaderboards/README.md`.
+`<dir>/<dataset>.csv` (official: the protocol's standard settings only) or `<dir>/custom/<dataset>.csv`
+(any other run, its differing settings in the `settings` key column): one row per defense x backbone
+x attack x eps x seed (x train set x settings). `summary-<dataset>.csv` beside each: one row per
+defense x backbone x seed (x train set x settings), built from ONE run, the one that covered the most
+attacks at the standard ε, so its `command` reproduces every number in it. Columns are documented in
+`leaderboards/README.md`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from filelock import FileLock
 
+from benchmark.atomic import atomic_write_text
 from benchmark.enums import Seen
 
-ROW_KEY = ("dataset", "train_dataset", "defense", "backbone", "attack", "eps", "seed")
-SUMMARY_KEY = ("dataset", "train_dataset", "defense", "backbone", "seed")
+ROW_KEY = ("dataset", "train_dataset", "defense", "backbone", "attack", "eps", "seed", "settings")
+SUMMARY_KEY = ("dataset", "train_dataset", "defense", "backbone", "seed", "settings")
+STANDARD_EPS = "8/255"
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass
 class LeaderboardRow:
+    """One (defense, attack, ε) result of one run, with the provenance of its training and evaluation."""
+
     dataset: str
     train_dataset: str
     defense: str
@@ -59,14 +65,28 @@ class LeaderboardRow:
     seed: int
     package_version: str
     torch_version: str
-    git_commit: str
+    git_commit: str           # evaluation commit ('+dirty' if tracked code had changes)
     device: str
     date: str
     command: str
+    settings: str = ""        # custom settings ('' on official boards)
+    train_commit: str = ""    # commit the checkpoint was trained at
+    train_date: str = ""
+    checkpoint: str = ""      # checkpoint cache key
+    data_digest: str = ""     # content hash of the train / query / gallery splits
+    defense_dist: str = ""    # distribution providing the defense (plugin name and version)
+    attack_dist: str = ""
+    allow_dirty: bool = False  # written with --allow-dirty from a tree with uncommitted code
 
 
 def columns() -> list[str]:
     return [f.name for f in fields(LeaderboardRow)]
+
+
+TEXT_COLUMNS = tuple(f.name for f in fields(LeaderboardRow) if f.type == "str")
+SUMMARY_TEXT = ("dataset", "train_dataset", "defense", "backbone", "settings", "eps", "worst_attack", "flags",
+                "attacked_with", "run_id", "git_commit", "train_commit", "device", "torch_version", "date",
+                "command", "checkpoint")
 
 
 def neutralise(value: object) -> object:
@@ -76,42 +96,69 @@ def neutralise(value: object) -> object:
     return value
 
 
-def _atomic_write_csv(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            frame.to_csv(fh, index=False, float_format="%.4f")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def board_paths(directory: str | Path, dataset: str, official: bool) -> tuple[Path, Path]:
+    """(board, summary) CSV paths: official boards in `directory`, custom ones in `directory/custom`."""
+    base = Path(directory) if official else Path(directory) / "custom"
+    return base / f"{dataset}.csv", base / f"summary-{dataset}.csv"
 
 
-def _read(path: Path) -> pd.DataFrame:
-    if path.is_file() and path.stat().st_size > 0:
-        return pd.read_csv(path, keep_default_na=True)
-    return pd.DataFrame()
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Atomic CSV write with normal permissions."""
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, float_format="%.4f", lineterminator="\n")
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_board(path: str | Path, text: Iterable[str] = TEXT_COLUMNS) -> pd.DataFrame:
+    """Read a board with text columns kept as text (a commit like 012345678901 keeps its zero)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return pd.DataFrame()
+    header = pd.read_csv(path, nrows=0).columns
+    text_cols = [c for c in text if c in header]
+    frame = pd.read_csv(path, dtype={c: str for c in text_cols})
+    for c in text_cols:
+        frame[c] = frame[c].fillna("").astype(str)
+    return frame
+
+
+def _keys(frame: pd.DataFrame, key: tuple[str, ...]) -> pd.Series:
+    return frame[list(key)].astype(str).agg("|".join, axis=1)
 
 
 def upsert(path: Path, records: Iterable[dict], key: tuple[str, ...],
-           then: Callable[[pd.DataFrame], None] | None = None) -> pd.DataFrame:
+           then: Callable[[pd.DataFrame], None] | None = None,
+           keep_old: Callable[[pd.Series, pd.Series], bool] | None = None,
+           text: Iterable[str] = TEXT_COLUMNS) -> pd.DataFrame:
     """Replace rows with the same key and add new ones; safe against concurrent writers.
 
-    `then` runs on the merged board while the lock is still held (derived files stay consistent).
+    `keep_old(old, new)` may veto a replacement; `then` runs on the merged board while the lock
+    is still held (derived files stay consistent).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new = pd.DataFrame([{k: neutralise(v) for k, v in r.items()} for r in records])
     with FileLock(str(path) + ".lock", timeout=600):
-        old = _read(path)
+        old = read_board(path, text)
+        for col in key:
+            if not new.empty and col not in new:
+                new[col] = ""
+            if not old.empty and col not in old:
+                old[col] = ""
         if not old.empty and not new.empty:
-            new_keys = set(new[list(key)].astype(str).agg("|".join, axis=1))
-            old = old[~old[list(key)].astype(str).agg("|".join, axis=1).isin(new_keys)]
+            old_keys, new_keys = _keys(old, key), _keys(new, key)
+            if keep_old is not None:
+                old_by_key = dict(zip(old_keys, old.index, strict=True))
+                vetoed = [i for i, k in zip(new.index, new_keys, strict=True)
+                          if k in old_by_key and keep_old(old.loc[old_by_key[k]], new.loc[i])]
+                new = new.drop(index=vetoed)
+                new_keys = _keys(new, key) if not new.empty else pd.Series(dtype=str)
+            old = old[~old_keys.isin(set(new_keys))]
         frames = [f for f in (old, new) if not f.empty]
         merged = pd.concat(frames, ignore_index=True) if frames else new
-        merged = merged.sort_values(list(key), kind="stable").reset_index(drop=True)
-        _atomic_write_csv(merged, path)
+        if not merged.empty:
+            merged = merged.sort_values(list(key), kind="stable").reset_index(drop=True)
+        write_csv(merged, path)
         if then is not None:
             then(merged)
     return merged
@@ -121,54 +168,56 @@ def _mean(values: pd.Series) -> float:
     return float(values.mean()) if len(values) else math.nan
 
 
-def summarise(board: pd.DataFrame) -> pd.DataFrame:
-    """One row per defense run: clean scores, robust mAP over seen and unseen attacks, flags."""
-    rows = []
-    if board.empty:
-        return pd.DataFrame()
-    for key, group in board.groupby(list(SUMMARY_KEY), dropna=False, sort=True):
-        clean = group[group["seen"] == Seen.CLEAN.value]
-        attacked = group[group["seen"] != Seen.CLEAN.value]
-        default_eps = attacked[attacked["eps"] == "8/255"]
-        scope = default_eps if len(default_eps) else attacked
-        unseen = scope[scope["seen"] == Seen.UNSEEN.value]
-        seen = scope[scope["seen"] == Seen.SEEN.value]
-        white = scope[scope["knowledge"] == "white-box"]
-        latest = group.sort_values("date").iloc[-1]
-        rows.append({
-            **dict(zip(SUMMARY_KEY, key, strict=True)),
-            "clean_mAP": float(clean["mAP"].iloc[0]) if len(clean) else math.nan,
-            "clean_R1": float(clean["R1"].iloc[0]) if len(clean) else math.nan,
-            "clean_id_ap_var": float(clean["id_ap_var"].iloc[0]) if len(clean) else math.nan,
-            "eps": "8/255" if len(default_eps) else "all",
-            "attacks": len(scope),
-            "robust_mAP_mean": _mean(scope["mAP"]),
-            "robust_mAP_worst": float(scope["mAP"].min()) if len(scope) else math.nan,
-            "worst_attack": str(scope.loc[scope["mAP"].idxmin(), "attack"]) if len(scope) else "",
-            "unseen_mAP_mean": _mean(unseen["mAP"]),
-            "unseen_mAP_worst": float(unseen["mAP"].min()) if len(unseen) else math.nan,
-            "seen_mAP_mean": _mean(seen["mAP"]),
-            "seen_mAP_worst": float(seen["mAP"].min()) if len(seen) else math.nan,
-            "whitebox_R1_mean": _mean(white["R1"]),
-            "attacked_id_ap_var_mean": _mean(scope["id_ap_var"]),
-            "flags": latest["flags"] if isinstance(latest["flags"], str) else "",
-            "train_seconds": latest["train_seconds"],
-            "attacked_with": latest["attacked_with"],
-            "run_id": latest["run_id"], "git_commit": latest["git_commit"], "device": latest["device"],
-            "torch_version": latest["torch_version"], "date": latest["date"], "command": latest["command"],
-        })
-    return pd.DataFrame(rows)
+def summarise_run(run: pd.DataFrame) -> dict[str, Any]:
+    """The summary row of ONE run: clean scores, robust mAP over all, seen and unseen attacks, flags."""
+    first = run.iloc[0]
+    clean = run[run["seen"] == Seen.CLEAN.value]
+    attacked = run[run["seen"] != Seen.CLEAN.value]
+    default_eps = attacked[attacked["eps"] == STANDARD_EPS]
+    scope = default_eps if len(default_eps) else attacked
+    unseen = scope[scope["seen"] == Seen.UNSEEN.value]
+    seen = scope[scope["seen"] == Seen.SEEN.value]
+    white = scope[scope["knowledge"] == "white-box"]
+    return {
+        **{k: first[k] for k in SUMMARY_KEY},
+        "clean_mAP": float(clean["mAP"].iloc[0]) if len(clean) else math.nan,
+        "clean_R1": float(clean["R1"].iloc[0]) if len(clean) else math.nan,
+        "clean_id_ap_var": float(clean["id_ap_var"].iloc[0]) if len(clean) else math.nan,
+        "eps": STANDARD_EPS if len(default_eps) else ("all" if len(attacked) else "-"),
+        "attacks": len(scope),
+        "robust_mAP_mean": _mean(scope["mAP"]),
+        "robust_mAP_worst": float(scope["mAP"].min()) if len(scope) else math.nan,
+        "worst_attack": str(scope.loc[scope["mAP"].idxmin(), "attack"]) if len(scope) else "",
+        "unseen_mAP_mean": _mean(unseen["mAP"]),
+        "unseen_mAP_worst": float(unseen["mAP"].min()) if len(unseen) else math.nan,
+        "seen_mAP_mean": _mean(seen["mAP"]),
+        "seen_mAP_worst": float(seen["mAP"].min()) if len(seen) else math.nan,
+        "whitebox_R1_mean": _mean(white["R1"]),
+        "attacked_id_ap_var_mean": _mean(scope["id_ap_var"]),
+        "flags": first["flags"] if isinstance(first["flags"], str) else "",
+        "train_seconds": first["train_seconds"], "attacked_with": first["attacked_with"],
+        "run_id": first["run_id"], "git_commit": first["git_commit"], "train_commit": first.get("train_commit", ""),
+        "checkpoint": first.get("checkpoint", ""), "device": first["device"],
+        "torch_version": first["torch_version"], "date": first["date"], "command": first["command"],
+    }
 
 
-def write_leaderboards(rows: list[LeaderboardRow], directory: str | Path) -> dict[str, Path]:
-    """Upsert the rows into `<dataset>.csv` and rebuild `summary-<dataset>.csv`."""
-    directory = Path(directory)
+def _covers_more(old: pd.Series, new: pd.Series) -> bool:
+    """Keep the old summary when its run covered more attacks at the standard ε than the new one."""
+    rank = {STANDARD_EPS: 2, "all": 1}
+    return (rank.get(str(old["eps"]), 0), int(old["attacks"])) > (rank.get(str(new["eps"]), 0), int(new["attacks"]))
+
+
+def write_leaderboards(rows: list[LeaderboardRow], directory: str | Path, official: bool = True) -> dict[str, Path]:
+    """Upsert one run's rows into its board and its summary row into the summary board."""
     out: dict[str, Path] = {}
     for dataset in sorted({r.dataset for r in rows}):
-        board_path = directory / f"{dataset}.csv"
-        summary_path = directory / f"summary-{dataset}.csv"
-        upsert(board_path, [dataclasses.asdict(r) for r in rows if r.dataset == dataset], ROW_KEY,
-               then=lambda board, p=summary_path: _atomic_write_csv(summarise(board), p))
-        out[f"leaderboard {dataset}"] = board_path
+        board_path, summary_path = board_paths(directory, dataset, official)
+        records = [dataclasses.asdict(r) for r in rows if r.dataset == dataset]
+        upsert(board_path, records, ROW_KEY)
+        summary = summarise_run(pd.DataFrame(records).fillna({"flags": ""}))
+        upsert(summary_path, [summary], SUMMARY_KEY, keep_old=_covers_more, text=SUMMARY_TEXT)
+        kind = "leaderboard" if official else "custom leaderboard"
+        out[f"{kind} {dataset}"] = board_path
         out[f"summary {dataset}"] = summary_path
     return out

@@ -14,6 +14,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmark.leaderboard import SUMMARY_TEXT, read_board  # noqa: E402
+
 plt.rcParams.update({"figure.dpi": 120, "savefig.bbox": "tight", "font.size": 9, "axes.grid": True,
                      "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False})
 
@@ -107,7 +109,7 @@ def plot_per_id(per_id_csv: Path, stem: Path, title: str) -> list[Path]:
 def plot_run(outcome: Any, record: dict[str, Any], folder: Path) -> list[Path]:
     """Figures of one run, drawn when the run ends (images come from memory)."""
     out: list[Path] = []
-    title = f"{outcome.cfg.defense} / {outcome.workspace.dataset.name}"
+    title = f"{outcome.spec.defense.label} / {outcome.workspace.dataset.name}"
     out += plot_per_id(folder / "per_id_ap.csv", folder / "per_id_ap", f"per-ID AP, {title}")
     if record:
         idx = record["adversarial_index"]
@@ -139,7 +141,10 @@ def replot_run(folder: Path) -> list[Path]:
     """Redraw a run's figures from its files (per_id_ap.csv, ranking.json, examples.png)."""
     out: list[Path] = []
     config = json.loads((folder / "config.json").read_text())
-    title = f"{config['run']['defense']} / {config['run']['dataset']}"
+    if "spec" in config:
+        title = f"{config['spec']['defense_label']} / {config['spec']['data']['name']}"
+    else:  # run folders written before the run specification existed
+        title = f"{config['run']['defense']} / {config['run']['dataset']}"
     if (folder / "per_id_ap.csv").is_file():
         out += plot_per_id(folder / "per_id_ap.csv", folder / "per_id_ap", f"per-ID AP, {title}")
     record = json.loads((folder / "ranking.json").read_text()) if (folder / "ranking.json").is_file() else {}
@@ -309,9 +314,8 @@ def plot_all(leaderboard_dir: str | Path, results_dir: str | Path, out: str | Pa
             continue
         if name.startswith("summary-"):
             continue
-        board = pd.read_csv(board_path)
-        summary_path = leaderboard_dir / f"summary-{name}.csv"
-        summary = pd.read_csv(summary_path) if summary_path.is_file() else pd.DataFrame()
+        board = read_board(board_path)
+        summary = read_board(leaderboard_dir / f"summary-{name}.csv", SUMMARY_TEXT)
         paths += plot_eps_curves(board, name, out)
         paths += plot_attack_bars(board, name, out)
         paths += plot_variants(board, name, out)

@@ -1,4 +1,4 @@
-"""Who/what/where produced a result: versions, hardware, git commit, command, time."""
+"""Who/what/where produced a result: versions, hardware, git commit and tree state, command, time."""
 
 from __future__ import annotations
 
@@ -13,44 +13,77 @@ from typing import Any
 
 import torch
 
+REPO = Path(__file__).resolve().parent.parent
+#: paths whose changes do not make the tree dirty: outputs and prose, not code
+NOT_CODE = (":(exclude)results", ":(exclude)leaderboards", ":(exclude)*.md")
+
 
 def package_version() -> str:
+    """The installed version of this package."""
     try:
         return importlib.metadata.version("reid-robustness-bench")
     except importlib.metadata.PackageNotFoundError:
         return "0+unknown"
 
 
-def git_commit() -> str:
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent.parent, timeout=5, check=False)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).resolve().parent.parent, timeout=5, check=False)
+        out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    commit = out.stdout.strip() or "unknown"
-    return commit + ("+dirty" if dirty.stdout.strip() else "")
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def git_commit() -> str:
+    """The checked-out commit (12 hex digits), or 'unknown' outside a git checkout."""
+    out = _git("rev-parse", "--short=12", "HEAD")
+    return out.strip() if out else "unknown"
+
+
+def tree_dirty() -> bool:
+    """True when tracked code differs from the commit (outputs under results/, leaderboards/ and *.md excluded)."""
+    out = _git("status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_CODE)
+    return bool(out and out.strip())
+
+
+def commit_label() -> str:
+    """The commit, with '+dirty' when tracked code has uncommitted changes."""
+    return git_commit() + ("+dirty" if tree_dirty() else "")
 
 
 def device_name(device: torch.device) -> str:
+    """GPU name, or cpu-<arch>-<threads>threads (thread count changes floating-point results)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu-{platform.machine()}-{torch.get_num_threads()}threads"
 
 
 def command_line() -> str:
+    """The command as a user would type it again."""
     return " ".join(shlex.quote(a) for a in ["python", "-m", "benchmark", *sys.argv[1:]])
 
 
+def now() -> str:
+    """UTC time stamp, seconds resolution."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def training_provenance(device: torch.device, seed: int) -> dict[str, Any]:
+    """What a checkpoint records about how it was trained."""
+    return {"git_commit": commit_label(), "date": now(), "torch_version": torch.__version__,
+            "package_version": package_version(), "device": device_name(device), "seed": seed,
+            "command": command_line()}
+
+
 def provenance(device: torch.device, seed: int) -> dict[str, Any]:
+    """What every result row records about the evaluation that produced it."""
     return {
         "seed": seed,
         "package_version": package_version(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
-        "git_commit": git_commit(),
+        "git_commit": commit_label(),
         "device": device_name(device),
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date": now(),
         "command": command_line(),
     }

@@ -10,11 +10,20 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib.metadata
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+_VALID_NAME = re.compile(r"^[a-z0-9][a-z0-9._+-]*$")
+
+
+def _distribution(name: str) -> str:
+    try:
+        return f"{name} {importlib.metadata.version(name)}"
+    except importlib.metadata.PackageNotFoundError:
+        return f"{name} (not installed)"
 
 
 class UnknownNameError(KeyError):
@@ -45,6 +54,9 @@ class Registry(Generic[T]):
         """Decorator: `@REGISTRY.register("fna", family=...)`."""
 
         def decorator(obj: T) -> T:
+            if not _VALID_NAME.match(name):
+                raise ValueError(f"{self.kind} name {name!r} is not allowed: use lower-case letters, digits, "
+                                 "'-', '_', '.' and '+' (it names folders and CSV rows)")
             if name in self._entries and self._entries[name].obj is not obj:
                 raise ValueError(f"{self.kind} '{name}' is already registered "
                                  f"by {self._entries[name].obj!r}")
@@ -59,13 +71,21 @@ class Registry(Generic[T]):
         self._loaded = True
         for module in self._builtin_modules:
             importlib.import_module(module)
+        own = _distribution("reid-robustness-bench")
+        for entry in self._entries.values():
+            entry.meta.setdefault("dist", own)
         if self.entry_point_group is None:
             return
         for ep in importlib.metadata.entry_points(group=self.entry_point_group):
+            before = set(self._entries)
             try:
                 ep.load()
             except Exception as exc:  # a broken plugin must not take the benchmark down
                 self.plugin_errors[ep.name] = f"{type(exc).__name__}: {exc}"
+                continue
+            dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else ep.value
+            for name in set(self._entries) - before:
+                self._entries[name].meta.setdefault("dist", dist)
 
     def names(self, pattern: str = "*") -> list[str]:
         self._ensure_loaded()
@@ -111,4 +131,6 @@ class Registry(Generic[T]):
         valid = self.names()
         close = difflib.get_close_matches(name, valid, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        return f"unknown {self.kind} '{name}'.{hint} Valid {self.kind}s: {', '.join(valid)}"
+        broken = "".join(f"; plugin '{plugin}' failed to import ({err})" for plugin, err in
+                         sorted(self.plugin_errors.items()))
+        return f"unknown {self.kind} '{name}'.{hint} Valid {self.kind}s: {', '.join(valid)}{broken}"

@@ -5,51 +5,46 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from attacks import ATTACKS
+from benchmark.atomic import atomic_folder, atomic_write_text
 from benchmark.enums import Seen
 from benchmark.harness import RunOutcome, eps_label, format_summary, format_table
+from benchmark.hashing import fingerprint
 from benchmark.leaderboard import LeaderboardRow, write_leaderboards
 from benchmark.metrics import pairwise_distance
 from benchmark.models import extract_embeddings
 from benchmark.provenance import provenance
 from benchmark.sanity import Flag, format_flags, sanity_flags
-from benchmark.training import fingerprint
-
-# defense labels such as "ddid[ablate=fnes+self-meta]" become folder-name safe "ddid-ablate-fnes-self-meta"
-RUN_ID_SAFE = str.maketrans({"[": "-", "]": None, "=": "-", ",": "-", "+": "-", "/": "-"})
+from defenses import DEFENSES
 
 
 def run_id(outcome: RunOutcome, prov: dict[str, Any]) -> str:
-    cfg = outcome.cfg
+    """The run folder's name: time stamp plus the spec's readable parts and hash."""
     stamp = prov["date"].replace("-", "").replace(":", "").replace("T", "-").rstrip("Z")
-    digest = fingerprint({"cfg": dataclasses.asdict(cfg), "date": prov["date"]})[:6]
-    label = cfg.defense_label().translate(RUN_ID_SAFE)
-    return f"{stamp}-{cfg.dataset}-{label}-{cfg.backbone}-s{cfg.seed}-{digest}"
+    return outcome.spec.run_id(stamp)
 
 
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
-def build_rows(outcome: RunOutcome, flags: list[Flag], prov: dict[str, Any], rid: str) -> list[LeaderboardRow]:
-    cfg, clean = outcome.cfg, outcome.clean
-    flag_text = ";".join(f.code for f in flags)
-    common = dict(dataset=outcome.workspace.dataset.name, train_dataset=outcome.workspace.train_name,
-                  defense=cfg.defense_label(), backbone=cfg.backbone, attacked_with=outcome.defense.attacked_with,
-                  clean_mAP=clean.mAP, clean_R1=clean.rank1, clean_id_ap_var=clean.id_ap_variance, flags=flag_text,
+def build_rows(outcome: RunOutcome, flags: list[Flag], prov: dict[str, Any], rid: str,
+               allow_dirty: bool = False) -> list[LeaderboardRow]:
+    """Leaderboard rows of a run: the clean row, then one per (attack, ε) cell."""
+    spec, clean = outcome.spec, outcome.clean
+    trained = outcome.train_info.get("provenance", {})
+    common = dict(dataset=spec.data.name, train_dataset=spec.training_data.name,
+                  defense=spec.defense.label, backbone=spec.model.backbone, attacked_with=outcome.defense.attacked_with,
+                  clean_mAP=clean.mAP, clean_R1=clean.rank1, clean_id_ap_var=clean.id_ap_variance,
+                  flags=";".join(f.code for f in flags),
                   train_seconds=float(outcome.train_info.get("train_seconds", math.nan)), run_id=rid,
-                  seed=cfg.seed, package_version=prov["package_version"], torch_version=prov["torch_version"],
-                  git_commit=prov["git_commit"], device=prov["device"], date=prov["date"], command=prov["command"])
+                  seed=spec.seed, package_version=prov["package_version"], torch_version=prov["torch_version"],
+                  git_commit=prov["git_commit"], device=prov["device"], date=prov["date"], command=prov["command"],
+                  settings=spec.settings, train_commit=str(trained.get("git_commit", "")),
+                  train_date=str(trained.get("date", "")), checkpoint=str(outcome.train_info.get("checkpoint_key", "")),
+                  data_digest=fingerprint(outcome.workspace.digests, 12),
+                  defense_dist=str(DEFENSES.meta(spec.defense.name).get("dist", "")), allow_dirty=allow_dirty)
     rows = [LeaderboardRow(attack="clean", eps="0", eps_value=0.0, family="-", knowledge="-",
                            seen=Seen.CLEAN.value, mAP=clean.mAP, R1=clean.rank1, R5=clean.rank5, R10=clean.rank10,
                            mINP=clean.mINP, mAP_drop=0.0, id_ap_var=clean.id_ap_variance,
@@ -62,7 +57,8 @@ def build_rows(outcome: RunOutcome, flags: list[Flag], prov: dict[str, Any], rid
             knowledge=meta["knowledge"], seen=r.seen.value, mAP=m.mAP, R1=m.rank1, R5=m.rank5, R10=m.rank10,
             mINP=m.mINP, mAP_drop=clean.mAP - m.mAP, id_ap_var=m.id_ap_variance,
             id_ap_worst10=m.id_ap_worst_decile, num_queries=m.num_queries, attack_seconds=r.seconds,
-            queries_per_image=float(r.report.get("queries_per_image", math.nan)), **common))
+            queries_per_image=float(r.report.get("queries_per_image", math.nan)),
+            attack_dist=str(meta.get("dist", "")), **common))
     return rows
 
 
@@ -89,7 +85,7 @@ def ranking_record(outcome: RunOutcome, k: int = 5, n_queries: int = 6) -> dict[
     for row, qi in enumerate(picks.tolist()):
         entry = {"query": ws.dataset.query[qi].path.name, "pid": int(ws.query.pids[qi])}
         for label, feat in (("clean", outcome.query_feats[qi:qi + 1]), ("attacked", adv_feats[row:row + 1])):
-            d = pairwise_distance(feat, outcome.gallery_feats, outcome.cfg.metric)[0]
+            d = pairwise_distance(feat, outcome.gallery_feats, outcome.spec.metric)[0]
             same_cam = (ws.gallery.pids == ws.query.pids[qi]) & (ws.gallery.camids == ws.query.camids[qi])
             d[~valid | same_cam] = float("inf")
             top = torch.topk(-d, k).indices.tolist()
@@ -100,43 +96,44 @@ def ranking_record(outcome: RunOutcome, k: int = 5, n_queries: int = 6) -> dict[
     return record
 
 
-def write_run(outcome: RunOutcome, results_dir: str | Path, leaderboard_dir: str | Path) -> dict[str, Path]:
-    """Write the run folder and upsert the leaderboards; returns the paths written."""
+def write_run(outcome: RunOutcome, results_dir: str | Path, leaderboard_dir: str | Path,
+              allow_dirty: bool = False) -> dict[str, Path]:
+    """Write the run folder (atomically: complete or absent) and upsert the leaderboards; returns the paths."""
     device = next(outcome.model.parameters()).device
-    prov = provenance(device, outcome.cfg.seed)
+    prov = provenance(device, outcome.spec.seed)
     flags = sanity_flags(outcome)
     rid = run_id(outcome, prov)
-    folder = Path(results_dir) / rid
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = build_rows(outcome, flags, prov, rid)
-    cfg = dataclasses.asdict(outcome.cfg)
-    config = {"run": cfg, "defense_config": outcome.defense.config(),
+    rows = build_rows(outcome, flags, prov, rid, allow_dirty)
+    config = {"spec": outcome.spec.to_json(), "defense_config": outcome.defense.config(),
               "seen_attacks": list(outcome.defense.seen_attacks()),
-              "attacked_with": outcome.defense.attacked_with, "provenance": prov,
-              "checkpoint": outcome.train_info.get("checkpoint"), "dataset": outcome.workspace.dataset.summary()}
+              "attacked_with": outcome.defense.attacked_with, "provenance": prov, "allow_dirty": allow_dirty,
+              "checkpoint": outcome.train_info.get("checkpoint"),
+              "training_provenance": outcome.train_info.get("provenance", {}),
+              "dataset": outcome.workspace.dataset.summary(), "data_digests": outcome.workspace.digests}
     metrics = {"clean": outcome.clean.as_dict(),
                "attacks": [{"attack": r.attack, "eps": eps_label(r.eps), "seen": r.seen.value, "seconds": r.seconds,
-                            **r.metrics.as_dict(), **{f"report_{k}": v for k, v in r.report.items()}}
-                           for r in outcome.attacks],
+                            "from_cache": r.resumed, **r.metrics.as_dict(),
+                            **{f"report_{k}": v for k, v in r.report.items()}} for r in outcome.attacks],
                "flags": [dataclasses.asdict(f) for f in flags],
                # per-epoch losses and seconds (and DDID's phase-1 manifest), from when the checkpoint was trained
                "training": {"train_seconds": outcome.train_info.get("train_seconds"),
                             "loaded_from_cache": outcome.train_info.get("cached", False),
                             "history": outcome.train_info.get("history", {})}}
-    _write_text(folder / "config.json", json.dumps(config, indent=2, default=str))
-    _write_text(folder / "metrics.json", json.dumps(metrics, indent=2, default=str))
-    _write_text(folder / "per_id_ap.csv", per_id_table(outcome))
     record = ranking_record(outcome)
-    _write_text(folder / "ranking.json", json.dumps(record, indent=2))
     flag_lines = format_flags(flags)
     log = (f"{outcome.workspace.dataset.summary()}\n{prov['command']}\n\n{format_table(outcome)}\n\n"
-           f"{format_summary(outcome)}\n\n"
-           f"attacked with: {outcome.defense.attacked_with}\n{flag_lines}\n")
-    _write_text(folder / "log.txt", log)
-    from benchmark.plots import plot_run
+           f"{format_summary(outcome)}\n\nattacked with: {outcome.defense.attacked_with}\n{flag_lines}\n")
+    folder = Path(results_dir) / rid
+    with atomic_folder(folder) as tmp:
+        atomic_write_text(tmp / "config.json", json.dumps(config, indent=2, default=str))
+        atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=2, default=str))
+        atomic_write_text(tmp / "per_id_ap.csv", per_id_table(outcome))
+        atomic_write_text(tmp / "ranking.json", json.dumps(record, indent=2))
+        atomic_write_text(tmp / "log.txt", log)
+        from benchmark.plots import plot_run
 
-    plot_run(outcome, record, folder)
+        plot_run(outcome, record, tmp)
     paths: dict[str, Path] = {"run folder": folder}
-    paths.update(write_leaderboards(rows, leaderboard_dir))
+    paths.update(write_leaderboards(rows, leaderboard_dir, official=outcome.spec.official))
     print(flag_lines)
     return paths

@@ -67,14 +67,14 @@ def more_iterations_weaker(outcome: RunOutcome, eps: float = 8 / 255) -> list[Fl
     if not full:
         return []
     ws, model = outcome.workspace, outcome.model
-    ctx = AttackContext(query_pids=ws.query.pids, query_feats=outcome.query_feats, seed=outcome.cfg.seed)
+    ctx = AttackContext(query_pids=ws.query.pids, query_feats=outcome.query_feats, seed=outcome.spec.seed)
     defaults = ATTACKS.get(WHITE_BOX_PROBE).Options()
     attack = build_attack(WHITE_BOX_PROBE, model, eps=eps, steps=FEW_STEPS,
                           step=defaults.step * eps / defaults.eps * defaults.steps / FEW_STEPS)
     adv = attack.run(ws.query.images, ctx)
     device = next(model.parameters()).device
     few = evaluate_features(extract_embeddings(model, adv, device=device), outcome.gallery_feats, ws.query.pids,
-                            ws.gallery.pids, ws.query.camids, ws.gallery.camids, outcome.cfg.metric)
+                            ws.gallery.pids, ws.query.camids, ws.gallery.camids, outcome.spec.metric)
     if full[0].metrics.mAP > few.mAP + TOLERANCE_MAP:
         return [Flag("more-iters-weaker", f"{WHITE_BOX_PROBE}: {defaults.steps} steps give mAP "
                      f"{full[0].metrics.mAP:.2f} > {FEW_STEPS} steps {few.mAP:.2f}")]
@@ -111,7 +111,7 @@ def nondeterminism(outcome: RunOutcome, n: int = 16) -> list[Flag]:
 
 
 def sanity_flags(outcome: RunOutcome) -> list[Flag]:
-    torch.manual_seed(outcome.cfg.seed)
+    torch.manual_seed(outcome.spec.seed)
     return (eps_monotonicity(outcome.attacks) + black_box_stronger(outcome.attacks)
             + more_iterations_weaker(outcome) + zero_gradients(outcome) + nondeterminism(outcome))
 

@@ -70,11 +70,7 @@ def extraction_rate(backbone: str, batch: int, device: torch.device, repeats: in
 def attack_rate(name: str, backbone: str, batch: int, device: torch.device, repeats: int) -> tuple[float, int]:
     """Images x iterations per second (one query-bb 'iteration' is one query of the batch)."""
     model = DefendedModel(_model(backbone, device)).eval()
-    options = {"steps": ITERATIONS} if "steps" in ATTACKS.get(name).Options.__dataclass_fields__ else {}
-    if name == "query-bb":
-        options = {"queries": ITERATIONS}
-    if name == "muap":
-        options = {"steps": ITERATIONS, "batch": batch}
+    cls = ATTACKS.get(name)
 
     def measure(b: int) -> float:
         x = torch.rand(b, 3, 128, 64)
@@ -84,16 +80,15 @@ def attack_rate(name: str, backbone: str, batch: int, device: torch.device, repe
         surrogate = _model("reidnet-t", device).eval()
         ctx = AttackContext(query_pids=pids, query_feats=feats, train_images=(x * 255).to(torch.uint8),
                             train_pids=pids + 10_000, surrogate=lambda _: surrogate, target_backbone=backbone)
-        attack = build_attack(name, model, **options)
-        iters = 1 if name == "fgsm" else ITERATIONS
-        return b * iters / timed(lambda: attack.run(x, ctx), device, repeats)
+        attack = build_attack(name, model, **(cls.throughput_options(ITERATIONS, b) or {}))
+        return b * cls.throughput_iterations(ITERATIONS) / timed(lambda: attack.run(x, ctx), device, repeats)
 
     return with_backoff(measure, batch)
 
 
 def training_rate(defense_name: str, backbone: str, batch: int, device: torch.device,
                   repeats: int) -> tuple[float, int]:
-    defense = build_defense(defense_name, **({"ablate": ("diffusion",)} if defense_name == "ddid" else {}))
+    defense = build_defense(defense_name).throughput_variant()
     model = _model(backbone, device).train()
 
     def measure(b: int) -> float:
@@ -101,12 +96,7 @@ def training_rate(defense_name: str, backbone: str, batch: int, device: torch.de
         x = torch.rand(b, 3, 128, 64, device=device)
         y = (torch.arange(b) // k).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        extra = {}
-        if defense_name == "ddid":
-            from defenses.ddid.adversarial_learning import FeatureDiscriminator
-
-            disc = FeatureDiscriminator(model.embedding_dim).to(device)
-            extra = {"disc": disc, "disc_opt": torch.optim.Adam(disc.parameters())}
+        extra = defense.training_extras(model, 1e-4, device)
         ctx = TrainContext(opt, 16, device, torch.Generator().manual_seed(0), TrainConfig(), extra=extra)
         return b / timed(lambda: defense.train_step(model, x, y, ctx), device, repeats)
 
@@ -121,8 +111,8 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     for b in BACKBONES.names():
         jobs.append(("extract", b, lambda b=b: extraction_rate(b, args.batch_size, device, args.repeats)))
     for a in ATTACKS.resolve(args.attack) if args.attack != "none" else []:
-        if a == "transfer":
-            continue  # transfer = mifgsm on the surrogate; its cost is mifgsm's plus one surrogate training
+        if ATTACKS.get(a).throughput_options(ITERATIONS, args.batch_size) is None:
+            continue
         jobs.append(("attack", a, lambda a=a: attack_rate(a, args.backbone, args.batch_size, device, args.repeats)))
     for d in DEFENSES.resolve(args.defense) if args.defense != "none" else []:
         jobs.append(("train-step", d, lambda d=d: training_rate(d, args.backbone, args.batch_size, device,

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,15 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
+from benchmark.atomic import atomic_folder, atomic_write_text, remove_folder
 from benchmark.data import SplitTensors
+from benchmark.errors import BenchmarkError, CorruptCacheError
+from benchmark.hashing import fingerprint, tensor_digest
 from benchmark.losses import batch_hard_triplet
 from benchmark.models import ReidModel
 from benchmark.paths import cache_dir
 from benchmark.sampling import augment, pk_batches
 
-CODE_VERSION = 1  # bump when training semantics change so cached checkpoints are not reused
+CODE_VERSION = 2  # bump when training semantics change so cached checkpoints are not reused
 
 
 @dataclass(frozen=True)
@@ -123,37 +124,51 @@ def standard_step(model: ReidModel, x: torch.Tensor, y: torch.Tensor, ctx: Train
     return optimize(id_loss_and_triplet(model, x, y, ctx), ctx)
 
 
-def fingerprint(payload: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def split_fingerprint(train: SplitTensors) -> str:
-    """Content hash of a training split, so a checkpoint is reused only on the same data."""
-    h = hashlib.sha256()
-    h.update(train.pids.numpy().tobytes())
-    h.update(train.camids.numpy().tobytes())
-    h.update(train.images[:: max(1, len(train) // 64)].numpy().tobytes())
-    h.update(str(tuple(train.images.shape)).encode())
-    return h.hexdigest()[:16]
+    """Content hash of a split (every image, pid and camera), so a checkpoint is reused only on the same data."""
+    return tensor_digest([train.images, train.pids, train.camids])[:16]
 
 
 def cached_checkpoint(key_payload: dict[str, Any], train_fn: Callable[[], tuple[ReidModel, dict[str, Any]]],
                       retrain: bool = False) -> tuple[ReidModel, dict[str, Any], Path]:
-    """Load the checkpoint for this key, or train, save atomically and return it."""
-    key = fingerprint({"code": CODE_VERSION, **key_payload})
-    folder = cache_dir() / "checkpoints" / key
-    if (folder / "train.json").is_file() and not retrain:
-        info = json.loads((folder / "train.json").read_text())
-        info["cached"] = True
-        return ReidModel.load(folder), info, folder
-    model, info = train_fn()
-    tmp = folder.with_name(f".tmp-{os.getpid()}-{key}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save(tmp)
-    (tmp / "train.json").write_text(json.dumps({"key": key_payload, **info}, indent=2, default=str))
-    if folder.exists():
-        shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    info["cached"] = False
-    return model, info, folder
+    """Load the checkpoint for this key, or train, verify, save atomically and return it.
 
+    One process trains a given key at a time (a file lock); a second one waits and loads the
+    result. A checkpoint whose files are missing or do not match the sha256 written with them is
+    trained again, never loaded; a model with non-finite weights is never cached.
+    """
+    key = fingerprint({"code": CODE_VERSION, **key_payload})
+    root = cache_dir() / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    folder = root / key
+    log = logging.getLogger("benchmark")
+    lock = FileLock(str(root / f"{key}.lock"))
+    try:
+        lock.acquire(timeout=1)
+    except Timeout:
+        log.info("another process is training checkpoint %s; waiting for it", key)
+        lock.acquire()
+    try:
+        if folder.exists() and not retrain:
+            try:
+                info = json.loads((folder / "train.json").read_text())
+                model = ReidModel.load(folder, expected_sha256=info.get("weights_sha256"))
+                info["cached"] = True
+                return model, info, folder
+            except (CorruptCacheError, OSError, ValueError) as exc:
+                log.warning("checkpoint %s is damaged (%s); training it again", key, exc)
+        model, info = train_fn()
+        bad = model.non_finite()
+        if bad:
+            raise BenchmarkError(f"training diverged: {len(bad)} tensors hold NaN or infinity (e.g. {bad[0]}); "
+                                 "nothing was cached. Lower the learning rate or check the defense's loss")
+        if folder.exists():
+            remove_folder(folder)
+        with atomic_folder(folder) as tmp:
+            sha = model.save(tmp)
+            record = {"key": key_payload, "weights_sha256": sha, **info}
+            atomic_write_text(tmp / "train.json", json.dumps(record, indent=2, default=str))
+        info = {**record, "cached": False}
+        return model, info, folder
+    finally:
+        lock.release()

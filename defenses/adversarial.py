@@ -6,23 +6,14 @@ sees it) and restore the training mode; only the input gets gradients.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from benchmark.models import ReidModel
+from benchmark.models import ReidModel, eval_mode
 
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
+__all__ = ["class_pgd", "eval_mode", "farthest_negative_centroids", "metric_pgd", "pgd", "self_metric_pgd"]
 
 
 def pgd(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, eps: float, step: float, steps: int,

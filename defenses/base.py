@@ -49,6 +49,7 @@ class Defense:
         self.options = build_options(self.Options, f"defense '{self.name}'", options)
 
     def config(self) -> dict[str, Any]:
+        """Every option, defaults included: part of the checkpoint key."""
         return dataclasses.asdict(self.options)
 
     def seen_attacks(self) -> tuple[str, ...]:
@@ -58,10 +59,19 @@ class Defense:
                    ctx: TrainContext) -> dict[str, float]:
         return standard_step(model, x, y, ctx)
 
+    def training_extras(self, model: ReidModel, lr: float, device: torch.device) -> dict[str, Any]:
+        """Objects a training step needs besides the model (e.g. a discriminator), put in `ctx.extra`."""
+        return {}
+
+    def throughput_variant(self) -> Defense:
+        """The defense whose training step `throughput` times (DDID: phase 2 only, without generation)."""
+        return self
+
     def fit(self, model: ReidModel, train: SplitTensors, cfg: TrainConfig,
             device: torch.device) -> dict[str, Any]:
         """Train `model` in place on the training split; return a JSON-able history."""
-        return train_model(model, train, cfg, self.train_step, device, desc=self.name)
+        return train_model(model, train, cfg, self.train_step, device, desc=self.name,
+                           extra=self.training_extras(model, cfg.lr, device))
 
     def transform(self) -> nn.Module | None:
         """Test-time input transform (images in [0, 1] -> images in [0, 1]), or None."""

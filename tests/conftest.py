@@ -30,11 +30,19 @@ DEFAULT_DATA = {"dataset_options": {}, "height": 128, "width": 64}  # synthped a
 
 
 def tiny_config(**overrides):
-    from benchmark.harness import RunConfig
+    """A RunSpec on the tiny synthped (64x32), built through the same validation as the command line."""
+    from benchmark.spec import make_spec
 
-    base = dict(dataset_options=dict(TINY_SYNTHPED), height=64, width=32, device="cpu")
+    base = dict(dataset_options=dict(TINY_SYNTHPED), height=64, width=32)
     base.update(overrides)
-    return RunConfig(**base)
+    return make_spec(**base)
+
+
+def cpu_runtime():
+    """Runtime for tests: CPU, no progress bars."""
+    from benchmark.harness import Runtime
+
+    return Runtime(device="cpu", progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -56,10 +64,9 @@ def trained_ws():
 def trained_none(trained_ws):
     """The default undefended reidnet-s (30 epochs, ~2 minutes on 2 cores)."""
     from benchmark.harness import train_or_load
-    from defenses import build_defense
 
-    cfg = tiny_config(**DEFAULT_DATA)
-    model, info = train_or_load(build_defense("none"), cfg, trained_ws, torch.device("cpu"))
+    spec = tiny_config(**DEFAULT_DATA)
+    model, info = train_or_load(spec.defense, spec, trained_ws, torch.device("cpu"))
     return model, info
 
 

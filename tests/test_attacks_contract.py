@@ -88,11 +88,11 @@ def test_white_box_attacks_halve_map_of_trained_model(trained_ws, trained_none):
 
     def surrogate(backbone):  # a shortly trained undefended surrogate keeps the test inside the CI budget
         from benchmark.harness import train_or_load
-        from defenses import build_defense
+        from benchmark.spec import ModelSpec
         from tests.conftest import DEFAULT_DATA, tiny_config
 
-        cfg = tiny_config(**DEFAULT_DATA, epochs=10)
-        return train_or_load(build_defense("none"), cfg, ws, torch.device("cpu"), backbone=backbone)[0]
+        spec = tiny_config(**DEFAULT_DATA, epochs=10)
+        return train_or_load(spec.defense, spec, ws, torch.device("cpu"), ModelSpec(backbone))[0]
 
     assert clean > 40, f"undefended model too weak to test attacks (mAP {clean:.1f})"
     report = {}

@@ -83,7 +83,7 @@ def test_synthped_is_deterministic_and_realistic(tmp_path):
     files_a = sorted(p.relative_to(a) for p in a.rglob("*.png"))
     assert files_a == sorted(p.relative_to(b) for p in b.rglob("*.png"))
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files_a[:20])
-    ds = DATASETS.get("synthped")(root=tmp_path / "a", seed=3, cfg=cfg)
+    ds = DATASETS.get("synthped")(root=tmp_path / "a", seed=3, options=cfg)
     assert not ds.train_ids & ds.test_ids
     counts = np.bincount([it.pid for it in ds.train])
     counts = counts[counts > 0]

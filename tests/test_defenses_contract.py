@@ -12,7 +12,7 @@ from benchmark.models import ModelConfig, ReidModel
 from benchmark.training import TrainConfig
 from defenses import DEFENSES, build_defense
 
-FAST_OPTIONS = {"ddid": {"diffusion_steps": 2}}
+FAST_OPTIONS = {"ddid": {"train_steps": 2}}
 
 
 @pytest.mark.parametrize("name", DEFENSES.names())

@@ -12,7 +12,7 @@ import pytest
 
 from benchmark.harness import format_summary, run_benchmark
 from benchmark.reporting import write_run
-from tests.conftest import TINY_SYNTHPED, shared_data, tiny_config
+from tests.conftest import TINY_SYNTHPED, cpu_runtime, shared_data, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,18 +43,18 @@ def test_cli_bad_input_is_one_clear_line(args, message):
 
 @pytest.mark.slow
 def test_run_writes_results_leaderboards_and_plots(tiny_ws, tmp_path):
-    cfg = tiny_config(defense="metric-at", attacks="fna,sma,query-bb", eps=(4 / 255, 8 / 255), epochs=2,
+    cfg = tiny_config(defense="metric-at", attacks="fna,sma,query-bb", eps="4,8", epochs=2,
                       attack_options={"query-bb": {"queries": "20"}})
-    outcome = run_benchmark(cfg, ws=tiny_ws, progress=False)
+    outcome = run_benchmark(cfg, cpu_runtime(), ws=tiny_ws)
     assert {r.seen.value for r in outcome.attacks if r.attack == "fna"} == {"seen"}
     assert {r.seen.value for r in outcome.attacks if r.attack == "sma"} == {"unseen"}
     paths = write_run(outcome, tmp_path / "results", tmp_path / "boards")
-    board = pd.read_csv(tmp_path / "boards" / "synthped.csv")
+    board = pd.read_csv(tmp_path / "boards" / "custom" / "synthped.csv")
     assert len(board) == 1 + 3 * 2
     assert set(board["eps"]) == {"0", "4/255", "8/255"}
     assert board["git_commit"].notna().all() and (board["seed"] == 0).all()
     assert board.loc[board["attack"] == "query-bb", "queries_per_image"].eq(20).all()
-    summary = pd.read_csv(tmp_path / "boards" / "summary-synthped.csv")
+    summary = pd.read_csv(tmp_path / "boards" / "custom" / "summary-synthped.csv")
     assert len(summary) == 1 and summary["seen_mAP_mean"].notna().all()
     run = paths["run folder"]
     summary = format_summary(outcome).splitlines()
@@ -66,7 +66,7 @@ def test_run_writes_results_leaderboards_and_plots(tiny_ws, tmp_path):
         assert (run / name).is_file(), name
     from benchmark.plots import plot_all
 
-    figures = plot_all(tmp_path / "boards", tmp_path / "results", tmp_path / "figs")
+    figures = plot_all(tmp_path / "boards" / "custom", tmp_path / "results", tmp_path / "figs")
     names = {p.name for p in figures}
     assert {"synthped-eps-curves.png", "synthped-attack-bars.pdf", "synthped-seen-unseen.png",
             "synthped-clean-vs-robust.png", "synthped-per-id-ap.png"} <= names
@@ -82,7 +82,7 @@ def test_cli_run_on_tiny_synthped(tmp_path):
     assert "clean" in out.stdout and "odfa" in out.stdout and "unseen" in out.stdout
     summary = out.stdout[out.stdout.index("summary"):]
     assert "unseen mean/worst" in summary and "8/255" in summary and "sanity flags" in summary
-    assert (tmp_path / "l" / "synthped.csv").is_file()
+    assert (tmp_path / "l" / "custom" / "synthped.csv").is_file() and not (tmp_path / "l" / "synthped.csv").exists()
 
 
 @pytest.mark.slow
@@ -90,7 +90,7 @@ def test_pku_real_images_run():
     root = shared_data("pku-reid-subset")
     cfg = tiny_config(dataset="pku", data_root=str(root), dataset_options={}, attacks="fgsm", epochs=2,
                       height=128, width=48)
-    outcome = run_benchmark(cfg, progress=False)
+    outcome = run_benchmark(cfg, cpu_runtime())
     assert outcome.clean.num_queries > 0 and outcome.attacks[0].metrics.mAP <= outcome.clean.mAP + 1
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_config
+from tests.conftest import cpu_runtime, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,8 +107,8 @@ def test_plugin_runs_through_the_harness(installed_plugin, tiny_ws, monkeypatch)
     importlib.invalidate_caches()
     for registry in (ATTACKS, DEFENSES):
         monkeypatch.setattr(registry, "_loaded", False)
-    outcome = run_benchmark(tiny_config(defense="tiny-self-at", attacks="tiny-push,sma", epochs=1), ws=tiny_ws,
-                            progress=False)
+    outcome = run_benchmark(tiny_config(defense="tiny-self-at", attacks="tiny-push,sma", epochs=1), cpu_runtime(),
+                            ws=tiny_ws)
     tags = {r.attack: r.seen.value for r in outcome.attacks}
     assert tags == {"tiny-push": "unseen", "sma": "seen"}
     assert 0 <= outcome.clean.mAP <= 100

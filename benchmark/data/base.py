@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,8 +68,8 @@ DATASETS: Registry[DatasetFactory] = Registry(
     "data set", builtin_modules=("benchmark.data.synthped", "benchmark.data.market", "benchmark.data.pku"))
 
 
-def build_dataset(name: str, root: str | Path | None = None, seed: int = 0, **options: str) -> ReidDataset:
-    """Build a registered data set; `options` are the factory's keyword options (e.g. synthped sizes)."""
+def build_dataset(name: str, root: str | Path | None = None, seed: int = 0, options: Any = None) -> ReidDataset:
+    """Build a registered data set; `options` is its typed options object (see `spec.DataSpec`), or None."""
     factory = DATASETS.get(name)
     needs_root = DATASETS.meta(name).get("needs_root", True)
     if needs_root:
@@ -78,7 +79,10 @@ def build_dataset(name: str, root: str | Path | None = None, seed: int = 0, **op
         if not root.is_dir():
             raise DataError(f"data root '{root}' does not exist or is not a folder; pass the folder that "
                             f"holds the '{name}' data with --data-root")
-    return factory(root=root, seed=seed, **options)
+    if options is None:
+        options_cls = DATASETS.meta(name).get("options")
+        options = options_cls() if options_cls else None
+    return factory(root=root, seed=seed, options=options)
 
 
 def load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:

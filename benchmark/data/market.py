@@ -45,12 +45,12 @@ def load_market_layout(root: Path, name: str) -> ReidDataset:
 
 
 @DATASETS.register("market1501", needs_root=True, layout="Market-1501 folders")
-def market1501(root: Path, seed: int = 0) -> ReidDataset:
+def market1501(root: Path, seed: int = 0, options: object = None) -> ReidDataset:
     return load_market_layout(root, "market1501")
 
 
 @DATASETS.register("dukemtmc", needs_root=True, layout="DukeMTMC-reID folders (Market naming)")
-def dukemtmc(root: Path, seed: int = 0) -> ReidDataset:
+def dukemtmc(root: Path, seed: int = 0, options: object = None) -> ReidDataset:
     return load_market_layout(root, "dukemtmc")
 
 
@@ -76,7 +76,7 @@ def _read_msmt_list(root: Path, list_name: str, image_dir: str) -> list[Item]:
 
 
 @DATASETS.register("msmt17", needs_root=True, layout="MSMT17 list files")
-def msmt17(root: Path, seed: int = 0) -> ReidDataset:
+def msmt17(root: Path, seed: int = 0, options: object = None) -> ReidDataset:
     train = _read_msmt_list(root, "list_train.txt", "train")
     if (root / "list_val.txt").is_file():
         train += _read_msmt_list(root, "list_val.txt", "train")

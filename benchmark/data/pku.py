@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.data.base import DATASETS, Item, ReidDataset
@@ -39,10 +40,20 @@ def scan_pku(root: Path) -> list[Item]:
     return items
 
 
-@DATASETS.register("pku", needs_root=True, layout="PKU-Reid <pid>/<cam>_<orient>.png",
+@dataclass(frozen=True)
+class PKUOptions:
+    test_fraction: float = 0.5   # share of identities held out as unseen test identities
+    query_cam: int = 1           # query camera; the other cameras form the gallery
+
+
+@DATASETS.register("pku", needs_root=True, layout="PKU-Reid <pid>/<cam>_<orient>.png", options=PKUOptions,
                    split="seeded identity split, half/half; query = camera 1, gallery = other cameras")
-def pku(root: Path, seed: int = 0, test_fraction: float | str = 0.5, query_cam: int | str = 1) -> ReidDataset:
-    test_fraction, query_cam = float(test_fraction), int(query_cam)
+def pku(root: Path, seed: int = 0, options: PKUOptions | None = None) -> ReidDataset:
+    """PKU-Reid with a seeded identity split (train / test) and a cross-camera query / gallery split."""
+    options = options or PKUOptions()
+    test_fraction, query_cam = options.test_fraction, options.query_cam
+    if not 0 < test_fraction < 1:
+        raise DataError(f"data set 'pku': test_fraction={test_fraction} must lie strictly between 0 and 1")
     items = scan_pku(root)
     pids = sorted({it.pid for it in items})
     if len(pids) < 4:

@@ -10,20 +10,23 @@ deterministic from the seed; images are written once in Market-1501 naming and r
 from __future__ import annotations
 
 import colorsys
-import hashlib
 import json
-import os
-import shutil
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
+from filelock import FileLock
 from PIL import Image, ImageFilter
 
+from benchmark.atomic import atomic_folder, atomic_write_text, remove_folder
 from benchmark.data.base import DATASETS, ReidDataset
 from benchmark.data.market import load_market_layout
-from benchmark.options import build_options
+from benchmark.hashing import file_digests, fingerprint, verify_digests
 from benchmark.paths import cache_dir
+
+log = logging.getLogger("benchmark")
 
 VIEWS = ("front", "back", "left", "right")
 
@@ -41,11 +44,10 @@ class SynthPedConfig:
     max_queries_per_id: int = 2
     distractors: int = 60            # pid 0 gallery images of people outside the ID set
     junk: int = 20                   # pid -1 gallery images (bad crops), ignored by the evaluator
-    version: int = 1                 # bump when rendering changes so caches are rebuilt
+    version: ClassVar[int] = 1       # bump when rendering changes so caches are rebuilt
 
     def digest(self, seed: int) -> str:
-        blob = json.dumps({"seed": seed, **asdict(self)}, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        return fingerprint({"seed": seed, "version": self.version, **asdict(self)}, 12)
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:
@@ -299,31 +301,51 @@ def generate(root: Path, cfg: SynthPedConfig, seed: int) -> None:
         _write(folders["bounding_box_test"], 0 if k < cfg.distractors else -1, cam, index, img)
 
 
+MANIFEST = "manifest.json"
+
+
+def _intact(folder: Path) -> bool:
+    """True when the folder's manifest lists every image with the content it was rendered with."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return False
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*.png")}
+    return on_disk == set(files) and not verify_digests(folder, files)
+
+
 def ensure_synthped(seed: int = 0, cfg: SynthPedConfig | None = None, root: Path | None = None) -> Path:
-    """Return the folder holding synthped for (seed, cfg), rendering it on first use."""
+    """Return the folder holding synthped for (seed, cfg), rendering it on first use.
+
+    The manifest holds a sha256 per image, verified on every use: a deleted, added or altered file
+    makes the folder re-render instead of silently shrinking or changing the test set.
+    """
     cfg = cfg or SynthPedConfig()
     base = Path(root) if root is not None else cache_dir() / "synthped"
     target = base / f"seed{seed}-{cfg.digest(seed)}"
-    manifest = target / "manifest.json"
-    if manifest.is_file():
-        return target
-    tmp = base / f".tmp-{os.getpid()}-{target.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    generate(tmp, cfg, seed)
-    (tmp / "manifest.json").write_text(json.dumps({"seed": seed, **asdict(cfg)}, indent=2))
-    try:
-        tmp.rename(target)
-    except OSError:  # another process finished first; its copy is identical
-        shutil.rmtree(tmp, ignore_errors=True)
+    base.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(base / f"{target.name}.lock")):
+        if target.is_dir() and _intact(target):
+            return target
+        if target.exists():
+            log.warning("synthped cache %s does not match its manifest; rendering it again", target)
+            remove_folder(target)
+        with atomic_folder(target) as tmp:
+            generate(tmp, cfg, seed)
+            manifest = {"seed": seed, "version": cfg.version, **asdict(cfg), "files": file_digests(tmp)}
+            atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
     return target
 
 
 @DATASETS.register("synthped", needs_root=False, layout="embedded, generated from the seed",
-                   default=True)
-def synthped(root: Path | None = None, seed: int = 0, cfg: SynthPedConfig | None = None, **options: str
-             ) -> ReidDataset:
-    """Options override SynthPedConfig fields, e.g. num_ids=40 for a tiny copy."""
-    if options:
-        cfg = build_options(SynthPedConfig, "data set 'synthped'", options)
-    folder = ensure_synthped(seed, cfg, root)
+                   options=SynthPedConfig, default=True)
+def synthped(root: Path | None = None, seed: int = 0, options: SynthPedConfig | None = None) -> ReidDataset:
+    """The embedded data set; options override SynthPedConfig fields, e.g. num_ids=40 for a tiny copy.
+
+    `root` is where the rendered copy is cached (tests); users never pass one (see `spec`).
+    """
+    folder = ensure_synthped(seed, options, root)
     return load_market_layout(folder, "synthped")

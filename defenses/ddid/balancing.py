@@ -14,29 +14,29 @@ manifest keyed by a hash of the data and the configuration.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from benchmark.atomic import atomic_folder, atomic_write_text, remove_folder
 from benchmark.data import SplitTensors
 from benchmark.errors import BenchmarkError
+from benchmark.hashing import file_digests, fingerprint, sha256_tree, verify_digests
+from benchmark.models import eval_mode
 from benchmark.paths import cache_dir
 from benchmark.training import split_fingerprint
-from defenses.adversarial import eval_mode
 
 log = logging.getLogger("benchmark")
 
@@ -55,7 +55,7 @@ class DiffusionConfig:
     sigma_data: float = 0.5
     delta1: int = 0          # 0 = median images per identity (our default; the paper leaves it open)
     delta2: float = 0.7
-    version: int = 2
+    version: ClassVar[int] = 2  # bump when phase 1 changes so cached generators and images are rebuilt
 
 
 def balance_plan(pids: torch.Tensor, camids: torch.Tensor, delta1: int, delta2: float
@@ -276,56 +276,77 @@ def identity_fidelity(model: nn.Module, train: SplitTensors, generated: SplitTen
                 "real_id_top1": accuracy(train, real_index)}
 
 
+def _generated_intact(folder: Path) -> bool:
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        return not verify_digests(folder, manifest["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def balance(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torch.device,
             generator_path: str | None = None) -> BalancedData:
-    """Phase 1: plan, train (or load) the generator, generate, cache; returns train + generated."""
+    """Phase 1: plan, train (or load) the generator, generate, cache; returns train + generated.
+
+    The cache key holds the data's content hash, the configuration and, for a user's generator,
+    the content hash of its folder; the manifest holds a sha256 of every file, verified on load.
+    """
     delta1 = cfg.delta1 or median_images_per_id(train.pids)
     plan = balance_plan(train.pids, train.camids, delta1, cfg.delta2)
-    key_src = {"data": split_fingerprint(train), "cfg": asdict(cfg), "seed": seed, "generator": generator_path}
-    key = hashlib.sha256(json.dumps(key_src, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key_src = {"data": split_fingerprint(train), "cfg": asdict(cfg), "version": cfg.version, "seed": seed,
+               "generator": sha256_tree(generator_path) if generator_path else None}
+    key = fingerprint(key_src)
     folder = cache_dir() / "ddid" / key
-    manifest_path = folder / "manifest.json"
+    folder.parent.mkdir(parents=True, exist_ok=True)
     out_size = tuple(train.images.shape[2:])
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        tensors = load_file(str(folder / "generated.safetensors"))
-        generated = SplitTensors(tensors["images"], tensors["pids"], tensors["camids"])
-        manifest["cached"] = True
-    else:
-        start = time.perf_counter()
-        ids = sorted(set(train.pids.tolist()))
-        cams = sorted(set(train.camids.tolist()))
-        tmp = folder.with_name(f".tmp-{os.getpid()}-{key}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        if generator_path:
-            edm = ConditionalEDM.load(Path(generator_path), device)
-            losses: list[float] = []
+    with FileLock(str(folder.parent / f"{key}.lock")):
+        if folder.is_dir() and _generated_intact(folder):
+            manifest = json.loads((folder / "manifest.json").read_text())
+            tensors = load_file(str(folder / "generated.safetensors"))
+            generated = SplitTensors(tensors["images"], tensors["pids"], tensors["camids"])
+            manifest["cached"] = True
         else:
-            log.info("DDID phase 1: training the conditional diffusion model (%d steps)", cfg.train_steps)
-            edm = ConditionalEDM(cfg, ids, cams, device)
-            losses = edm.fit(train.images, train.pids, train.camids, seed)
-            edm.save(tmp / "generator")
-        fit_seconds = time.perf_counter() - start
-        log.info("DDID phase 1: generating %d images (delta1=%d, delta2=%.2f)", len(plan), delta1, cfg.delta2)
-        images = edm.sample([p for p, _, _ in plan], [c for _, c, _ in plan], out_size, seed + 1)
-        generated = SplitTensors(images, torch.tensor([p for p, _, _ in plan], dtype=torch.long),
-                                 torch.tensor([c for _, c, _ in plan], dtype=torch.long))
-        save_file({"images": generated.images.contiguous(), "pids": generated.pids, "camids": generated.camids},
-                  str(tmp / "generated.safetensors"))
-        _save_grid(generated, train, tmp / "samples.png")
-        manifest = {
-            "key": key_src, "delta1": delta1, "delta2": cfg.delta2, "generated": len(plan),
-            "inter_id": sum(r == "inter-id" for *_, r in plan), "intra_id": sum(r == "intra-id" for *_, r in plan),
-            "train_images": len(train), "fit_seconds": fit_seconds,
-            "generate_seconds": time.perf_counter() - start - fit_seconds,
-            "final_loss": float(np.mean(losses[-50:])) if losses else None,
-            "generator": generator_path or str(folder / "generator"),
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-        manifest["cached"] = False
+            if folder.exists():
+                log.warning("DDID phase-1 cache %s does not match its manifest; generating it again", folder)
+                remove_folder(folder)
+            with atomic_folder(folder) as tmp:
+                generated, manifest = _generate(train, cfg, seed, device, generator_path, plan, delta1, out_size, tmp)
+                manifest.update(key=key_src, generator=generator_path or str(folder / "generator"),
+                                files=file_digests(tmp))
+                atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2, default=str))
+            manifest["cached"] = False
     merged = SplitTensors(torch.cat([train.images, generated.images]), torch.cat([train.pids, generated.pids]),
                           torch.cat([train.camids, generated.camids]))
     return BalancedData(merged, generated, plan, manifest, folder)
+
+
+def _generate(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torch.device,
+              generator_path: str | None, plan: list[tuple[int, int, str]], delta1: int,
+              out_size: tuple[int, ...], tmp: Path) -> tuple[SplitTensors, dict[str, Any]]:
+    start = time.perf_counter()
+    ids = sorted(set(train.pids.tolist()))
+    cams = sorted(set(train.camids.tolist()))
+    if generator_path:
+        edm = ConditionalEDM.load(Path(generator_path), device)
+        losses: list[float] = []
+    else:
+        log.info("DDID phase 1: training the conditional diffusion model (%d steps)", cfg.train_steps)
+        edm = ConditionalEDM(cfg, ids, cams, device)
+        losses = edm.fit(train.images, train.pids, train.camids, seed)
+        edm.save(tmp / "generator")
+    fit_seconds = time.perf_counter() - start
+    log.info("DDID phase 1: generating %d images (delta1=%d, delta2=%.2f)", len(plan), delta1, cfg.delta2)
+    images = edm.sample([p for p, _, _ in plan], [c for _, c, _ in plan], out_size, seed + 1)
+    generated = SplitTensors(images, torch.tensor([p for p, _, _ in plan], dtype=torch.long),
+                             torch.tensor([c for _, c, _ in plan], dtype=torch.long))
+    save_file({"images": generated.images.contiguous(), "pids": generated.pids, "camids": generated.camids},
+              str(tmp / "generated.safetensors"))
+    _save_grid(generated, train, tmp / "samples.png")
+    manifest = {
+        "delta1": delta1, "delta2": cfg.delta2, "generated": len(plan),
+        "inter_id": sum(r == "inter-id" for *_, r in plan), "intra_id": sum(r == "intra-id" for *_, r in plan),
+        "train_images": len(train), "fit_seconds": fit_seconds,
+        "generate_seconds": time.perf_counter() - start - fit_seconds,
+        "final_loss": float(np.mean(losses[-50:])) if losses else None,
+    }
+    return generated, manifest

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,8 +20,10 @@ import torch.nn.functional as F
 
 from benchmark.data import SplitTensors
 from benchmark.errors import BenchmarkError
+from benchmark.hashing import sha256_tree
 from benchmark.losses import batch_hard_triplet, soft_cross_entropy
 from benchmark.models import ReidModel
+from benchmark.options import changed_options
 from benchmark.training import TrainConfig, TrainContext, optimize, train_model
 from defenses.adversarial import eval_mode, farthest_negative_centroids, metric_pgd, self_metric_pgd
 from defenses.base import Defense, register_defense
@@ -36,21 +39,16 @@ PARTS = ("diffusion", "adv-learning", "self-meta", "fnes")
 
 @dataclass(frozen=True)
 class DDIDOptions:
+    """DDID's options; FNES and phase-1 settings are nested and set by their own names (gamma=2, delta2=0.7)."""
+
     eps: float = 8 / 255
     step: float = 2 / 255
     steps: int = 5
-    gamma: float = 2.0
-    a: float = 0.0
-    b: float = 1.0
-    lambda1: float = 1.0
-    lambda2: float = 0.5
-    upsilon: float = 0.2
+    fnes: FNESConfig = field(default_factory=FNESConfig)
     lambda_e: float = 0.1
     second_order: bool = False
-    delta1: int = 0          # 0 = median images per identity
-    delta2: float = 0.7
-    diffusion_steps: int = 600
-    generator: str = ""      # a DDID generator folder to use instead of training one
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    generator: str = ""      # a DDID generator folder to use instead of training one (its content is hashed)
     ablate: tuple = ()       # parts switched off: diffusion, adv-learning, self-meta, fnes
 
 
@@ -69,8 +67,7 @@ class DDID(Defense):
         if unknown:
             raise BenchmarkError(f"unknown DDID part(s) {', '.join(sorted(unknown))} in --ablate; "
                                  f"valid parts: {', '.join(PARTS)}")
-        self.fnes_cfg = FNESConfig(self.options.gamma, self.options.a, self.options.b, self.options.lambda1,
-                                   self.options.lambda2, self.options.upsilon)
+        self.fnes_cfg = self.options.fnes
 
     def uses(self, part: str) -> bool:
         return part not in self.options.ablate
@@ -84,25 +81,36 @@ class DDID(Defense):
         cfg["ablate"] = sorted(self.options.ablate)
         # part of the checkpoint key: a changed generator must not reuse models trained on old images
         cfg["diffusion_version"] = DiffusionConfig.version
+        if self.options.generator:
+            cfg["generator_sha256"] = sha256_tree(self.options.generator)
         return cfg
+
+    def training_extras(self, model: ReidModel, lr: float, device: torch.device) -> dict[str, Any]:
+        """The feature discriminator and its optimiser, played against the encoder."""
+        disc = FeatureDiscriminator(model.embedding_dim).to(device)
+        return {"disc": disc, "disc_opt": torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))}
+
+    def throughput_variant(self) -> DDID:
+        """Phase 2 alone: a training step's cost, without phase 1's one-off generation."""
+        return DDID(**{**dict(changed_options(self.options)), "ablate": tuple(sorted({*self.options.ablate,
+                                                                                     "diffusion"}))})
 
     # -- phase 1 + 2 ----------------------------------------------------------------------------
     def fit(self, model: ReidModel, train: SplitTensors, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
         history: dict[str, Any] = {}
         if self.uses("diffusion"):
             o = self.options
-            dcfg = DiffusionConfig(delta1=o.delta1, delta2=o.delta2, train_steps=o.diffusion_steps)
-            balanced = balance(train, dcfg, cfg.seed, device, o.generator or None)
+            if o.generator and not Path(o.generator).is_dir():
+                raise BenchmarkError(f"DDID generator folder '{o.generator}' does not exist")
+            balanced = balance(train, o.diffusion, cfg.seed, device, o.generator or None)
             # judged by the warm-start model, before phase 2 changes it
             fidelity = identity_fidelity(model, train, balanced.generated, device)
             log.info("DDID phase 1: ID top-1 of the starting model on generated images %.1f%% (real: %.1f%%)",
                      fidelity["generated_id_top1"], fidelity["real_id_top1"])
             train = balanced.train
             history["phase1"] = {**balanced.info, **fidelity, "folder": str(balanced.folder)}
-        disc = FeatureDiscriminator(model.embedding_dim).to(device)
-        disc_opt = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
         history["phase2"] = train_model(model, train, cfg, self.train_step, device, desc="ddid",
-                                        extra={"disc": disc, "disc_opt": disc_opt})
+                                        extra=self.training_extras(model, cfg.lr, device))
         return history
 
     # -- one training step ------------------------------------------------------------------------

@@ -1,0 +1,136 @@
+"""Command-line parsing: the parser of every subcommand and the translation of arguments into a RunSpec.
+
+Every value is checked here (through `spec.make_spec`) before any data is generated or model trained;
+argparse's own errors are one line too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+import torch
+
+from benchmark.errors import BenchmarkError
+from benchmark.options import parse_kv
+from benchmark.provenance import package_version
+from benchmark.spec import RunSpec, make_spec
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are a single line naming the problem and where to look."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def attack_options(pairs: list[str] | None) -> dict[str, dict[str, str]]:
+    """--attack-opt NAME:key=value (repeatable; several keys comma-separated)."""
+    out: dict[str, dict[str, str]] = {}
+    for pair in pairs or []:
+        name, sep, kv = pair.partition(":")
+        if not sep or not name.strip():
+            raise BenchmarkError(f"--attack-opt '{pair}' must be NAME:key=value, e.g. query-bb:queries=500")
+        out.setdefault(name.strip(), {}).update(parse_kv([kv], "--attack-opt"))
+    return out
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _add_run_args(p: argparse.ArgumentParser, attacks_default: str) -> None:
+    p.add_argument("--defense", default="none", help="defense name (see `list defenses`)")
+    p.add_argument("--attack", default=attacks_default,
+                   help="'all', 'none', a comma list (fna,sma) or wildcards (art-*)")
+    p.add_argument("--dataset", default="synthped", help="test data set (see `list datasets`)")
+    p.add_argument("--data-root", default=None, help="folder of the test data set (not for synthped)")
+    p.add_argument("--train-dataset", default=None, help="train on another data set (cross-domain)")
+    p.add_argument("--train-data-root", default=None, help="folder of the training data set")
+    p.add_argument("--backbone", default="reidnet-s", help="backbone (see `list backbones`)")
+    p.add_argument("--backbone-weights", default=None,
+                   help="local weights file: the backbone's own, or a torchvision state dict (head dropped)")
+    p.add_argument("--eps", default="8", help="epsilons in units of 1/255: 8, 8/255, 0.5/255 or a list 2,4,8,16")
+    p.add_argument("--seed", type=_positive_int, default=0, help="seed of data, training and attacks")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help="training epochs (default: the defense's own; any other value makes the run custom)")
+    p.add_argument("--height", type=_positive_int, default=128, help="input height (standard: 128)")
+    p.add_argument("--width", type=_positive_int, default=64, help="input width (standard: 64)")
+    p.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine"], help="retrieval distance")
+    p.add_argument("--dataset-opt", action="append", help="key=value option of the data set, e.g. num_ids=60")
+    p.add_argument("--defense-opt", action="append", help="key=value option of the defense (repeatable)")
+    p.add_argument("--attack-opt", action="append", help="NAME:key=value option of an attack (repeatable)")
+    p.add_argument("--ablate", default=None, help="DDID parts to switch off: diffusion,adv-learning,self-meta,fnes")
+    p.add_argument("--ddid-generator", default=None, help="local DDID generator folder for phase 1")
+    p.add_argument("--retrain", action="store_true", help="ignore cached checkpoints (the warm-start parent too)")
+    p.add_argument("--no-write", action="store_true", help="do not write results/ and leaderboards/")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="write official rows from a tree with uncommitted code changes (recorded in the rows)")
+    p.add_argument("--results-dir", default="results", help="where run folders go")
+    p.add_argument("--leaderboard-dir", default="leaderboards", help="where leaderboard CSVs go")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads (default: torch's choice; recorded in every row)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m benchmark` parser with all subcommands."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = OneLineParser(prog="python -m benchmark", formatter_class=fmt,
+                           description="Adversarial robustness benchmark for person re-identification.")
+    parser.add_argument("--version", action="version",
+                        version=f"reid-robustness-bench {package_version()} (torch {torch.__version__})")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    p_list = sub.add_parser("list", help="list data sets, backbones, attacks and defenses", formatter_class=fmt)
+    p_list.add_argument("what", nargs="?", default="all",
+                        choices=["all", "datasets", "backbones", "attacks", "defenses"])
+    p_list.add_argument("--filter", default="*", help="wildcard on names, e.g. 'art-*'")
+    p_list.add_argument("--details", default=None, metavar="NAME",
+                        help="show the metadata and every option (type, default) of one entry")
+    _add_run_args(sub.add_parser("run", help="train/load a defense, score it against attacks, write the boards",
+                                 formatter_class=fmt), "all")
+    _add_run_args(sub.add_parser("train", help="train (or load from cache) a defense and report its checkpoint",
+                                 formatter_class=fmt), "none")
+    _add_run_args(sub.add_parser("eval", help="clean and attacked scores of a trained defense (writes nothing)",
+                                 formatter_class=fmt), "none")
+    p_plots = sub.add_parser("plots", help="draw every figure from the leaderboards and the latest runs",
+                             formatter_class=fmt)
+    p_plots.add_argument("--leaderboard-dir", default="leaderboards")
+    p_plots.add_argument("--results-dir", default="results")
+    p_plots.add_argument("--out", default="leaderboards/figures")
+    p_tp = sub.add_parser("throughput", help="images/s of extraction, attacks and training steps", formatter_class=fmt)
+    p_tp.add_argument("--device", default="auto")
+    p_tp.add_argument("--backbone", default="reidnet-s")
+    p_tp.add_argument("--batch-size", type=_positive_int, default=32)
+    p_tp.add_argument("--attack", default="all")
+    p_tp.add_argument("--defense", default="all")
+    p_tp.add_argument("--repeats", type=_positive_int, default=3)
+    p_tp.add_argument("--leaderboard-dir", default="leaderboards")
+    p_tp.add_argument("--threads", type=_positive_int, default=None)
+    return parser
+
+
+def spec_from_args(args: argparse.Namespace) -> RunSpec:
+    """Validate every run argument and build the canonical RunSpec (one-line BenchmarkError on bad input)."""
+    defense_options = parse_kv(args.defense_opt, "--defense-opt")
+    if args.ablate is not None:
+        defense_options["ablate"] = args.ablate.replace(",", "+")
+    if args.ddid_generator:
+        defense_options["generator"] = args.ddid_generator
+    if (args.ablate is not None or args.ddid_generator) and args.defense != "ddid":
+        raise BenchmarkError("--ablate and --ddid-generator apply to --defense ddid only")
+    return make_spec(
+        defense=args.defense, attacks=args.attack, dataset=args.dataset, data_root=args.data_root,
+        train_dataset=args.train_dataset, train_data_root=args.train_data_root, backbone=args.backbone,
+        backbone_weights=args.backbone_weights, eps=args.eps, seed=args.seed, epochs=args.epochs,
+        height=args.height, width=args.width, metric=args.metric,
+        dataset_options=parse_kv(args.dataset_opt, "--dataset-opt"), defense_options=defense_options,
+        attack_options=attack_options(args.attack_opt))

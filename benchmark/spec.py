@@ -1,0 +1,332 @@
+"""The run specification: one typed, frozen, hashable record of everything that changes a number.
+
+Built once from the command line (or from keyword arguments in tests), validated in full before
+any data is generated or model trained, canonicalised (sorted lists, typed numbers, only
+non-default options kept), and the single source of the checkpoint key, the leaderboard row key
+and label, the run id and the run's `config.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from attacks import ATTACKS
+from benchmark.data import DATASETS
+from benchmark.enums import Norm
+from benchmark.errors import BenchmarkError
+from benchmark.hashing import fingerprint, sha256_file
+from benchmark.models import BACKBONES, build_backbone
+from benchmark.options import build_options, changed_options, format_value
+from defenses import DEFENSES
+
+#: the protocol's standard settings (design.md §1): official boards take only runs made with them
+STANDARD_METRIC = "euclidean"
+STANDARD_INPUT = (128, 64)
+METRICS = ("euclidean", "cosine")
+MAX_LABEL = 80  # longer labels are shortened (with a hash) in folder names
+Options = tuple[tuple[str, Any], ...]
+
+
+def _items(options: Any) -> Options:
+    return tuple(changed_options(options).items())
+
+
+def _label(name: str, options: Options) -> str:
+    if not options:
+        return name
+    return f"{name}[{','.join(f'{k}={format_value(k, v)}' for k, v in options)}]"
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A data set: registry name, root folder (absolute; None for generated ones) and non-default options."""
+
+    name: str
+    root: str | None = None
+    options: Options = ()
+
+    @property
+    def label(self) -> str:
+        return _label(self.name, self.options)
+
+    def options_object(self) -> Any:
+        return build_options(DATASETS.meta(self.name).get("options", _NoOptions), f"data set '{self.name}'",
+                             dict(self.options))
+
+
+@dataclass(frozen=True)
+class _NoOptions:
+    pass
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Backbone, input size and the content hash of user-supplied backbone weights."""
+
+    backbone: str
+    height: int = STANDARD_INPUT[0]
+    width: int = STANDARD_INPUT[1]
+    weights_sha256: str | None = None
+    weights_path: str | None = field(default=None, compare=False)  # provenance only; the hash is the identity
+
+    def identity(self) -> dict[str, Any]:
+        return {"backbone": self.backbone, "height": self.height, "width": self.width,
+                "weights_sha256": self.weights_sha256}
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    """A training recipe: defense name, non-default options, epochs and the recipe it warm-starts from."""
+
+    name: str
+    options: Options = ()
+    epochs: int = 0
+    parent: DefenseSpec | None = None
+
+    @property
+    def label(self) -> str:
+        return _label(self.name, self.options)
+
+    def build(self) -> Any:
+        from defenses import build_defense
+
+        return build_defense(self.name, **dict(self.options))
+
+    def identity(self) -> dict[str, Any]:
+        return {"name": self.name, "options": [[k, format_value(k, v)] for k, v in self.options],
+                "epochs": self.epochs, "parent": self.parent.identity() if self.parent else None}
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """An attack of the run with its non-default options (ε and norm belong to the run, not the attack)."""
+
+    name: str
+    options: Options = ()
+
+    @property
+    def label(self) -> str:
+        return _label(self.name, self.options)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines a run's numbers."""
+
+    data: DataSpec
+    model: ModelSpec
+    defense: DefenseSpec
+    attacks: tuple[AttackSpec, ...] = ()
+    eps_units: tuple[float, ...] = (8.0,)   # epsilons in units of 1/255, sorted
+    seed: int = 0
+    metric: str = STANDARD_METRIC
+    train_data: DataSpec | None = None      # cross-domain training set; None = the test set's training split
+    norm: str = Norm.LINF.value
+
+    @property
+    def eps(self) -> tuple[float, ...]:
+        return tuple(u / 255 for u in self.eps_units)
+
+    @property
+    def training_data(self) -> DataSpec:
+        return self.train_data or self.data
+
+    def attack(self, name: str) -> AttackSpec:
+        return next(a for a in self.attacks if a.name == name)
+
+    def custom_settings(self) -> dict[str, str]:
+        """Settings that differ from the protocol's standard ones; empty for an official run."""
+        out: dict[str, str] = {}
+        default_epochs = DEFENSES.get(_trained_as(self.defense.name)).default_epochs
+        if self.defense.epochs != default_epochs:
+            out["epochs"] = str(self.defense.epochs)
+        if (self.model.height, self.model.width) != STANDARD_INPUT:
+            out["input"] = f"{self.model.height}x{self.model.width}"
+        if self.metric != STANDARD_METRIC:
+            out["metric"] = self.metric
+        if self.model.weights_sha256:
+            out["weights"] = self.model.weights_sha256[:12]
+        for prefix, data in (("data", self.data), ("train-data", self.train_data)):
+            if data is not None and data.options:
+                out[prefix] = data.label
+        for a in self.attacks:
+            if a.options:
+                out[f"attack:{a.name}"] = a.label
+        return dict(sorted(out.items()))
+
+    @property
+    def settings(self) -> str:
+        """Canonical text of the custom settings ('' for official runs): part of every row key."""
+        return ";".join(f"{k}={v}" for k, v in self.custom_settings().items())
+
+    @property
+    def official(self) -> bool:
+        return not self.custom_settings()
+
+    def identity(self) -> dict[str, Any]:
+        return {"data": dataclasses.asdict(self.data), "train_data": dataclasses.asdict(self.train_data)
+                if self.train_data else None, "model": self.model.identity(), "defense": self.defense.identity(),
+                "attacks": [[a.name, [[k, format_value(k, v)] for k, v in a.options]] for a in self.attacks],
+                "eps_units": list(self.eps_units), "seed": self.seed, "metric": self.metric, "norm": self.norm}
+
+    @property
+    def digest(self) -> str:
+        return fingerprint(self.identity())
+
+    def row_key(self, attack: str, eps_label: str) -> dict[str, Any]:
+        """The leaderboard row key of one (attack, ε) cell of this run."""
+        return {"dataset": self.data.name, "train_dataset": self.training_data.name,
+                "defense": self.defense.label, "backbone": self.model.backbone, "attack": attack,
+                "eps": eps_label, "seed": self.seed, "settings": self.settings}
+
+    def run_id(self, stamp: str) -> str:
+        """`<stamp>-<dataset>-<defense label>-<backbone>-s<seed>-<hash>`, safe as one folder name."""
+        label = safe_name(self.defense.label)
+        if len(label) > MAX_LABEL:
+            label = f"{label[:MAX_LABEL]}-{fingerprint(self.defense.label, 6)}"
+        return (f"{stamp}-{safe_name(self.data.name)}-{label}-{safe_name(self.model.backbone)}-s{self.seed}-"
+                f"{self.digest[:6]}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.identity(), "settings": self.settings, "official": self.official,
+                "defense_label": self.defense.label, "weights_path": self.model.weights_path,
+                "digest": self.digest}
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: str) -> str:
+    """Folder-name-safe text: anything but letters, digits, '.', '_' and '-' becomes '-'; no '..' or leading '.'."""
+    out = _UNSAFE.sub("-", text).strip("-.")
+    out = re.sub(r"\.{2,}", "-", out)
+    return out or "x"
+
+
+def _trained_as(defense: str) -> str:
+    return DEFENSES.get(defense).trains_like or defense
+
+
+# -- construction from user input --------------------------------------------------------------
+
+def parse_eps(text: str | float | tuple | list) -> tuple[float, ...]:
+    """'2,4,8,16', '8/255', '0.5/255' -> epsilons in units of 1/255 (sorted, unique); 0 < ε ≤ 255."""
+    parts = list(text) if isinstance(text, (tuple, list)) else str(text).split(",")
+    out: set[float] = set()
+    for raw in (str(p).strip() for p in parts):
+        if not raw:
+            continue
+        num = raw
+        if "/" in raw:
+            num, den = (s.strip() for s in raw.split("/", 1))
+            if den != "255":
+                raise BenchmarkError(f"--eps {raw}: write ε in units of 1/255, e.g. --eps 8 or --eps 8/255 "
+                                     "(other denominators are refused)")
+        try:
+            value = float(num)
+        except ValueError:
+            raise BenchmarkError(f"--eps {raw!r} is not a number; write ε in units of 1/255, e.g. --eps 8 "
+                                 "or --eps 2,4,8,16") from None
+        if not math.isfinite(value) or value <= 0 or value > 255:
+            raise BenchmarkError(f"--eps {raw}: ε must be in (0, 255] units of 1/255, e.g. --eps 8")
+        out.add(round(value, 6))
+    if not out:
+        raise BenchmarkError("--eps needs at least one value in units of 1/255, e.g. --eps 8 or --eps 2,4,8,16")
+    return tuple(sorted(out))
+
+
+def _data_spec(name: str, root: str | None, options: Mapping[str, str], flag: str) -> DataSpec:
+    entry = DATASETS.entry(name)
+    needs_root = entry.meta.get("needs_root", True)
+    if not needs_root and root is not None:
+        raise BenchmarkError(f"data set '{name}' is generated, not read from a folder: drop {flag} (change it "
+                             f"with --dataset-opt, e.g. num_ids=400)")
+    if needs_root:
+        if root is None:
+            raise BenchmarkError(f"data set '{name}' needs {flag} pointing at its folder")
+        if not Path(root).is_dir():
+            raise BenchmarkError(f"{flag} '{root}' does not exist or is not a folder; pass the folder that "
+                                 f"holds the '{name}' data")
+        root = str(Path(root).resolve())
+    opts = build_options(entry.meta.get("options", _NoOptions), f"data set '{name}'", dict(options))
+    return DataSpec(name, root, _items(opts))
+
+
+def _attack_specs(names: list[str], options: Mapping[str, Mapping[str, str]]) -> tuple[AttackSpec, ...]:
+    for name in options:
+        ATTACKS.entry(name)  # unknown name: one line listing the valid ones
+        if name not in names:
+            raise BenchmarkError(f"--attack-opt for '{name}', which is not in this run's attacks "
+                                 f"({', '.join(names) or 'none'}); add it to --attack or drop the option")
+    specs = []
+    for name in sorted(names):
+        raw = dict(options.get(name, {}))
+        if "eps" in raw:
+            raise BenchmarkError(f"--attack-opt {name}:eps is refused: ε belongs to the run, set it with --eps "
+                                 "(units of 1/255)")
+        if "norm" in raw and raw["norm"] != Norm.LINF.value:
+            raise BenchmarkError(f"--attack-opt {name}:norm={raw['norm']} is refused: the protocol's threat model "
+                                 "is L-inf (norm=linf)")
+        cls = ATTACKS.get(name)
+        opts = build_options(cls.Options, f"attack '{name}'", raw)
+        specs.append(AttackSpec(name, _items(opts)))
+    return tuple(specs)
+
+
+def _defense_spec(name: str, options: Mapping[str, str], epochs: int | None) -> DefenseSpec:
+    cls = DEFENSES.get(name)
+    opts = build_options(cls.Options, f"defense '{name}'", dict(options))
+    cls(**dict(_items(opts)))  # the defense's own checks (e.g. DDID's part names) run now, before any work
+    trained = DEFENSES.get(_trained_as(name))
+    if epochs is not None and epochs < 1:
+        raise BenchmarkError(f"--epochs {epochs}: give at least 1 epoch")
+    parent = _defense_spec(trained.warm_start, {}, None) if trained.warm_start else None
+    return DefenseSpec(name, _items(opts), epochs if epochs is not None else trained.default_epochs, parent)
+
+
+def _weights(path: str | None, backbone: str) -> tuple[str | None, str | None]:
+    if path is None:
+        return None, None
+    p = Path(path)
+    if not p.is_file():
+        raise BenchmarkError(f"backbone weights file '{path}' does not exist; pass a local .pt/.pth or "
+                             ".safetensors file with --backbone-weights")
+    build_backbone(backbone, p)  # unreadable, unsafe or mismatched weights fail now, before any work
+    return str(p.resolve()), sha256_file(p)
+
+
+def make_spec(defense: str = "none", attacks: str = "none", dataset: str = "synthped",
+              data_root: str | None = None, train_dataset: str | None = None, train_data_root: str | None = None,
+              backbone: str = "reidnet-s", backbone_weights: str | None = None, eps: Any = "8", seed: int = 0,
+              epochs: int | None = None, height: int = STANDARD_INPUT[0], width: int = STANDARD_INPUT[1],
+              metric: str = STANDARD_METRIC, dataset_options: Mapping[str, str] | None = None,
+              train_dataset_options: Mapping[str, str] | None = None,
+              defense_options: Mapping[str, str] | None = None,
+              attack_options: Mapping[str, Mapping[str, str]] | None = None) -> RunSpec:
+    """Validate every value and build the canonical RunSpec; raises BenchmarkError (one line) on bad input."""
+    defense_options = dict(defense_options or {})
+    data = _data_spec(dataset, data_root, dataset_options or {}, "--data-root")
+    train = None
+    if train_dataset and (train_dataset != dataset or train_data_root):
+        train = _data_spec(train_dataset, train_data_root, train_dataset_options or {}, "--train-data-root")
+    BACKBONES.entry(backbone)
+    if metric not in METRICS:
+        raise BenchmarkError(f"--metric {metric!r}: use one of {', '.join(METRICS)}")
+    for side, value in (("--height", height), ("--width", width)):
+        if not isinstance(value, int) or value < 16 or value > 1024:
+            raise BenchmarkError(f"{side} {value}: give an integer between 16 and 1024 pixels")
+    if not isinstance(seed, int) or seed < 0:
+        raise BenchmarkError(f"--seed {seed}: give a non-negative integer")
+    weights_path, weights_sha = _weights(backbone_weights, backbone)
+    names = ATTACKS.resolve(attacks) if str(attacks).strip() not in ("", "none") else []
+    return RunSpec(
+        data=data, train_data=train,
+        model=ModelSpec(backbone, height, width, weights_sha, weights_path),
+        defense=_defense_spec(defense, defense_options, epochs),
+        attacks=_attack_specs(names, attack_options or {}), eps_units=parse_eps(eps), seed=seed, metric=metric)

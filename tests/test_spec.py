@@ -1,0 +1,167 @@
+"""The run specification: strict one-line errors before any work, canonical identity, official vs custom."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from benchmark.cli import main
+from benchmark.spec import make_spec, parse_eps
+from tests.conftest import SHARED
+
+MARKET = SHARED / "data" / "market1501-sample"
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail loudly if a command gets as far as loading data or training."""
+    import benchmark.harness as harness
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("validation must fail before any data is loaded or model trained")
+
+    monkeypatch.setattr(harness, "load_workspace", forbidden)
+    monkeypatch.setattr(harness, "train_or_load", forbidden)
+
+
+BAD = [
+    (["--eps", "abc"], "--eps 'abc' is not a number"),
+    (["--eps", "8/0"], "units of 1/255"),
+    (["--eps", "8/128"], "units of 1/255"),
+    (["--eps", "300"], "(0, 255]"),
+    (["--eps", "-1"], "(0, 255]"),
+    (["--eps", "0"], "(0, 255]"),
+    (["--eps", ","], "at least one value"),
+    (["--defense", "metric-at", "--defense-opt", "steps=abc"], "steps='abc' is not an integer"),
+    (["--defense", "metric-at", "--defense-opt", "steps=2.5"], "not an integer"),
+    (["--defense", "metric-at", "--defense-opt", "eps"], "is not key=value"),
+    (["--defense", "ddid", "--defense-opt", "second_order=maybe"], "is not a boolean"),
+    (["--defense", "ddid", "--ablate", "fnes,magic"], "valid parts: diffusion"),
+    (["--attack", "fgsm", "--attack-opt", "fgsm:steps=x"], "steps='x' is not an integer"),
+    (["--attack", "fgsm", "--attack-opt", "fgsm:norm=l3"], "norm=l3 is refused"),
+    (["--attack", "fgsm", "--attack-opt", "fgsm:norm=l2"], "norm=l2 is refused"),
+    (["--attack", "fgsm", "--attack-opt", "fgsm:eps=0.5,step=0.5"], "ε belongs to the run"),
+    (["--attack", "sma", "--attack-opt", "sma:random_start=maybe"], "is not a boolean"),
+    (["--attack", "fgsm", "--attack-opt", "nosuch:steps=3"], "unknown attack 'nosuch'"),
+    (["--attack", "fgsm", "--attack-opt", "sma:steps=3"], "not in this run's attacks"),
+    (["--attack", "fgsm", "--attack-opt", "steps=3"], "must be NAME:key=value"),
+    (["--dataset-opt", "num_ids=abc"], "num_ids='abc' is not an integer"),
+    (["--dataset-opt", "foo=1"], "has no option foo"),
+    (["--data-root", "/tmp"], "drop --data-root"),
+    (["--dataset", "market1501", "--data-root", "/no/such/dir"], "does not exist"),
+    (["--dataset", "market1501", "--data-root", str(MARKET), "--dataset-opt", "foo=1"], "has no option foo"),
+    (["--seed", "x"], "argument --seed"),
+    (["--epochs", "0"], "at least 1 epoch"),
+    (["--epochs", "x"], "argument --epochs"),
+    (["--height", "5"], "between 16 and 1024"),
+    (["--backbone-weights", "/no/such/file.pt"], "does not exist"),
+    (["--defense", "nope"], "unknown defense 'nope'. Did you mean 'none'?"),
+    (["--attack", "fnaa"], "Valid attacks:"),
+    (["--backbone", "resnet5O"], "Did you mean 'resnet50'"),
+    (["--defense", "none", "--ablate", "fnes"], "apply to --defense ddid only"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_line_before_any_work(args, message, no_work, capsys):
+    start = time.perf_counter()
+    with pytest.raises(SystemExit) if args[0] in ("--seed", "--epochs") and "x" in args else _returns():
+        code = main(["run", *args])
+        assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert time.perf_counter() - start < 15
+
+
+class _returns:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_unsafe_pickle_weights_are_one_line(tmp_path, no_work, capsys):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"w": Evil()}, path)
+    assert main(["run", "--backbone-weights", str(path), "--no-write"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unsafe pickle" in err and "weights_only" not in err and len(err.splitlines()) == 1
+
+
+def test_eps_units_and_canonical_order():
+    assert parse_eps("8") == (8.0,) and parse_eps("8/255") == (8.0,) and parse_eps("0.5/255") == (0.5,)
+    assert parse_eps("0.5") == (0.5,)  # always units of 1/255, never a fraction of 1
+    assert parse_eps("16,2,8,4,8") == (2.0, 4.0, 8.0, 16.0)
+
+
+def test_spellings_of_one_configuration_are_one_spec():
+    a = make_spec(defense="ddid", defense_options={"ablate": "fnes+self-meta", "gamma": "2"})
+    b = make_spec(defense="ddid", defense_options={"ablate": "self-meta+fnes", "gamma": "2.0"})
+    c = make_spec(defense="ddid", defense_options={"ablate": "self-meta+fnes"})
+    assert a == b == c and a.digest == b.digest
+    assert a.defense.label == "ddid[ablate=fnes+self-meta]"
+    assert make_spec(attacks="sma,fna").attacks == make_spec(attacks="fna,sma").attacks
+    assert make_spec(defense="ddid", defense_options={"fnes.gamma": "3"}) == \
+        make_spec(defense="ddid", defense_options={"gamma": "3"})
+
+
+def test_official_and_custom_settings():
+    assert make_spec(defense="ddid", attacks="all").official
+    assert make_spec(defense="ddid", defense_options={"ablate": "fnes"}).official  # a labelled recipe
+    cases = {"epochs": dict(epochs=2), "input": dict(height=64, width=32), "metric": dict(metric="cosine"),
+             "data": dict(dataset_options={"num_ids": "40"}),
+             "attack:fgsm": dict(attacks="fgsm", attack_options={"fgsm": {"steps": "3"}})}
+    for key, kwargs in cases.items():
+        spec = make_spec(**kwargs)
+        assert not spec.official and key in spec.custom_settings(), key
+    assert make_spec(epochs=2).settings == "epochs=2"
+    assert make_spec(epochs=30).official  # the defense's own default is the standard
+
+
+def test_default_epochs_follow_the_trained_recipe():
+    assert make_spec(defense="jpeg").defense.epochs == 30  # trains like none
+    ddid = make_spec(defense="ddid")
+    assert ddid.defense.epochs == 10 and ddid.defense.parent.name == "none" and ddid.defense.parent.epochs == 30
+    assert make_spec(defense="ddid", epochs=2).defense.parent.epochs == 30
+
+
+def test_run_id_is_one_safe_folder_name():
+    spec = make_spec(defense="ddid", defense_options={"generator": "/x/" + "very-long/" * 60})
+    rid = spec.run_id("20260101-000000")
+    assert len(rid) < 200 and "/" not in rid and ".." not in rid
+
+
+def test_plugin_names_that_escape_folders_are_refused():
+    from benchmark.registry import Registry
+
+    reg = Registry("backbone")
+    with pytest.raises(ValueError, match="not allowed"):
+        reg.register("x/../..")(object)
+
+
+def test_help_shows_defaults_and_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default: 8)" in out and "(default: synthped)" in out and "--allow-dirty" in out
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert "reid-robustness-bench" in capsys.readouterr().out
+
+
+def test_list_details_names_every_option(capsys):
+    assert main(["list", "--details", "ddid"]) == 0
+    out = capsys.readouterr().out
+    for key in ("gamma", "delta2", "train_steps", "ablate", "lambda_e"):
+        assert key in out
+    assert main(["list", "--details", "query-bb"]) == 0
+    assert "queries" in capsys.readouterr().out
+    assert main(["list", "--details", "nope"]) == 2
