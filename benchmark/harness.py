@@ -104,13 +104,19 @@ def training_recipe(recipe: DefenseSpec) -> DefenseSpec:
     return DefenseSpec(defense.trains_like, (), recipe.epochs, recipe.parent)
 
 
+def numerics(device: torch.device) -> dict[str, Any]:
+    """What changes floating-point results at the bit level: torch version, device kind, CPU thread count."""
+    return {"torch": torch.__version__, "device": device.type,
+            "threads": torch.get_num_threads() if device.type == "cpu" else None}
+
+
 def checkpoint_payload(recipe: DefenseSpec, defense: Defense, model_spec: ModelSpec, num_classes: int, seed: int,
-                       ws: Workspace, parent_key: str | None) -> dict[str, Any]:
-    """Everything a trained model depends on, code included: the checkpoint's cache key."""
+                       ws: Workspace, parent_key: str | None, device: torch.device) -> dict[str, Any]:
+    """Everything a trained model depends on, code and numerics included: the checkpoint's cache key."""
     tcfg = TrainConfig(epochs=recipe.epochs, seed=seed)
     return {"defense": recipe.name, "defense_config": defense.config(), "model": model_spec.identity(),
             "num_classes": num_classes, "train": dataclasses.asdict(tcfg), "data": ws.digests["train"],
-            "train_dataset": ws.train_name, "parent": parent_key,
+            "train_dataset": ws.train_name, "parent": parent_key, "numerics": numerics(device),
             "code": source_digest(type(defense), BACKBONES.get(model_spec.backbone))}
 
 
@@ -132,7 +138,7 @@ def train_or_load(recipe: DefenseSpec, spec: RunSpec, ws: Workspace, device: tor
     if recipe.parent is not None:
         warm_model, warm_info = train_or_load(recipe.parent, spec, ws, device, model_spec, retrain)
         parent_key = warm_info["checkpoint_key"]
-    key = checkpoint_payload(recipe, defense, model_spec, num_classes, spec.seed, ws, parent_key)
+    key = checkpoint_payload(recipe, defense, model_spec, num_classes, spec.seed, ws, parent_key, device)
 
     def fit() -> tuple[ReidModel, dict[str, Any]]:
         torch.manual_seed(spec.seed)
@@ -259,9 +265,10 @@ class CellStore:
     the data and the code of attacks and defenses; its files are verified by sha256 on load.
     """
 
-    def __init__(self, spec: RunSpec, checkpoint_key: str, defense: Defense, ws: Workspace) -> None:
+    def __init__(self, spec: RunSpec, checkpoint_key: str, defense: Defense, ws: Workspace,
+                 device: torch.device) -> None:
         self.root = cache_dir() / "cells"
-        self.base = {"checkpoint": checkpoint_key, "defense": spec.defense.identity(),
+        self.base = {"checkpoint": checkpoint_key, "numerics": numerics(device), "defense": spec.defense.identity(),
                      "defense_config": defense.config(), "seed": spec.seed, "norm": spec.norm,
                      "data": ws.digests, "defense_code": source_digest(type(defense))}
 
@@ -313,7 +320,7 @@ def run_benchmark(spec: RunSpec, runtime: Runtime | None = None, ws: Workspace |
                              f"{info['checkpoint']} is unusable, rerun with --retrain")
     clean = evaluate_features(qf, gf, ws.query.pids, ws.gallery.pids, ws.query.camids, ws.gallery.camids,
                               spec.metric)
-    cells = CellStore(spec, info["checkpoint_key"], defense, ws)
+    cells = CellStore(spec, info["checkpoint_key"], defense, ws, device)
     results: list[AttackResult] = []
     jobs = [(a.name, e) for a in spec.attacks for e in spec.eps]
     try:

@@ -83,3 +83,16 @@ def test_changed_defense_code_retrains(tmp_path, monkeypatch, tiny_ws):
     changed = train_or_load(spec.defense, spec, tiny_ws, torch.device("cpu"))[1]
     assert not changed["cached"] and changed["checkpoint_key"] != first["checkpoint_key"]
     sys.modules.pop("code_probe", None)
+
+
+def test_numerics_are_part_of_every_cache_key():
+    from benchmark.harness import numerics
+
+    threads = torch.get_num_threads()
+    try:
+        a = numerics(torch.device("cpu"))
+        torch.set_num_threads(1 if threads != 1 else 2)
+        assert numerics(torch.device("cpu")) != a  # thread count changes float sums: another checkpoint
+    finally:
+        torch.set_num_threads(threads)
+    assert a["torch"] == torch.__version__

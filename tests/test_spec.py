@@ -165,3 +165,15 @@ def test_list_details_names_every_option(capsys):
     assert main(["list", "--details", "query-bb"]) == 0
     assert "queries" in capsys.readouterr().out
     assert main(["list", "--details", "nope"]) == 2
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    import benchmark.harness as harness
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(harness, "load_workspace", interrupted)
+    assert main(["eval", "--defense", "none"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("interrupted:") and len(err.splitlines()) == 1
