@@ -1,12 +1,16 @@
-"""The vectorised evaluator must equal a plain per-query implementation of the Market rule."""
+"""The vectorised evaluator must equal a plain per-query implementation of the Market rule, and with ties
+the average of that implementation over every order of the gallery."""
 
 from __future__ import annotations
+
+import itertools
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from benchmark.metrics import evaluate, pairwise_distance
+from benchmark.metrics import evaluate, evaluate_features, pairwise_distance
 
 
 def reference_eval(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=10):
@@ -46,10 +50,9 @@ def random_case(seed, nq=40, ng=300, n_ids=12, n_cams=3, quantize=None):
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("quantize", [None, 3, 20])
-def test_matches_reference(seed, quantize):
-    dist, qp, gp, qc, gc = random_case(seed, quantize=quantize)
-    ours = evaluate(dist, qp, gp, qc, gc, chunk=7)
+def test_matches_reference_without_ties(seed):
+    dist, qp, gp, qc, gc = random_case(seed)
+    ours = evaluate(dist, qp, gp, qc, gc, block_elements=7 * dist.shape[1])
     ref = reference_eval(dist, qp.numpy(), gp.numpy(), qc.numpy(), gc.numpy())
     assert ours.num_queries == ref["n"]
     for key in ("mAP", "mINP", "rank1", "rank5", "rank10"):
@@ -98,12 +101,81 @@ def test_distances_rank_like_euclidean():
     assert cos.min() >= -1e-6 and cos.max() <= 2 + 1e-6
 
 
-def test_negative_tied_with_positive_is_ranked_by_gallery_index():
+def _average_over_orders(dist, qp, gp, qc, gc):
+    """Brute force: the reference (stable sort) averaged over every permutation of the gallery."""
+    sums = {"mAP": 0.0, "mINP": 0.0, "rank1": 0.0, "rank5": 0.0}
+    perms = list(itertools.permutations(range(dist.shape[1])))
+    for perm in perms:
+        p = torch.tensor(perm)
+        ref = reference_eval(dist[:, p], qp.numpy(), gp[p].numpy(), qc.numpy(), gc[p].numpy())
+        for key in sums:
+            sums[key] += ref[key] / len(perms)
+    return sums
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_ties_score_the_average_over_every_gallery_order(seed):
+    g = torch.Generator().manual_seed(seed)
+    nq, ng = 5, 6
+    qp = torch.randint(1, 3, (nq,), generator=g)
+    gp = torch.randint(-1, 3, (ng,), generator=g)
+    gp[:2] = torch.tensor([1, 2])  # every query identity has a gallery item
+    qc, gc = torch.zeros(nq, dtype=torch.long), torch.ones(ng, dtype=torch.long)
+    dist = torch.randint(0, 3, (nq, ng), generator=g).float()  # many exact ties
+    ours = evaluate(dist, qp, gp, qc, gc)
+    brute = _average_over_orders(dist, qp, gp, qc, gc)
+    for key, value in brute.items():
+        assert getattr(ours, key) == pytest.approx(value, abs=1e-9), key
+
+
+def test_gallery_order_does_not_change_scores():
+    dist, qp, gp, qc, gc = random_case(4, quantize=3)
+    flip = torch.arange(len(gp) - 1, -1, -1)
+    a = evaluate(dist, qp, gp, qc, gc)
+    b = evaluate(dist[:, flip], qp, gp[flip], qc, gc[flip])
+    for key in ("mAP", "mINP", "rank1", "rank5", "rank10", "id_ap_variance"):
+        assert getattr(a, key) == pytest.approx(getattr(b, key), abs=1e-9), key
+
+
+def test_collapsed_embeddings_score_chance_fast():
+    g = torch.Generator().manual_seed(0)
+    ng = 19_732
+    gp, gc = torch.randint(1, 700, (ng,), generator=g), torch.randint(0, 6, (ng,), generator=g)
+    qp, qc = gp[:50].clone(), (gc[:50] + 1) % 6
+    start = time.perf_counter()
+    m = evaluate(torch.zeros(50, ng), qp, gp, qc, gc)  # every row fully tied
+    assert time.perf_counter() - start < 2.0
+    # a fully tied row: rank-1 is the share of positives among the valid items
+    valid = [(gp != -1) & ~((gp == qp[i]) & (gc == qc[i])) for i in range(50)]
+    share = [float(((gp == qp[i]) & valid[i]).sum() / valid[i].sum()) for i in range(50)]
+    ok = [s > 0 for s in share]
+    assert m.rank1 == pytest.approx(100 * np.mean([s for s, o in zip(share, ok, strict=True) if o]), rel=1e-9)
+
+
+def test_a_tied_negative_counts_half_ahead():
     q_pids, q_cams = torch.tensor([1]), torch.tensor([0])
-    g_pids = torch.tensor([2, 1, 1, 3])
-    g_cams = torch.tensor([1, 1, 1, 1])
-    # negative 0 ties positive 1 (index 0 < 1: ahead); negative 3 ties positive 2 (index 3 > 2: behind)
-    m = evaluate(torch.tensor([[0.5, 0.5, 0.7, 0.7]]), q_pids, g_pids, q_cams, g_cams)
-    ref = reference_eval(torch.tensor([[0.5, 0.5, 0.7, 0.7]]), q_pids.numpy(), g_pids.numpy(),
-                         q_cams.numpy(), g_cams.numpy())
-    assert m.mAP == pytest.approx(ref["mAP"]) == pytest.approx(100 * (1 / 2 + 2 / 3) / 2)
+    g_pids, g_cams = torch.tensor([2, 1]), torch.tensor([1, 1])
+    m = evaluate(torch.tensor([[0.5, 0.5]]), q_pids, g_pids, q_cams, g_cams)
+    assert m.mAP == pytest.approx(100 * (1 + 1 / 2) / 2) and m.rank1 == pytest.approx(50)
+    assert m.mINP == pytest.approx(100 * (1 + 1 / 2) / 2)
+
+
+def test_max_rank_and_numpy_inputs():
+    dist, qp, gp, qc, gc = random_case(1)
+    full = evaluate(dist, qp, gp, qc, gc)
+    short = evaluate(dist.numpy(), qp.numpy(), gp.numpy(), qc.numpy(), gc.numpy(), max_rank=3)
+    assert (short.rank5, short.rank10, short.mAP) == (full.rank5, full.rank10, full.mAP)
+    assert len(evaluate(dist, qp, gp, qc, gc, max_rank=50).cmc) == 50
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="max_rank"):
+            evaluate(dist, qp, gp, qc, gc, max_rank=bad)
+
+
+def test_blockwise_features_equal_one_matrix():
+    g = torch.Generator().manual_seed(2)
+    qf, gf = torch.randn(37, 16, generator=g), torch.randn(211, 16, generator=g)
+    _, qp, gp, qc, gc = random_case(2, nq=37, ng=211)
+    whole = evaluate(pairwise_distance(qf, gf), qp, gp, qc, gc)
+    blocks = evaluate_features(qf, gf, qp, gp, qc, gc, block_elements=211 * 5)  # 5 queries per block
+    assert blocks.mAP == whole.mAP and torch.equal(blocks.per_query_ap.nan_to_num(-1),
+                                                   whole.per_query_ap.nan_to_num(-1))
