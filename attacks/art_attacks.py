@@ -82,6 +82,7 @@ def frozen(model: nn.Module) -> Iterator[None]:
 
 
 def art_classifier(module: nn.Module, input_shape: tuple[int, ...], nb_classes: int, device: torch.device):
+    """ART PyTorchClassifier around `module` (cross-entropy loss, inputs in [0, 1])."""
     from art.estimators.classification import PyTorchClassifier
 
     return PyTorchClassifier(model=module, loss=nn.CrossEntropyLoss(), input_shape=input_shape,
@@ -143,5 +144,6 @@ class ArtFeatureAdversaries(Attack):
         return self.project(torch.from_numpy(adv).to(x.device), x)
 
     def model_dim(self, x: torch.Tensor) -> int:
+        """Embedding size of the model under attack."""
         with torch.no_grad():
             return int(self.model.embed(x[:1]).shape[1])

@@ -30,6 +30,7 @@ SYMMETRY_BREAK = 1e-4
 
 @dataclass(frozen=True)
 class AttackOptions:
+    """Threat model and schedule shared by iterative attacks (ε and norm are set by the run)."""
     eps: float = 8 / 255
     step: float = 1 / 255
     steps: int = 16
@@ -63,6 +64,7 @@ class AttackContext:
 
 
 class Attack:
+    """Base class: owns device, eval mode, seed, ε-ball projection and the PGD loop."""
     name: ClassVar[str] = ""
     family: ClassVar[AttackFamily] = AttackFamily.GRADIENT
     knowledge: ClassVar[Knowledge] = Knowledge.WHITE_BOX
@@ -132,12 +134,14 @@ class Attack:
     # -- shared machinery -------------------------------------------------------------------------
     def gradient(self, x_adv: torch.Tensor, x: torch.Tensor, ctx: AttackContext, index: torch.Tensor
                  ) -> torch.Tensor:
+        """Input gradient of the summed loss at `x_adv` (model parameters get none)."""
         x_adv = x_adv.detach().requires_grad_(True)
         objective = self.loss(self.model.embed(x_adv), x, ctx, index).sum()
         (grad,) = torch.autograd.grad(objective, x_adv)
         return grad
 
     def start(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Starting point: a random start in the ball, or a symmetry-breaking nudge."""
         o = self.options
         scale = o.eps if o.random_start else SYMMETRY_BREAK
         noise = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x.device) * scale
@@ -146,6 +150,7 @@ class Attack:
         return self.project(x + noise, x)
 
     def ascend(self, x_adv: torch.Tensor, grad: torch.Tensor, step: float) -> torch.Tensor:
+        """One ascent step: signed (L-inf) or normalised (L2) gradient."""
         if self.options.norm == Norm.LINF.value:
             return x_adv + step * grad.sign()
         norm = grad.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
@@ -194,4 +199,5 @@ def register_attack(name: str, **meta: Any) -> Callable[[type[Attack]], type[Att
 
 
 def build_attack(name: str, model: nn.Module, **options: Any) -> Attack:
+    """Instantiate a registered attack on `model` with typed options."""
     return ATTACKS.get(name)(model, **options)

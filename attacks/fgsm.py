@@ -15,6 +15,7 @@ from attacks.sma import SelfMetricAttack
 
 @dataclass(frozen=True)
 class FGSMOptions(AttackOptions):
+    """One step of size ε."""
     step: float = 8 / 255
     steps: int = 1
 

@@ -17,6 +17,7 @@ from benchmark.enums import AttackFamily
 
 @dataclass(frozen=True)
 class MIFGSMOptions(AttackOptions):
+    """I-FGSM options plus the momentum factor."""
     momentum: float = 1.0
 
 

@@ -22,6 +22,7 @@ from benchmark.models import eval_mode
 
 @dataclass(frozen=True)
 class MUAPOptions(AttackOptions):
+    """Ascent steps and batch size on the training identities."""
     steps: int = 48
     batch: int = 64
     random_start: bool = True

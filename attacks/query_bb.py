@@ -19,6 +19,7 @@ from benchmark.enums import AttackFamily, Knowledge
 
 @dataclass(frozen=True)
 class SquareOptions(AttackOptions):
+    """Query budget per image and the initial square fraction."""
     queries: int = 200
     p_init: float = 0.1
 

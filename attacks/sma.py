@@ -17,6 +17,7 @@ from benchmark.enums import AttackFamily
 
 @dataclass(frozen=True)
 class SMAOptions(AttackOptions):
+    """SMA starts at random in the ε-ball."""
     random_start: bool = True
 
 

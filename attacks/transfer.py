@@ -24,6 +24,7 @@ SURROGATE_CHOICES = ("reidnet-t", "reidnet-s")
 
 @dataclass(frozen=True)
 class TransferOptions(AttackOptions):
+    """Surrogate backbone and the momentum of the MI-FGSM run on it."""
     momentum: float = 1.0
     surrogate_backbone: str = "auto"
 

@@ -101,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=fmt), "none")
     _add_run_args(sub.add_parser("eval", help="clean and attacked scores of a trained defense (writes nothing)",
                                  formatter_class=fmt), "none")
+    p_sweep = sub.add_parser("sweep", help="a grid of defenses x seeds x data sets as resumable cells",
+                             formatter_class=fmt)
+    _add_run_args(p_sweep, "all")
+    from benchmark.sweep import add_sweep_args
+
+    add_sweep_args(p_sweep)
+    p_table = sub.add_parser("table", help="print the summary board as a table for papers", formatter_class=fmt)
+    p_table.add_argument("--dataset", default="synthped")
+    p_table.add_argument("--format", default="md", choices=["md", "latex", "csv"])
+    p_table.add_argument("--variants", action="store_true", help="the labelled recipes (e.g. DDID ablations)")
+    p_table.add_argument("--leaderboard-dir", default="leaderboards")
+    p_table.add_argument("--readme", default=None, metavar="PATH",
+                         help="rewrite the tables between <!-- table:... --> markers in this file instead")
     p_plots = sub.add_parser("plots", help="draw every figure from the leaderboards and the latest runs",
                              formatter_class=fmt)
     p_plots.add_argument("--leaderboard-dir", default="leaderboards")

@@ -11,12 +11,14 @@ import torch
 
 from benchmark.arguments import build_parser
 from benchmark.errors import BenchmarkError, RunInterrupted
+from benchmark.provenance import set_command
 from benchmark.registry import UnknownNameError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run the command; user errors print one line and return 2, Ctrl-C returns 130."""
     args = build_parser().parse_args(argv)
+    set_command(list(argv) if argv is not None else sys.argv[1:])
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
     logging.getLogger("benchmark").setLevel(logging.INFO)

@@ -136,9 +136,23 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     return measure(args)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Expand a grid into cells and launch them (or print their status)."""
+    from benchmark.sweep import cmd_sweep as sweep
+
+    return sweep(args)
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    """Print the summary board (md, latex, csv) or regenerate the README's tables."""
+    from benchmark.tables import cmd_table as table
+
+    return table(args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "list": cmd_list, "run": cmd_run, "eval": cmd_run, "train": cmd_train, "plots": cmd_plots,
-    "throughput": cmd_throughput}
+    "throughput": cmd_throughput, "sweep": cmd_sweep, "table": cmd_table}
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from benchmark.errors import BenchmarkError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` -> CUDA when present, else the CPU; a clear error for an unavailable device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

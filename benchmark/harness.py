@@ -65,6 +65,7 @@ class Workspace:
 
     @property
     def size(self) -> tuple[int, int]:
+        """(height, width) of the run's images."""
         return tuple(self.query.images.shape[2:])  # type: ignore[return-value]
 
 
@@ -178,6 +179,7 @@ def deploy(defense: Defense, model: ReidModel) -> DefendedModel:
 # -- attacks -------------------------------------------------------------------------------------------
 @dataclass
 class AttackResult:
+    """Scores and outputs of one (attack, ε) cell."""
     attack: str
     eps: float
     metrics: RetrievalMetrics
@@ -190,6 +192,7 @@ class AttackResult:
 
 @dataclass
 class RunOutcome:
+    """Everything a run produced, for printing and writing."""
     spec: RunSpec
     defense: Defense
     clean: RetrievalMetrics
@@ -202,10 +205,12 @@ class RunOutcome:
 
     @property
     def resumed(self) -> int:
+        """How many attack cells came from the cache."""
         return sum(r.resumed for r in self.attacks)
 
 
 def seen_tag(defense: Defense, attack: str) -> Seen:
+    """`seen` when the defense trains with the attack, else `unseen`."""
     return Seen.SEEN if attack in defense.seen_attacks() else Seen.UNSEEN
 
 
@@ -273,11 +278,13 @@ class CellStore:
                      "data": ws.digests, "defense_code": source_digest(type(defense))}
 
     def key(self, name: str, eps: float, options: dict[str, Any]) -> str:
+        """The cache key of one attack cell."""
         cls = ATTACKS.get(name)
         return fingerprint({**self.base, "attack": name, "options": options, "eps": round(eps * 255, 6),
                             "attack_code": source_digest(cls)})
 
     def load(self, key: str) -> tuple[torch.Tensor, dict[str, Any], float] | None:
+        """A verified cached cell, or None (a damaged one is removed)."""
         folder = self.root / key
         try:
             record = json.loads((folder / "cell.json").read_text())
@@ -293,6 +300,7 @@ class CellStore:
         return adv, record["report"], float(record["seconds"])
 
     def save(self, key: str, adv: torch.Tensor, report: dict[str, Any], seconds: float) -> None:
+        """Store a finished cell atomically (a concurrent writer's copy is kept)."""
         self.root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.root / f"{key}.lock")):
             if (self.root / key).is_dir():

@@ -6,6 +6,7 @@ the hash of what it contains, verified on load.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import inspect
 import json
@@ -106,11 +107,24 @@ def _module_closure(start: str, packages: set[str]) -> set[str]:
     return seen
 
 
+def _code_only(source: str) -> str:
+    """The module's syntax tree without docstrings: comments, formatting and documentation do not count."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False)
+
+
 def source_digest(*objects: Any) -> str:
-    """Hash of the source files of the modules `objects` are defined in and every project module they reach.
+    """Hash of the code of the modules `objects` are defined in and of every project module they reach.
 
     A cached result keyed by it is recomputed whenever that code changes, plugins included: the
-    plugin's own top-level package joins the project packages for the walk.
+    plugin's own top-level package joins the project packages for the walk. Comments, formatting
+    and docstrings are left out (the syntax tree is hashed), so documenting code retrains nothing.
     """
     packages = set(PROJECT_PACKAGES)
     starts = []
@@ -126,7 +140,7 @@ def source_digest(*objects: Any) -> str:
     h = hashlib.sha256()
     for name in sorted(names):
         path = getattr(sys.modules[name], "__file__", None)
-        if path and Path(path).is_file():
+        if path and Path(path).is_file() and path.endswith(".py"):
             h.update(name.encode() + b"\0")
-            h.update(Path(path).read_bytes())
+            h.update(_code_only(Path(path).read_text(encoding="utf-8")).encode())
     return h.hexdigest()[:16]

@@ -80,6 +80,7 @@ class LeaderboardRow:
 
 
 def columns() -> list[str]:
+    """Column names of a leaderboard row, in order."""
     return [f.name for f in fields(LeaderboardRow)]
 
 

@@ -19,6 +19,7 @@ def smooth_labels(labels: torch.Tensor, num_classes: int, true_mass: float) -> t
 
 
 def pairwise_euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise Euclidean distances between rows (numerically safe at zero)."""
     d = (a * a).sum(1, keepdim=True) + (b * b).sum(1)[None] - 2.0 * a @ b.T
     return d.clamp(min=1e-12).sqrt()
 

@@ -54,6 +54,7 @@ class RetrievalMetrics:
 
     @property
     def id_ap_std(self) -> float:
+        """Standard deviation of per-identity AP."""
         return self.id_ap_variance ** 0.5
 
     @property
@@ -67,10 +68,12 @@ class RetrievalMetrics:
 
     @property
     def id_rank1_variance(self) -> float:
+        """Population variance of per-identity rank-1."""
         vals = torch.tensor(list(self.per_id_rank1.values()), dtype=torch.float64)
         return float(vals.var(unbiased=False)) if len(vals) else float("nan")
 
     def as_dict(self) -> dict[str, float]:
+        """The headline scores as a JSON-able dict."""
         return {"mAP": self.mAP, "rank1": self.rank1, "rank5": self.rank5, "rank10": self.rank10,
                 "mINP": self.mINP, "num_queries": self.num_queries, "id_ap_var": self.id_ap_variance,
                 "id_ap_worst10": self.id_ap_worst_decile, "id_r1_var": self.id_rank1_variance}
@@ -100,6 +103,7 @@ class _Gallery:
 
     @classmethod
     def build(cls, g_pids: np.ndarray, g_cams: np.ndarray) -> _Gallery:
+        """Index the gallery by identity; harmonic numbers up to its size."""
         order = np.argsort(g_pids, kind="stable")
         bounds = np.flatnonzero(np.diff(g_pids[order])) + 1
         by_pid = {int(g_pids[grp[0]]): np.sort(grp) for grp in np.split(order, bounds) if len(grp)}
@@ -208,6 +212,7 @@ class _Scorer:
             list(pool.map(lambda rows: _evaluate_rows(dist, rows, *args), parts))
 
     def result(self) -> RetrievalMetrics:
+        """The aggregated metrics of every scored query."""
         ap, inp, cmc = torch.from_numpy(self.ap), torch.from_numpy(self.inp), torch.from_numpy(self.cmc)
         ok = ~torch.isnan(ap)
         n = int(ok.sum())

@@ -47,6 +47,7 @@ def save_examples_strip(clean: Any, adv: Any, path: Path) -> None:
 
 
 def plot_adversarial_grid(strip_path: Path, n: int, title: str, stem: Path) -> list[Path]:
+    """Clean, adversarial and amplified perturbation per query."""
     strip = np.asarray(Image.open(strip_path)).astype(np.float32) / 255
     h, w = strip.shape[0] // 2, strip.shape[1] // n
     fig, axes = plt.subplots(3, n, figsize=(1.1 * n, 6.2))
@@ -96,6 +97,7 @@ def plot_ranking(record: dict[str, Any], image_lookup: dict[str, np.ndarray], st
 
 
 def plot_per_id(per_id_csv: Path, stem: Path, title: str) -> list[Path]:
+    """Box plot of per-identity AP, clean and per attack."""
     table = pd.read_csv(per_id_csv)
     cols = [c for c in table.columns if c != "pid"]
     fig, ax = plt.subplots(figsize=(max(4, 0.55 * len(cols)), 3))
@@ -235,6 +237,7 @@ def plot_variants(board: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
 
 
 def plot_seen_unseen(summary: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
+    """Mean robust mAP over seen and unseen attacks per defense."""
     if summary.empty:
         return []
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -253,6 +256,7 @@ def plot_seen_unseen(summary: pd.DataFrame, dataset: str, out: Path) -> list[Pat
 
 
 def plot_clean_vs_robust(summary: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
+    """Clean mAP against mean robust mAP."""
     if summary.empty:
         return []
     fig, ax = plt.subplots(figsize=(4, 3.4))
@@ -269,6 +273,7 @@ def plot_clean_vs_robust(summary: pd.DataFrame, dataset: str, out: Path) -> list
 
 
 def plot_per_id_boards(summary: pd.DataFrame, results_dir: Path, dataset: str, out: Path) -> list[Path]:
+    """Per-identity AP distributions of every defense's summary run."""
     data, labels = [], []
     for _, r in summary.iterrows():
         csv = results_dir / str(r["run_id"]) / "per_id_ap.csv"
@@ -292,6 +297,7 @@ def plot_per_id_boards(summary: pd.DataFrame, results_dir: Path, dataset: str, o
 
 
 def plot_throughput(csv: Path, out: Path) -> list[Path]:
+    """Bar chart of the throughput board."""
     table = pd.read_csv(csv)
     if table.empty:
         return []
@@ -305,6 +311,7 @@ def plot_throughput(csv: Path, out: Path) -> list[Path]:
 
 
 def plot_all(leaderboard_dir: str | Path, results_dir: str | Path, out: str | Path) -> list[Path]:
+    """Every figure from the boards in `leaderboard_dir` and the run folders."""
     leaderboard_dir, results_dir, out = Path(leaderboard_dir), Path(results_dir), Path(out)
     paths: list[Path] = []
     for board_path in sorted(leaderboard_dir.glob("*.csv")):

@@ -58,9 +58,19 @@ def device_name(device: torch.device) -> str:
     return f"cpu-{platform.machine()}-{torch.get_num_threads()}threads"
 
 
+_ARGV: list[str] | None = None
+
+
+def set_command(argv: list[str] | None) -> None:
+    """Record the arguments of the command being run (the CLI does; sweep workers pass their cell's)."""
+    global _ARGV
+    _ARGV = list(argv) if argv is not None else None
+
+
 def command_line() -> str:
     """The command as a user would type it again."""
-    return " ".join(shlex.quote(a) for a in ["python", "-m", "benchmark", *sys.argv[1:]])
+    argv = _ARGV if _ARGV is not None else sys.argv[1:]
+    return " ".join(shlex.quote(a) for a in ["python", "-m", "benchmark", *argv])
 
 
 def now() -> str:

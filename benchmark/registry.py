@@ -35,12 +35,14 @@ class UnknownNameError(KeyError):
 
 @dataclass(frozen=True)
 class Entry(Generic[T]):
+    """A registered name, its object and its metadata."""
     name: str
     obj: T
     meta: dict[str, Any] = field(default_factory=dict)
 
 
 class Registry(Generic[T]):
+    """Name -> object registry with decorator registration and entry-point plugins."""
     def __init__(self, kind: str, entry_point_group: str | None = None,
                  builtin_modules: Iterable[str] = ()) -> None:
         self.kind = kind
@@ -88,19 +90,23 @@ class Registry(Generic[T]):
                 self._entries[name].meta.setdefault("dist", dist)
 
     def names(self, pattern: str = "*") -> list[str]:
+        """Registered names matching a wildcard, sorted."""
         self._ensure_loaded()
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
 
     def entry(self, name: str) -> Entry[T]:
+        """The entry of a name (one-line error listing valid names)."""
         self._ensure_loaded()
         if name not in self._entries:
             raise UnknownNameError(self._unknown_message(name))
         return self._entries[name]
 
     def get(self, name: str) -> T:
+        """The registered object of a name."""
         return self.entry(name).obj
 
     def meta(self, name: str) -> dict[str, Any]:
+        """The metadata of a name."""
         return self.entry(name).meta
 
     def __contains__(self, name: str) -> bool:

@@ -63,6 +63,7 @@ def build_rows(outcome: RunOutcome, flags: list[Flag], prov: dict[str, Any], rid
 
 
 def per_id_table(outcome: RunOutcome) -> str:
+    """CSV text of per-identity AP, clean and per attack cell."""
     names = ["clean"] + [f"{r.attack}@{eps_label(r.eps)}" for r in outcome.attacks]
     metrics = [outcome.clean] + [r.metrics for r in outcome.attacks]
     lines = ["pid," + ",".join(names)]

@@ -24,6 +24,7 @@ TOLERANCE_MAP = 1.0            # percentage points of mAP treated as noise
 
 @dataclass(frozen=True)
 class Flag:
+    """A sanity flag: a machine-readable code and a sentence."""
     code: str
     message: str
 
@@ -111,10 +112,12 @@ def nondeterminism(outcome: RunOutcome, n: int = 16) -> list[Flag]:
 
 
 def sanity_flags(outcome: RunOutcome) -> list[Flag]:
+    """Every sanity flag raised for a run."""
     torch.manual_seed(outcome.spec.seed)
     return (eps_monotonicity(outcome.attacks) + black_box_stronger(outcome.attacks)
             + more_iterations_weaker(outcome) + zero_gradients(outcome) + nondeterminism(outcome))
 
 
 def format_flags(flags: list[Flag]) -> str:
+    """The flags as printed lines."""
     return "\n".join(f"FLAG {f.code}: {f.message}" for f in flags) or "no sanity flags raised"

@@ -53,9 +53,11 @@ class DataSpec:
 
     @property
     def label(self) -> str:
+        """Canonical label: the name plus its non-default options."""
         return _label(self.name, self.options)
 
     def options_object(self) -> Any:
+        """The typed options object of the data set."""
         return build_options(DATASETS.meta(self.name).get("options", _NoOptions), f"data set '{self.name}'",
                              dict(self.options))
 
@@ -76,6 +78,7 @@ class ModelSpec:
     weights_path: str | None = field(default=None, compare=False)  # provenance only; the hash is the identity
 
     def identity(self) -> dict[str, Any]:
+        """JSON-able identity (what the hash covers)."""
         return {"backbone": self.backbone, "height": self.height, "width": self.width,
                 "weights_sha256": self.weights_sha256}
 
@@ -91,14 +94,17 @@ class DefenseSpec:
 
     @property
     def label(self) -> str:
+        """Canonical label: the name plus its non-default options."""
         return _label(self.name, self.options)
 
     def build(self) -> Any:
+        """The defense object of this recipe."""
         from defenses import build_defense
 
         return build_defense(self.name, **dict(self.options))
 
     def identity(self) -> dict[str, Any]:
+        """JSON-able identity (what the hash covers)."""
         return {"name": self.name, "options": [[k, format_value(k, v)] for k, v in self.options],
                 "epochs": self.epochs, "parent": self.parent.identity() if self.parent else None}
 
@@ -112,6 +118,7 @@ class AttackSpec:
 
     @property
     def label(self) -> str:
+        """Canonical label: the name plus its non-default options."""
         return _label(self.name, self.options)
 
 
@@ -131,13 +138,16 @@ class RunSpec:
 
     @property
     def eps(self) -> tuple[float, ...]:
+        """Epsilons in [0, 1] units."""
         return tuple(u / 255 for u in self.eps_units)
 
     @property
     def training_data(self) -> DataSpec:
+        """The data set the model trains on."""
         return self.train_data or self.data
 
     def attack(self, name: str) -> AttackSpec:
+        """The spec of an attack of this run."""
         return next(a for a in self.attacks if a.name == name)
 
     def custom_settings(self) -> dict[str, str]:
@@ -167,9 +177,11 @@ class RunSpec:
 
     @property
     def official(self) -> bool:
+        """True when the run uses the protocol's standard settings."""
         return not self.custom_settings()
 
     def identity(self) -> dict[str, Any]:
+        """JSON-able identity (what the hash covers)."""
         return {"data": dataclasses.asdict(self.data), "train_data": dataclasses.asdict(self.train_data)
                 if self.train_data else None, "model": self.model.identity(), "defense": self.defense.identity(),
                 "attacks": [[a.name, [[k, format_value(k, v)] for k, v in a.options]] for a in self.attacks],
@@ -177,6 +189,7 @@ class RunSpec:
 
     @property
     def digest(self) -> str:
+        """Hash of the identity."""
         return fingerprint(self.identity())
 
     def row_key(self, attack: str, eps_label: str) -> dict[str, Any]:
@@ -194,6 +207,7 @@ class RunSpec:
                 f"{self.digest[:6]}")
 
     def to_json(self) -> dict[str, Any]:
+        """The specification as written to config.json."""
         return {**self.identity(), "settings": self.settings, "official": self.official,
                 "defense_label": self.defense.label, "weights_path": self.model.weights_path,
                 "digest": self.digest}

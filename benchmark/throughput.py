@@ -57,6 +57,7 @@ def _model(backbone: str, device: torch.device, classes: int = 16) -> ReidModel:
 
 
 def extraction_rate(backbone: str, batch: int, device: torch.device, repeats: int) -> tuple[float, int]:
+    """Images/s of feature extraction (and the batch after back-off)."""
     model = _model(backbone, device).eval()
 
     def measure(b: int) -> float:
@@ -88,6 +89,7 @@ def attack_rate(name: str, backbone: str, batch: int, device: torch.device, repe
 
 def training_rate(defense_name: str, backbone: str, batch: int, device: torch.device,
                   repeats: int) -> tuple[float, int]:
+    """Images/s of one training step of a defense."""
     defense = build_defense(defense_name).throughput_variant()
     model = _model(backbone, device).train()
 
@@ -104,6 +106,7 @@ def training_rate(defense_name: str, backbone: str, batch: int, device: torch.de
 
 
 def cmd_throughput(args: argparse.Namespace) -> int:
+    """Measure and write the throughput board."""
     device = resolve_device(args.device)
     prov = provenance(device, 0)
     rows = []

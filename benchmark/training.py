@@ -29,6 +29,7 @@ CODE_VERSION = 2  # bump when training semantics change so cached checkpoints ar
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Schedule and loss settings shared by every defense's training."""
     epochs: int = 30
     p: int = 16
     k: int = 4
@@ -121,6 +122,7 @@ def optimize(loss: torch.Tensor, ctx: TrainContext) -> dict[str, float]:
 
 
 def standard_step(model: ReidModel, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> dict[str, float]:
+    """One step of the undefended recipe."""
     return optimize(id_loss_and_triplet(model, x, y, ctx), ctx)
 
 

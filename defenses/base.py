@@ -25,6 +25,7 @@ from benchmark.training import TrainConfig, TrainContext, standard_step, train_m
 
 @dataclass(frozen=True)
 class NoOptions:
+    """A defense without options."""
     pass
 
 
@@ -53,10 +54,12 @@ class Defense:
         return dataclasses.asdict(self.options)
 
     def seen_attacks(self) -> tuple[str, ...]:
+        """Attacks this defense trains with (rows for them are tagged seen)."""
         return self.trains_with
 
     def train_step(self, model: ReidModel, x: torch.Tensor, y: torch.Tensor,
                    ctx: TrainContext) -> dict[str, float]:
+        """One optimisation step on a batch; returns losses to log."""
         return standard_step(model, x, y, ctx)
 
     def training_extras(self, model: ReidModel, lr: float, device: torch.device) -> dict[str, Any]:
@@ -114,4 +117,5 @@ def register_defense(name: str, **meta: Any) -> Callable[[type[Defense]], type[D
 
 
 def build_defense(name: str, **options: Any) -> Defense:
+    """Instantiate a registered defense with typed options."""
     return DEFENSES.get(name)(**options)

@@ -14,6 +14,7 @@ from defenses.base import Defense, register_defense
 
 @dataclass(frozen=True)
 class GOATOptions:
+    """GOAT's PGD and number of push guides."""
     eps: float = 5 / 255
     step: float = 1 / 255
     steps: int = 7

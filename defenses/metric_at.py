@@ -14,6 +14,7 @@ from defenses.base import Defense, register_defense
 
 @dataclass(frozen=True)
 class MetricATOptions:
+    """Metric PGD settings."""
     eps: float = 8 / 255
     step: float = 2 / 255
     steps: int = 5

@@ -43,14 +43,17 @@ class TransformDefense(Defense):
     attacked_with = "bpda"
 
     def preprocessor(self) -> Any:
+        """The ART preprocessor of this transform."""
         raise NotImplementedError
 
     def transform(self) -> nn.Module:
+        """The transform as attacks see it."""
         return BPDATransform(self.preprocessor(), self.name)
 
 
 @dataclass(frozen=True)
 class JpegOptions:
+    """JPEG quality."""
     quality: int = 50
 
 
@@ -61,6 +64,7 @@ class JpegDefense(TransformDefense):
     Options = JpegOptions
 
     def preprocessor(self) -> Any:
+        """The ART preprocessor of this transform."""
         from art.defences.preprocessor import JpegCompression
 
         return JpegCompression(clip_values=(0.0, 1.0), quality=self.options.quality, channels_first=True,
@@ -69,6 +73,7 @@ class JpegDefense(TransformDefense):
 
 @dataclass(frozen=True)
 class SqueezeOptions:
+    """Bit depth."""
     bit_depth: int = 4
 
 
@@ -79,6 +84,7 @@ class SqueezeDefense(TransformDefense):
     Options = SqueezeOptions
 
     def preprocessor(self) -> Any:
+        """The ART preprocessor of this transform."""
         from art.defences.preprocessor import FeatureSqueezing
 
         return FeatureSqueezing(clip_values=(0.0, 1.0), bit_depth=self.options.bit_depth)
@@ -86,6 +92,7 @@ class SqueezeDefense(TransformDefense):
 
 @dataclass(frozen=True)
 class SmoothOptions:
+    """Median window."""
     window: int = 3
 
 
@@ -96,6 +103,7 @@ class SmoothDefense(TransformDefense):
     Options = SmoothOptions
 
     def preprocessor(self) -> Any:
+        """The ART preprocessor of this transform."""
         from art.defences.preprocessor import SpatialSmoothing
 
         return SpatialSmoothing(window_size=self.options.window, channels_first=True, clip_values=(0.0, 1.0))

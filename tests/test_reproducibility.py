@@ -77,7 +77,13 @@ def test_changed_defense_code_retrains(tmp_path, monkeypatch, tiny_ws):
     first = train_or_load(spec.defense, spec, tiny_ws, torch.device("cpu"))[1]
     again = train_or_load(spec.defense, spec, tiny_ws, torch.device("cpu"))[1]
     assert again["cached"] and again["checkpoint_key"] == first["checkpoint_key"]
-    (package / "__init__.py").write_text(textwrap.dedent(PLUGIN) + "\n# a changed line of code\n")
+    (package / "__init__.py").write_text(textwrap.dedent(PLUGIN).replace('"""A defense whose source the test edits."""',
+                                                                          '"""Documented anew."""  # a comment'))
+    entries.pop("code-probe")
+    importlib.reload(sys.modules["code_probe"])
+    documented = train_or_load(spec.defense, spec, tiny_ws, torch.device("cpu"))[1]
+    assert documented["cached"], "docstrings and comments are not code: no retraining"
+    (package / "__init__.py").write_text(textwrap.dedent(PLUGIN) + "\nSCALE = 2\n")
     entries.pop("code-probe")
     importlib.reload(sys.modules["code_probe"])
     changed = train_or_load(spec.defense, spec, tiny_ws, torch.device("cpu"))[1]

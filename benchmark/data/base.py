@@ -20,6 +20,7 @@ DISTRACTOR_PID = 0
 
 @dataclass(frozen=True)
 class Item:
+    """One image: its path, identity (0 distractor, -1 junk) and camera."""
     path: Path
     pid: int
     camid: int
@@ -42,13 +43,16 @@ class ReidDataset:
 
     @property
     def train_ids(self) -> set[int]:
+        """Identities of the training split (distractors and junk excluded)."""
         return {it.pid for it in self.train if it.pid > DISTRACTOR_PID}
 
     @property
     def test_ids(self) -> set[int]:
+        """Identities of query and gallery (distractors and junk excluded)."""
         return {it.pid for it in self.query + self.gallery if it.pid > DISTRACTOR_PID}
 
     def summary(self) -> str:
+        """One line: images and identities per split, cameras."""
         cams = {it.camid for it in self.train + self.query + self.gallery}
         return (f"{self.name}: train {len(self.train)} images / {len(self.train_ids)} IDs, "
                 f"query {len(self.query)}, gallery {len(self.gallery)} / {len(self.test_ids)} test IDs, "
@@ -56,6 +60,7 @@ class ReidDataset:
 
 
 def assert_identity_disjoint(train_ids: set[int], test_ids: set[int], what: str) -> None:
+    """Raise DataError when train and test identities overlap."""
     overlap = train_ids & test_ids
     if overlap:
         sample = sorted(overlap)[:5]
@@ -117,6 +122,7 @@ class SplitTensors:
 
     @classmethod
     def from_items(cls, items: Sequence[Item], size: tuple[int, int]) -> SplitTensors:
+        """Decode the items' images at `size` (height, width)."""
         return cls(load_images(items, size),
                    torch.tensor([it.pid for it in items], dtype=torch.long),
                    torch.tensor([it.camid for it in items], dtype=torch.long))
@@ -125,5 +131,6 @@ class SplitTensors:
         return len(self.pids)
 
     def float_images(self, index: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """Images (all, or `index`) as float in [0, 1]."""
         imgs = self.images if index is None else self.images[index]
         return imgs.float().div_(255.0)

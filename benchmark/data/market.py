@@ -38,6 +38,7 @@ def _scan_market_folder(folder: Path) -> list[Item]:
 
 
 def load_market_layout(root: Path, name: str) -> ReidDataset:
+    """A data set from Market-1501 folders (bounding_box_train, query, bounding_box_test)."""
     train = [it for it in _scan_market_folder(root / "bounding_box_train") if it.pid >= 0]
     query = _scan_market_folder(root / "query")
     gallery = _scan_market_folder(root / "bounding_box_test")
@@ -46,11 +47,13 @@ def load_market_layout(root: Path, name: str) -> ReidDataset:
 
 @DATASETS.register("market1501", needs_root=True, layout="Market-1501 folders")
 def market1501(root: Path, seed: int = 0, options: object = None) -> ReidDataset:
+    """Market-1501 from its folder."""
     return load_market_layout(root, "market1501")
 
 
 @DATASETS.register("dukemtmc", needs_root=True, layout="DukeMTMC-reID folders (Market naming)")
 def dukemtmc(root: Path, seed: int = 0, options: object = None) -> ReidDataset:
+    """DukeMTMC-reID from its folder (Market naming)."""
     return load_market_layout(root, "dukemtmc")
 
 
@@ -77,6 +80,7 @@ def _read_msmt_list(root: Path, list_name: str, image_dir: str) -> list[Item]:
 
 @DATASETS.register("msmt17", needs_root=True, layout="MSMT17 list files")
 def msmt17(root: Path, seed: int = 0, options: object = None) -> ReidDataset:
+    """MSMT17 from its list files; test identities shifted past the training ones."""
     train = _read_msmt_list(root, "list_train.txt", "train")
     if (root / "list_val.txt").is_file():
         train += _read_msmt_list(root, "list_val.txt", "train")

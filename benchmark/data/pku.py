@@ -42,6 +42,7 @@ def scan_pku(root: Path) -> list[Item]:
 
 @dataclass(frozen=True)
 class PKUOptions:
+    """The identity split and the query camera."""
     test_fraction: float = 0.5   # share of identities held out as unseen test identities
     query_cam: int = 1           # query camera; the other cameras form the gallery
 

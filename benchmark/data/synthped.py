@@ -33,6 +33,7 @@ VIEWS = ("front", "back", "left", "right")
 
 @dataclass(frozen=True)
 class SynthPedConfig:
+    """Size and structure of the generated data set (every field is a --dataset-opt)."""
     num_ids: int = 200
     num_cams: int = 6
     height: int = 128
@@ -47,6 +48,7 @@ class SynthPedConfig:
     version: ClassVar[int] = 1       # bump when rendering changes so caches are rebuilt
 
     def digest(self, seed: int) -> str:
+        """Short hash of the configuration and seed (the cache folder's name)."""
         return fingerprint({"seed": seed, "version": self.version, **asdict(self)}, 12)
 
 
@@ -56,6 +58,7 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
 
 @dataclass
 class Person:
+    """What makes an identity: clothing, body, hair, bag."""
     upper: np.ndarray
     upper2: np.ndarray
     upper_pattern: int   # 0 solid, 1 h-stripes, 2 v-stripes, 3 checks, 4 two-tone
@@ -74,6 +77,7 @@ class Person:
 
 
 def random_person(rng: np.random.Generator) -> Person:
+    """A random identity."""
     skin_v = rng.uniform(0.35, 0.95)
     hair_tone = rng.choice([0.08, 0.15, 0.3, 0.55, 0.75])
     return Person(
@@ -97,6 +101,7 @@ def random_person(rng: np.random.Generator) -> Person:
 
 @dataclass
 class Camera:
+    """What a camera changes: background, light, scale, blur, noise."""
     wall: np.ndarray
     floor: np.ndarray
     clutter: list[tuple[float, float, float, float, np.ndarray]]
@@ -109,6 +114,7 @@ class Camera:
 
 
 def random_camera(rng: np.random.Generator) -> Camera:
+    """A random camera."""
     clutter = [(rng.uniform(0, 1), rng.uniform(0, 0.8), rng.uniform(0.1, 0.5), rng.uniform(0.1, 0.6),
                 _hsv(rng.random(), rng.uniform(0, 0.6), rng.uniform(0.2, 0.9))) for _ in range(4)]
     return Camera(

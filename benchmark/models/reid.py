@@ -29,6 +29,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """Backbone, number of training identities and input size."""
     backbone: str
     num_classes: int
     height: int = 128
@@ -36,12 +37,14 @@ class ModelConfig:
 
 
 class ReidOutput(NamedTuple):
+    """Pooled features, BNNeck embedding and ID logits."""
     features: torch.Tensor   # pooled, before BNNeck: what the triplet loss sees
     embedding: torch.Tensor  # after BNNeck: the test-time descriptor
     logits: torch.Tensor
 
 
 class ReidModel(nn.Module):
+    """Backbone -> pooling -> BNNeck embedding -> ID classifier; takes images in [0, 1]."""
     def __init__(self, config: ModelConfig, backbone_weights: str | Path | None = None) -> None:
         super().__init__()
         self.config = config

@@ -11,6 +11,7 @@ from torch import nn
 
 
 class FeatureDiscriminator(nn.Module):
+    """Tells clean from adversarial embeddings (an MLP)."""
     def __init__(self, dim: int, hidden: int = 128) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden),

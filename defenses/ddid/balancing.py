@@ -43,6 +43,7 @@ log = logging.getLogger("benchmark")
 
 @dataclass(frozen=True)
 class DiffusionConfig:
+    """The phase-1 generator and the balancing thresholds."""
     height: int = 32
     width: int = 16
     channels: tuple[int, ...] = (32, 64, 64)
@@ -79,6 +80,7 @@ def balance_plan(pids: torch.Tensor, camids: torch.Tensor, delta1: int, delta2: 
 
 
 def median_images_per_id(pids: torch.Tensor) -> int:
+    """Median number of images per identity (rounded up): the default delta1."""
     _, counts = torch.unique(pids, return_counts=True)
     return int(counts.float().median().ceil())
 
@@ -96,6 +98,7 @@ class Conditioner(nn.Module):
 
 
 def build_unet(cfg: DiffusionConfig) -> nn.Module:
+    """The diffusers UNet2DModel of the generator."""
     from diffusers import UNet2DModel
 
     return UNet2DModel(
@@ -115,6 +118,7 @@ def noise_timestep(sigma: torch.Tensor) -> torch.Tensor:
 
 
 def make_scheduler(cfg: DiffusionConfig):
+    """diffusers EDMEulerScheduler with Karras sigmas."""
     from diffusers import EDMEulerScheduler
 
     return EDMEulerScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=cfg.sigma_data, sigma_schedule="karras",
@@ -140,12 +144,14 @@ class ConditionalEDM:
         return ids, cs
 
     def denoise(self, noisy: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """EDM-preconditioned denoiser D(x; sigma, condition)."""
         s = sigma.view(-1, 1, 1, 1)
         model_in = self.scheduler.precondition_inputs(noisy, s)
         out = self.unet(model_in, noise_timestep(sigma.flatten()), class_labels=cond).sample
         return self.scheduler.precondition_outputs(noisy, out, s)
 
     def fit(self, images: torch.Tensor, pids: torch.Tensor, cams: torch.Tensor, seed: int) -> list[float]:
+        """Train the generator on the training split; returns the losses."""
         cfg = self.cfg
         g = torch.Generator().manual_seed(seed)
         x_all = F.interpolate(images.float().div(255.0), size=(cfg.height, cfg.width), mode="area") * 2 - 1
@@ -198,6 +204,7 @@ class ConditionalEDM:
         return torch.cat(out) if out else torch.empty((0, 3, *out_size), dtype=torch.uint8)
 
     def save(self, folder: Path) -> None:
+        """Write the generator as a diffusers folder plus its conditioning."""
         self.unet.save_pretrained(folder / "unet")
         self.scheduler.save_pretrained(folder / "scheduler")
         state = {k: v.cpu() for k, v in self.conditioner.state_dict().items()}
@@ -207,6 +214,7 @@ class ConditionalEDM:
 
     @classmethod
     def load(cls, folder: Path, device: torch.device) -> ConditionalEDM:
+        """Read a generator folder written by `save`."""
         from diffusers import EDMEulerScheduler, UNet2DModel
 
         meta_path = folder / "conditioning.json"
@@ -231,6 +239,7 @@ class ConditionalEDM:
 
 @dataclass
 class BalancedData:
+    """Training split plus generated images, the plan and phase 1's manifest."""
     train: SplitTensors
     generated: SplitTensors
     plan: list[tuple[int, int, str]]

@@ -70,6 +70,7 @@ class DDID(Defense):
         self.fnes_cfg = self.options.fnes
 
     def uses(self, part: str) -> bool:
+        """False when the part is ablated."""
         return part not in self.options.ablate
 
     def seen_attacks(self) -> tuple[str, ...]:
@@ -77,6 +78,7 @@ class DDID(Defense):
         return ("fna", "sma") if self.uses("self-meta") else ("fna",)
 
     def config(self) -> dict[str, Any]:
+        """Every option plus the phase-1 version and generator hash."""
         cfg = dataclasses.asdict(self.options)
         cfg["ablate"] = sorted(self.options.ablate)
         # part of the checkpoint key: a changed generator must not reuse models trained on old images
@@ -97,6 +99,7 @@ class DDID(Defense):
 
     # -- phase 1 + 2 ----------------------------------------------------------------------------
     def fit(self, model: ReidModel, train: SplitTensors, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+        """Phase 1 (unless ablated), then phase 2."""
         history: dict[str, Any] = {}
         if self.uses("diffusion"):
             o = self.options
@@ -146,6 +149,7 @@ class DDID(Defense):
         return loss
 
     def train_step(self, model: ReidModel, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> dict[str, float]:
+        """One bi-adversarial (self-meta) step."""
         store: dict[str, Any] = {}
         logs: dict[str, float] = {}
         if self.uses("self-meta"):

@@ -19,6 +19,7 @@ from benchmark.losses import smooth_labels
 
 @dataclass(frozen=True)
 class FNESConfig:
+    """FNES: extension gamma, mixing range (a, b), label masses and the moved mass."""
     gamma: float = 2.0
     a: float = 0.0
     b: float = 1.0

@@ -1,0 +1,116 @@
+"""Launchers run sweep cells: `local` (worker processes on this machine) and `submitit` (SLURM, or
+submitit's local executor). They come from a registry, like attacks and defenses; a launcher gets
+the training cells and the evaluation cells and must finish every training cell before the
+evaluation cells that use its checkpoint start.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from benchmark.errors import BenchmarkError
+from benchmark.options import build_options
+from benchmark.registry import Registry
+
+CellRunner = Callable[[str], int]
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """Worker processes."""
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class SubmititOptions:
+    """Where and how submitit submits the cells."""
+    cluster: str = "slurm"       # slurm, or local (submitit's local executor: what the tests drive)
+    partition: str = ""
+    gpus_per_task: int = 0
+    cpus_per_task: int = 2
+    time_limit: int = 240        # minutes
+    array_parallelism: int = 16
+    folder: str = ""             # submitit's log folder (default: <sweep dir>/submitit)
+
+
+class Launcher:
+    """Base class: runs `run_cell(folder)` for every cell folder, training cells first."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = LocalOptions
+
+    def __init__(self, sweep_dir: Path, **options: Any) -> None:
+        self.sweep_dir = sweep_dir
+        self.options = build_options(self.Options, f"launcher '{self.name}'", options)
+
+    def launch(self, train: Sequence[str], evaluate: Sequence[str], run_cell: CellRunner) -> None:
+        raise NotImplementedError
+
+
+LAUNCHERS: Registry[type[Launcher]] = Registry("launcher", "reid_robustness_bench.launchers")
+
+
+def register_launcher(name: str, **meta: Any) -> Callable[[type[Launcher]], type[Launcher]]:
+    """Class decorator registering a launcher under `name`."""
+
+    def decorator(cls: type[Launcher]) -> type[Launcher]:
+        cls.name = name
+        meta.setdefault("summary", (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "")
+        return LAUNCHERS.register(name, **meta)(cls)
+
+    return decorator
+
+
+@register_launcher("local")
+class LocalLauncher(Launcher):
+    """N worker processes on this machine (spawned, so each cell gets a fresh interpreter)."""
+
+    Options = LocalOptions
+
+    def launch(self, train: Sequence[str], evaluate: Sequence[str], run_cell: CellRunner) -> None:
+        if self.options.workers < 1:
+            raise BenchmarkError("launcher 'local': workers must be at least 1")
+        with mp.get_context("spawn").Pool(self.options.workers, maxtasksperchild=1) as pool:
+            for stage in (train, evaluate):
+                pool.map(run_cell, list(stage), chunksize=1)
+
+
+@register_launcher("submitit")
+class SubmititLauncher(Launcher):
+    """SLURM through submitit: job arrays, training cells before evaluation cells (job dependencies)."""
+
+    Options = SubmititOptions
+
+    def executor(self) -> Any:
+        """A configured submitit AutoExecutor."""
+        import submitit
+
+        o = self.options
+        folder = Path(o.folder) if o.folder else self.sweep_dir / "submitit"
+        executor = submitit.AutoExecutor(folder=folder / "%j", cluster=o.cluster)
+        params: dict[str, Any] = {"timeout_min": o.time_limit, "cpus_per_task": o.cpus_per_task,
+                                  "slurm_array_parallelism": o.array_parallelism, "name": "reid-bench"}
+        if o.gpus_per_task:
+            params["gpus_per_node"] = o.gpus_per_task
+        if o.partition:
+            params["slurm_partition"] = o.partition
+        executor.update_parameters(**params)
+        return executor
+
+    def launch(self, train: Sequence[str], evaluate: Sequence[str], run_cell: CellRunner) -> None:
+        executor = self.executor()
+        jobs = executor.map_array(run_cell, list(train)) if train else []
+        if evaluate:
+            if jobs and self.options.cluster == "slurm":
+                ids = ":".join(job.job_id for job in jobs)
+                executor.update_parameters(slurm_additional_parameters={"dependency": f"afterok:{ids}"})
+            else:  # the local executor has no dependencies: wait for the checkpoints
+                for job in jobs:
+                    job.result()
+            jobs = list(jobs) + executor.map_array(run_cell, list(evaluate))
+        for job in jobs:
+            job.result()

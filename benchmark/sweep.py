@@ -1,0 +1,214 @@
+"""Grid sweeps: defenses x seeds x data sets expanded into hashed, resumable cells (DomainBed style).
+
+Each (data set, defense recipe, seed) gives one training cell (`train`) and one evaluation cell
+(`run` with the sweep's attacks and ε list) that depends on it. A cell's folder is named by the hash
+of its run specification and holds `cell.json` (the command), `log.txt`, and a `done` marker with
+its outputs, or `failed` with the error; `running` while a worker holds it. A rerun skips done
+cells and redoes failed, unfinished or interrupted ones. Launchers come from `benchmark.launchers`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmark.atomic import atomic_write_text
+from benchmark.errors import BenchmarkError
+from benchmark.options import parse_kv
+
+#: run options passed through to every cell as given on the sweep's command line
+PASS_THROUGH = ("--backbone", "--backbone-weights", "--epochs", "--height", "--width", "--metric", "--device",
+                "--results-dir", "--leaderboard-dir", "--threads", "--ablate", "--ddid-generator")
+REPEATED = ("--dataset-opt", "--defense-opt")
+FLAGS = ("--retrain", "--no-write", "--allow-dirty")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: a training or an evaluation command, named by its run specification's hash."""
+
+    id: str
+    kind: str                # train or eval
+    argv: tuple[str, ...]
+    label: str
+    depends: str | None = None
+
+    def folder(self, sweep_dir: Path) -> Path:
+        """The cell's folder in a sweep."""
+        return sweep_dir / "cells" / self.id
+
+
+def _split(text: str) -> list[str]:
+    return [p.strip() for p in str(text).split(",") if p.strip()]
+
+
+def _roots(text: str | None, datasets: list[str]) -> dict[str, str]:
+    """--data-root PATH (one data set needs a root) or NAME=PATH,NAME=PATH."""
+    from benchmark.data import DATASETS
+
+    needing = [d for d in datasets if DATASETS.meta(d).get("needs_root", True)]
+    if not text:
+        return {}
+    if "=" not in text:
+        if len(needing) != 1:
+            raise BenchmarkError("--data-root with several data sets that need one: write NAME=PATH,NAME=PATH")
+        return {needing[0]: text}
+    return dict(parse_kv([text], "--data-root"))
+
+
+def _common(args: argparse.Namespace) -> list[str]:
+    out: list[str] = []
+    for flag in PASS_THROUGH:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            out += [flag, str(value)]
+    for flag in REPEATED:
+        for value in getattr(args, flag[2:].replace("-", "_")) or []:
+            out += [flag, value]
+    out += [flag for flag in FLAGS if getattr(args, flag[2:].replace("-", "_"))]
+    return out
+
+
+def expand(args: argparse.Namespace) -> list[Cell]:
+    """Every cell of the grid, each validated as a full run specification (bad input fails here, in one line)."""
+    from benchmark.arguments import build_parser, spec_from_args
+
+    parser = build_parser()
+    datasets, defenses = _split(args.dataset), _split(args.defense)
+    seeds = _split(args.seeds) if args.seeds else [str(args.seed)]
+    if not seeds or not all(s.isdigit() for s in seeds):
+        raise BenchmarkError(f"--seeds {args.seeds!r}: give non-negative integers, e.g. --seeds 0,1,2")
+    roots = _roots(args.data_root, datasets)
+    common = _common(args)
+    attack_opts = [x for opt in args.attack_opt or [] for x in ("--attack-opt", opt)]
+    cells: list[Cell] = []
+    for dataset in datasets:
+        data = ["--dataset", dataset] + (["--data-root", roots[dataset]] if dataset in roots else [])
+        for defense in defenses:
+            for seed in seeds:
+                base = [*data, "--defense", defense, "--seed", seed, *common]
+                train_argv = ["train", *base]
+                eval_argv = ["run", *base, "--attack", args.attack, "--eps", args.eps, *attack_opts]
+                train_spec = spec_from_args(parser.parse_args(train_argv))
+                eval_spec = spec_from_args(parser.parse_args(eval_argv))
+                label = f"{dataset} / {train_spec.defense.label} / seed {seed}"
+                train = Cell(f"train-{train_spec.digest[:12]}", "train", tuple(train_argv), label)
+                cells.append(train)
+                cells.append(Cell(f"eval-{eval_spec.digest[:12]}", "eval", tuple(eval_argv), label, train.id))
+    return cells
+
+
+def state(folder: Path) -> str:
+    """done, failed, running (a live worker holds it) or pending."""
+    if (folder / "done").is_file():
+        return "done"
+    if (folder / "running").is_file():
+        try:
+            info = json.loads((folder / "running").read_text())
+            if info.get("host") != socket.gethostname():
+                return "running"
+            os.kill(int(info["pid"]), 0)
+            return "running"
+        except (OSError, ValueError, KeyError):
+            return "pending"  # its worker died: the cell is redone
+    if (folder / "failed").is_file():
+        return "failed"
+    return "pending"
+
+
+def run_cell(folder: str) -> int:
+    """Run one cell in this process (a launcher's worker); writes its markers; returns the exit code."""
+    from benchmark.cli import main
+
+    path = Path(folder)
+    cell = json.loads((path / "cell.json").read_text())
+    if (path / "done").is_file():
+        return 0
+    atomic_write_text(path / "running", json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                    "start": time.time()}))
+    start = time.perf_counter()
+    error = ""
+    with open(path / "log.txt", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            rc = main(cell["argv"])
+        except BaseException:  # noqa: BLE001 - a cell's failure is recorded, the sweep goes on
+            rc, error = 1, traceback.format_exc()
+            print(error, file=log)
+    tail = (path / "log.txt").read_text().splitlines()[-12:]
+    record = {"rc": rc, "seconds": time.perf_counter() - start, "host": socket.gethostname(), "log_tail": tail}
+    if rc == 0:
+        (path / "failed").unlink(missing_ok=True)
+        atomic_write_text(path / "done", json.dumps(record, indent=1))
+    else:
+        atomic_write_text(path / "failed", json.dumps({**record, "error": error}, indent=1))
+    (path / "running").unlink(missing_ok=True)
+    return rc
+
+
+def prepare(cells: list[Cell], sweep_dir: Path) -> None:
+    """Create each cell's folder with its command (idempotent)."""
+    for cell in cells:
+        folder = cell.folder(sweep_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {"id": cell.id, "kind": cell.kind, "argv": list(cell.argv), "label": cell.label,
+                  "depends": cell.depends}
+        if not (folder / "cell.json").is_file():
+            atomic_write_text(folder / "cell.json", json.dumps(record, indent=1))
+
+
+def format_status(cells: list[Cell], sweep_dir: Path) -> str:
+    """One line per cell, then the counts."""
+    lines = [f"{'cell':<18} {'kind':<5} {'state':<8} what"]
+    counts: dict[str, int] = {}
+    for cell in cells:
+        s = state(cell.folder(sweep_dir))
+        counts[s] = counts.get(s, 0) + 1
+        lines.append(f"{cell.id:<18} {cell.kind:<5} {s:<8} {cell.label}")
+    lines.append(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return "\n".join(lines)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Expand, then print the status (--status) or launch every cell that is not done."""
+    from benchmark.launchers import LAUNCHERS
+
+    sweep_dir = Path(args.sweep_dir)
+    launcher_cls = LAUNCHERS.get(args.launcher)
+    cells = expand(args)
+    launcher = launcher_cls(sweep_dir, **parse_kv(args.launcher_opt, "--launcher-opt"))
+    if args.status:
+        print(format_status(cells, sweep_dir))
+        return 0
+    prepare(cells, sweep_dir)
+    todo = [c for c in cells if state(c.folder(sweep_dir)) != "done"]
+    skipped = len(cells) - len(todo)
+    print(f"sweep {sweep_dir}: {len(cells)} cells, {skipped} already done, {len(todo)} to run "
+          f"(launcher {args.launcher})")
+    folders = {kind: [str(c.folder(sweep_dir)) for c in todo if c.kind == kind] for kind in ("train", "eval")}
+    launcher.launch(folders["train"], folders["eval"], run_cell)
+    print(format_status(cells, sweep_dir))
+    return 0 if all(state(c.folder(sweep_dir)) == "done" for c in cells) else 1
+
+
+def add_sweep_args(p: argparse.ArgumentParser) -> None:
+    """Options of `sweep` beyond those of `run` (whose --defense, --dataset may be comma lists)."""
+    p.add_argument("--seeds", default=None, help="comma list of seeds, e.g. 0,1,2 (default: --seed)")
+    p.add_argument("--launcher", default="local", help="local or submitit (see benchmark/launchers.py)")
+    p.add_argument("--launcher-opt", action="append",
+                   help="key=value for the launcher: workers=N (local); cluster, partition, gpus_per_task, "
+                        "cpus_per_task, time_limit (minutes), array_parallelism, folder (submitit)")
+    p.add_argument("--sweep-dir", default="sweeps/default", help="folder of the sweep's cells")
+    p.add_argument("--status", action="store_true", help="print done / running / failed / pending per cell")
+
+
+def describe(cells: list[Cell]) -> list[dict[str, Any]]:
+    """JSON-able list of cells (for tests and tooling)."""
+    return [{"id": c.id, "kind": c.kind, "argv": list(c.argv), "depends": c.depends} for c in cells]

@@ -1,0 +1,99 @@
+"""Tables for papers and the README, printed from the official boards (`python -m benchmark table`).
+
+The README's result tables sit between `<!-- table:<dataset>[:<variant>] -->` and `<!-- /table -->`
+markers and are regenerated with `python -m benchmark table --readme`; a test checks they match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.leaderboard import STANDARD_EPS, SUMMARY_TEXT, board_paths, read_board
+
+HEADLINE_ATTACKS = ("fna", "sma", "ifgsm")
+NAMES = {"fna": "FNA", "sma": "SMA", "ifgsm": "I-FGSM"}
+MARKER = re.compile(r"(<!-- table:(?P<key>[\w.:-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+def _fmt(value: float) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
+
+
+def summary_frame(leaderboard_dir: str | Path, dataset: str, variants: bool = False) -> pd.DataFrame:
+    """One row per defense (seed 0, official board): clean mAP, the headline attacks, mean and unseen scores.
+
+    `variants=False` keeps defenses without options; `True` keeps only labelled recipes (e.g. ablations).
+    """
+    board_path, summary_path = board_paths(leaderboard_dir, dataset, official=True)
+    board, summary = read_board(board_path), read_board(summary_path, SUMMARY_TEXT)
+    if board.empty or summary.empty:
+        return pd.DataFrame()
+    summary = summary[summary["settings"].eq("")]
+    summary = summary[summary["defense"].str.contains(r"\[", regex=True) == variants]
+    rows = []
+    at8 = board[board["eps"] == STANDARD_EPS]
+    for _, s in summary.sort_values(["defense", "seed"]).iterrows():
+        attacks = at8[(at8["defense"] == s["defense"]) & (at8["seed"] == s["seed"]) & (at8["run_id"] == s["run_id"])]
+        row = {"defense": s["defense"], "clean mAP": s["clean_mAP"]}
+        for a in HEADLINE_ATTACKS:
+            hit = attacks[attacks["attack"] == a]
+            row[NAMES[a]] = float(hit["mAP"].iloc[0]) if len(hit) else math.nan
+        if not variants:
+            row[f"mean, {int(s['attacks'])} attacks"] = s["robust_mAP_mean"]
+            row["unseen mean / worst"] = f"{_fmt(s['unseen_mAP_mean'])} / {_fmt(s['unseen_mAP_worst'])}"
+        row["attacked with"] = s["attacked_with"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def render(frame: pd.DataFrame, fmt: str) -> str:
+    """Markdown, LaTeX (booktabs) or CSV text of a table."""
+    if frame.empty:
+        return "(no official rows)\n"
+    if fmt == "csv":
+        buffer = io.StringIO()
+        frame.to_csv(buffer, index=False, float_format="%.2f", lineterminator="\n")
+        return buffer.getvalue()
+    cells = [[str(c) for c in frame.columns]] + [
+        [_fmt(v) if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
+    if fmt == "md":
+        lines = ["| " + " | ".join(cells[0]) + " |", "| " + " | ".join("---" for _ in cells[0]) + " |"]
+        lines += ["| " + " | ".join(r) + " |" for r in cells[1:]]
+        return "\n".join(lines) + "\n"
+    if fmt == "latex":
+        def esc(text: str) -> str:
+            return text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+
+        lines = [r"\begin{tabular}{l" + "r" * (len(cells[0]) - 1) + "}", r"\toprule",
+                 " & ".join(esc(c) for c in cells[0]) + r" \\", r"\midrule"]
+        lines += [" & ".join(esc(c) for c in r) + r" \\" for r in cells[1:]]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def readme_tables(text: str, leaderboard_dir: str | Path) -> str:
+    """The README with every marked table regenerated from the boards."""
+    def fill(match: re.Match) -> str:
+        dataset, _, variant = match.group("key").partition(":")
+        frame = summary_frame(leaderboard_dir, dataset, variants=variant == "variants")
+        return match.group(1) + render(frame, "md") + match.group(4)
+
+    return MARKER.sub(fill, text)
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    """Print a summary table, or rewrite the README's marked tables (--readme)."""
+    if args.readme:
+        path = Path(args.readme)
+        path.write_text(readme_tables(path.read_text(), args.leaderboard_dir))
+        print(f"updated the tables in {path}")
+        return 0
+    print(render(summary_frame(args.leaderboard_dir, args.dataset, args.variants), args.format), end="")
+    return 0

@@ -1,0 +1,90 @@
+"""Sweeps: a grid of hashed, resumable cells through the local launcher and submitit's local executor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmark.arguments import build_parser
+from benchmark.sweep import expand
+from tests.conftest import TINY_SYNTHPED
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ",".join(f"{k}={v}" for k, v in TINY_SYNTHPED.items())
+
+
+def sweep_argv(tmp_path: Path, *extra: str) -> list[str]:
+    return ["sweep", "--defense", "none,metric-at", "--seeds", "0,1", "--attack", "fgsm", "--epochs", "1",
+            "--dataset-opt", TINY, "--height", "64", "--width", "32", "--device", "cpu", "--threads", "1",
+            "--results-dir", str(tmp_path / "results"), "--leaderboard-dir", str(tmp_path / "boards"),
+            "--sweep-dir", str(tmp_path / "sweep"), *extra]
+
+
+def test_grid_expands_into_training_and_dependent_evaluation_cells(tmp_path):
+    cells = expand(build_parser().parse_args(sweep_argv(tmp_path)))
+    train = [c for c in cells if c.kind == "train"]
+    evals = [c for c in cells if c.kind == "eval"]
+    assert len(train) == len(evals) == 4 and len({c.id for c in cells}) == 8
+    assert {e.depends for e in evals} == {t.id for t in train}
+    again = expand(build_parser().parse_args(sweep_argv(tmp_path)))
+    assert [c.id for c in again] == [c.id for c in cells]  # names are hashes of the run specifications
+
+
+def test_bad_grid_fails_in_one_line_before_any_cell(tmp_path, capsys):
+    from benchmark.cli import main
+
+    argv = sweep_argv(tmp_path)
+    argv[argv.index("--seeds") + 1] = "0,x"
+    assert main(argv) == 2
+    assert "seed" in capsys.readouterr().err
+    assert main([*sweep_argv(tmp_path), "--launcher", "nope"]) == 2
+    assert not (tmp_path / "sweep").exists()
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "RRB_CACHE_DIR": str(tmp_path / "cache")}
+
+
+def _done(tmp_path: Path) -> dict[str, float]:
+    return {p.parent.name: p.stat().st_mtime for p in (tmp_path / "sweep" / "cells").glob("*/done")}
+
+
+@pytest.mark.slow
+def test_local_sweep_killed_midway_resumes_without_redoing_done_cells(tmp_path):
+    cmd = [sys.executable, "-m", "benchmark", *sweep_argv(tmp_path, "--launcher-opt", "workers=1")]
+    proc = subprocess.Popen(cmd, env=_env(tmp_path), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(_done(tmp_path)) < 2 and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its workers, as a cancelled job would be
+    proc.wait()
+    first = _done(tmp_path)
+    assert 2 <= len(first) < 8
+    status = subprocess.run([*cmd, "--status"], env=_env(tmp_path), cwd=REPO, capture_output=True, text=True)
+    assert f"{len(first)} done" in status.stdout
+    again = subprocess.run(cmd, env=_env(tmp_path), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:] + again.stdout[-2000:]
+    assert f"{len(first)} already done" in again.stdout
+    after = _done(tmp_path)
+    assert len(after) == 8 and all(after[k] == v for k, v in first.items())  # done cells were not redone
+    import pandas as pd
+
+    board = pd.read_csv(tmp_path / "boards" / "custom" / "synthped.csv")
+    assert set(board["defense"]) == {"none", "metric-at"} and set(board["seed"]) == {0, 1}
+
+
+@pytest.mark.slow
+def test_submitit_local_executor_runs_the_same_cells(tmp_path):
+    cmd = [sys.executable, "-m", "benchmark", *sweep_argv(tmp_path, "--launcher", "submitit", "--launcher-opt",
+                                                          "cluster=local,time_limit=20")]
+    out = subprocess.run(cmd, env=_env(tmp_path), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:] + out.stdout[-2000:]
+    assert len(_done(tmp_path)) == 8 and "8 done" in out.stdout
+    assert list((tmp_path / "sweep" / "submitit").iterdir())  # submitit's own job folders
