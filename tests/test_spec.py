@@ -61,6 +61,7 @@ BAD = [
     (["--attack", "fnaa"], "Valid attacks:"),
     (["--backbone", "resnet5O"], "Did you mean 'resnet50'"),
     (["--defense", "none", "--ablate", "fnes"], "apply to --defense ddid only"),
+    (["--defense", "ddid", "--ddid-generator", "/no/such/generator"], "does not exist"),
 ]
 
 
@@ -133,8 +134,10 @@ def test_default_epochs_follow_the_trained_recipe():
     assert make_spec(defense="ddid", epochs=2).defense.parent.epochs == 30
 
 
-def test_run_id_is_one_safe_folder_name():
-    spec = make_spec(defense="ddid", defense_options={"generator": "/x/" + "very-long/" * 60})
+def test_run_id_is_one_safe_folder_name(tmp_path):
+    generator = tmp_path / ("very-long-" * 20) / ("folder-name-" * 18)
+    generator.mkdir(parents=True)
+    spec = make_spec(defense="ddid", defense_options={"generator": str(generator)})
     rid = spec.run_id("20260101-000000")
     assert len(rid) < 200 and "/" not in rid and ".." not in rid
 

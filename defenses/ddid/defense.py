@@ -67,6 +67,9 @@ class DDID(Defense):
         if unknown:
             raise BenchmarkError(f"unknown DDID part(s) {', '.join(sorted(unknown))} in --ablate; "
                                  f"valid parts: {', '.join(PARTS)}")
+        if self.options.generator and not Path(self.options.generator).is_dir():
+            raise BenchmarkError(f"DDID generator folder '{self.options.generator}' does not exist; pass a folder "
+                                 "written by a DDID run (its generator/ subfolder) with --ddid-generator")
         self.fnes_cfg = self.options.fnes
 
     def uses(self, part: str) -> bool:
@@ -103,8 +106,6 @@ class DDID(Defense):
         history: dict[str, Any] = {}
         if self.uses("diffusion"):
             o = self.options
-            if o.generator and not Path(o.generator).is_dir():
-                raise BenchmarkError(f"DDID generator folder '{o.generator}' does not exist")
             balanced = balance(train, o.diffusion, cfg.seed, device, o.generator or None)
             # judged by the warm-start model, before phase 2 changes it
             fidelity = identity_fidelity(model, train, balanced.generated, device)
