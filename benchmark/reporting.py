@@ -34,18 +34,18 @@ def build_rows(outcome: RunOutcome, flags: list[Flag], prov: dict[str, Any], rid
     """Leaderboard rows of a run: the clean row, then one per (attack, ε) cell."""
     spec, clean = outcome.spec, outcome.clean
     trained = outcome.train_info.get("provenance", {})
-    common = dict(dataset=spec.data.name, train_dataset=spec.training_data.name,
-                  defense=spec.defense.label, backbone=spec.model.backbone, attacked_with=outcome.defense.attacked_with,
+    common = dict(attacked_with=outcome.defense.attacked_with,
                   clean_mAP=clean.mAP, clean_R1=clean.rank1, clean_id_ap_var=clean.id_ap_variance,
                   flags=";".join(f.code for f in flags),
                   train_seconds=float(outcome.train_info.get("train_seconds", math.nan)), run_id=rid,
-                  seed=spec.seed, package_version=prov["package_version"], torch_version=prov["torch_version"],
+                  package_version=prov["package_version"], torch_version=prov["torch_version"],
                   git_commit=prov["git_commit"], device=prov["device"], date=prov["date"], command=prov["command"],
-                  settings=spec.settings, train_commit=str(trained.get("git_commit", "")),
+                  train_commit=str(trained.get("git_commit", "")),
                   train_date=str(trained.get("date", "")), checkpoint=str(outcome.train_info.get("checkpoint_key", "")),
                   data_digest=fingerprint(outcome.workspace.digests, 12),
                   defense_dist=str(DEFENSES.meta(spec.defense.name).get("dist", "")), allow_dirty=allow_dirty)
-    rows = [LeaderboardRow(attack="clean", eps="0", eps_value=0.0, family="-", knowledge="-",
+    # the key columns come from the run specification, the one source of a result's identity
+    rows = [LeaderboardRow(**spec.row_key("clean", "0"), eps_value=0.0, family="-", knowledge="-",
                            seen=Seen.CLEAN.value, mAP=clean.mAP, R1=clean.rank1, R5=clean.rank5, R10=clean.rank10,
                            mINP=clean.mINP, mAP_drop=0.0, id_ap_var=clean.id_ap_variance,
                            id_ap_worst10=clean.id_ap_worst_decile, num_queries=clean.num_queries,
@@ -53,7 +53,7 @@ def build_rows(outcome: RunOutcome, flags: list[Flag], prov: dict[str, Any], rid
     for r in outcome.attacks:
         meta, m = ATTACKS.meta(r.attack), r.metrics
         rows.append(LeaderboardRow(
-            attack=r.attack, eps=eps_label(r.eps), eps_value=r.eps, family=meta["family"],
+            **spec.row_key(r.attack, eps_label(r.eps)), eps_value=r.eps, family=meta["family"],
             knowledge=meta["knowledge"], seen=r.seen.value, mAP=m.mAP, R1=m.rank1, R5=m.rank5, R10=m.rank10,
             mINP=m.mINP, mAP_drop=clean.mAP - m.mAP, id_ap_var=m.id_ap_variance,
             id_ap_worst10=m.id_ap_worst_decile, num_queries=m.num_queries, attack_seconds=r.seconds,

@@ -18,7 +18,6 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from benchmark.atomic import atomic_write_text
 from benchmark.errors import BenchmarkError
@@ -207,8 +206,3 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
                         "cpus_per_task, time_limit (minutes), array_parallelism, folder (submitit)")
     p.add_argument("--sweep-dir", default="sweeps/default", help="folder of the sweep's cells")
     p.add_argument("--status", action="store_true", help="print done / running / failed / pending per cell")
-
-
-def describe(cells: list[Cell]) -> list[dict[str, Any]]:
-    """JSON-able list of cells (for tests and tooling)."""
-    return [{"id": c.id, "kind": c.kind, "argv": list(c.argv), "depends": c.depends} for c in cells]

@@ -72,3 +72,13 @@ def test_a_short_training_run_leaves_the_committed_official_board_byte_identical
     assert {p.name: p.read_bytes() for p in boards.glob("*.csv")} == before
     custom = pd.read_csv(boards / "custom" / "synthped.csv")
     assert set(custom["settings"]) == {"epochs=2"} and set(custom["attack"]) == {"clean", "fgsm"}
+
+
+def test_the_spec_is_the_source_of_the_row_key():
+    from benchmark.leaderboard import ROW_KEY
+    from benchmark.spec import make_spec
+
+    spec = make_spec(defense="ddid", defense_options={"ablate": "self-meta+fnes"}, epochs=2)
+    key = spec.row_key("fna", "8/255")
+    assert tuple(key) == ROW_KEY
+    assert key["defense"] == "ddid[ablate=fnes+self-meta]" and key["settings"] == "epochs=2"
