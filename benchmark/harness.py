@@ -243,8 +243,8 @@ def attack_context(spec: RunSpec, ws: Workspace, qf: torch.Tensor, gf: torch.Ten
                          surrogate=make_surrogate_builder(spec, ws, device), target_backbone=spec.model.backbone)
 
 
-def run_attack(name: str, eps: float, model: DefendedModel, ws: Workspace, ctx: AttackContext, spec: RunSpec
-               ) -> tuple[torch.Tensor, dict[str, Any], float]:
+def run_attack(name: str, eps: float, model: DefendedModel, ws: Workspace, ctx: AttackContext, spec: RunSpec,
+               clean: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any], float]:
     """Run one attack over the query set and enforce the run's threat model and the model's integrity."""
     attack = build_attack(name, model, **attack_options(spec, name, eps))
     if not math.isclose(float(attack.options.eps), eps, rel_tol=0, abs_tol=1e-9) or attack.options.norm != spec.norm:
@@ -259,7 +259,7 @@ def run_attack(name: str, eps: float, model: DefendedModel, ws: Workspace, ctx: 
     if module_state_digest(model) != state or model.training != mode:
         raise AttackValidityError(f"attack '{name}' changed the model (parameters, buffers such as BatchNorm "
                                   "statistics, or train/eval mode); result refused")
-    check_adversarial(adv, ws.query.float_images(), eps, name, spec.norm)
+    check_adversarial(adv, clean, eps, name, spec.norm)
     return adv, dict(ctx.report), seconds
 
 
@@ -331,6 +331,7 @@ def run_benchmark(spec: RunSpec, runtime: Runtime | None = None, ws: Workspace |
     cells = CellStore(spec, info["checkpoint_key"], defense, ws, device)
     results: list[AttackResult] = []
     jobs = [(a.name, e) for a in spec.attacks for e in spec.eps]
+    clean_images = ws.query.float_images()  # what every cell's output is checked against
     try:
         for name, eps in tqdm(jobs, desc=f"attacks on {spec.defense.label}", disable=not runtime.progress or None,
                               leave=False):
@@ -339,10 +340,10 @@ def run_benchmark(spec: RunSpec, runtime: Runtime | None = None, ws: Workspace |
             cached = cells.load(key)
             if cached is not None:
                 adv, report, seconds = cached
-                check_adversarial(adv, ws.query.float_images(), eps, name, spec.norm)
+                check_adversarial(adv, clean_images, eps, name, spec.norm)
             else:
                 ctx = attack_context(spec, ws, qf, gf, device)
-                adv, report, seconds = run_attack(name, eps, deployed, ws, ctx, spec)
+                adv, report, seconds = run_attack(name, eps, deployed, ws, ctx, spec, clean_images)
                 cells.save(key, adv, report, seconds)
             af = extract_embeddings(deployed, adv, device=device)
             metrics = evaluate_features(af, gf, ws.query.pids, ws.gallery.pids, ws.query.camids, ws.gallery.camids,

@@ -7,6 +7,7 @@ the hash of what it contains, verified on load.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import inspect
 import json
@@ -68,6 +69,23 @@ def verify_digests(folder: str | Path, expected: Mapping[str, str]) -> list[str]
     return bad
 
 
+def manifest_intact(folder: str | Path, manifest: str = "manifest.json", exact: str | None = None) -> bool:
+    """True when `folder/manifest` lists files (`files`: name -> sha256) that all match on disk.
+
+    With `exact` (a glob such as "*.png"), files matching it that the manifest does not list also fail.
+    """
+    folder = Path(folder)
+    try:
+        files = json.loads((folder / manifest).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return False
+    if not isinstance(files, dict) or not files:
+        return False
+    if exact is not None and {p.relative_to(folder).as_posix() for p in folder.rglob(exact)} - set(files):
+        return False
+    return not verify_digests(folder, files)
+
+
 def tensor_digest(tensors: Iterable[torch.Tensor] | Mapping[str, torch.Tensor]) -> str:
     """sha256 of tensors' dtypes, shapes and bytes (names too, for a mapping)."""
     h = hashlib.sha256()
@@ -107,8 +125,9 @@ def _module_closure(start: str, packages: set[str]) -> set[str]:
     return seen
 
 
+@functools.lru_cache(maxsize=512)
 def _code_only(source: str) -> str:
-    """The module's syntax tree without docstrings: comments, formatting and documentation do not count."""
+    """A module's syntax tree without docstrings (memoised on the source text: digests are taken per cell)."""
     tree = ast.parse(source)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)

@@ -23,7 +23,7 @@ from PIL import Image, ImageFilter
 from benchmark.atomic import atomic_folder, atomic_write_text, remove_folder
 from benchmark.data.base import DATASETS, ReidDataset
 from benchmark.data.market import load_market_layout
-from benchmark.hashing import file_digests, fingerprint, verify_digests
+from benchmark.hashing import file_digests, fingerprint, manifest_intact
 from benchmark.paths import cache_dir
 
 log = logging.getLogger("benchmark")
@@ -310,19 +310,6 @@ def generate(root: Path, cfg: SynthPedConfig, seed: int) -> None:
 MANIFEST = "manifest.json"
 
 
-def _intact(folder: Path) -> bool:
-    """True when the folder's manifest lists every image with the content it was rendered with."""
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        return False
-    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*.png")}
-    return on_disk == set(files) and not verify_digests(folder, files)
-
-
 def ensure_synthped(seed: int = 0, cfg: SynthPedConfig | None = None, root: Path | None = None) -> Path:
     """Return the folder holding synthped for (seed, cfg), rendering it on first use.
 
@@ -334,7 +321,7 @@ def ensure_synthped(seed: int = 0, cfg: SynthPedConfig | None = None, root: Path
     target = base / f"seed{seed}-{cfg.digest(seed)}"
     base.mkdir(parents=True, exist_ok=True)
     with FileLock(str(base / f"{target.name}.lock")):
-        if target.is_dir() and _intact(target):
+        if target.is_dir() and manifest_intact(target, MANIFEST, exact="*.png"):
             return target
         if target.exists():
             log.warning("synthped cache %s does not match its manifest; rendering it again", target)

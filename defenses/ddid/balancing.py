@@ -33,7 +33,7 @@ from tqdm import tqdm
 from benchmark.atomic import atomic_folder, atomic_write_text, remove_folder
 from benchmark.data import SplitTensors
 from benchmark.errors import BenchmarkError
-from benchmark.hashing import file_digests, fingerprint, sha256_tree, verify_digests
+from benchmark.hashing import file_digests, fingerprint, manifest_intact, sha256_tree
 from benchmark.models import eval_mode
 from benchmark.paths import cache_dir
 from benchmark.training import split_fingerprint
@@ -285,14 +285,6 @@ def identity_fidelity(model: nn.Module, train: SplitTensors, generated: SplitTen
                 "real_id_top1": accuracy(train, real_index)}
 
 
-def _generated_intact(folder: Path) -> bool:
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-        return not verify_digests(folder, manifest["files"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-
-
 def balance(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torch.device,
             generator_path: str | None = None) -> BalancedData:
     """Phase 1: plan, train (or load) the generator, generate, cache; returns train + generated.
@@ -309,7 +301,7 @@ def balance(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torch.
     folder.parent.mkdir(parents=True, exist_ok=True)
     out_size = tuple(train.images.shape[2:])
     with FileLock(str(folder.parent / f"{key}.lock")):
-        if folder.is_dir() and _generated_intact(folder):
+        if folder.is_dir() and manifest_intact(folder):
             manifest = json.loads((folder / "manifest.json").read_text())
             tensors = load_file(str(folder / "generated.safetensors"))
             generated = SplitTensors(tensors["images"], tensors["pids"], tensors["camids"])
