@@ -22,28 +22,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from attacks.base import Attack, AttackContext, register_attack
-from attacks.guides import _id_centroids, farthest_negative_centroid
+from attacks.base import Attack, AttackContext, attack_embed, register_attack
+from attacks.guides import _id_centroids, centroid_labels, centroid_logits, farthest_negative_centroid
 from benchmark.enums import AttackFamily
 
 
 class NearestCentroidReid(nn.Module):
-    """Embedding model as a classifier: logit_j = -||f(x) - c_j||^2 / T over identity centroids c_j.
+    """Embedding model as a classifier over the query identities (see `attacks.guides.centroid_logits`)."""
 
-    Raw squared distances in embedding space are in the hundreds, which saturates the softmax and
-    zeroes the cross-entropy gradient in float32; T (a tenth of the median squared distance from
-    the clean queries to the centroids) keeps logit gaps of order one.
-    """
-
-    def __init__(self, model: nn.Module, centroids: torch.Tensor, temperature: float) -> None:
+    def __init__(self, model: nn.Module, ctx: AttackContext) -> None:
         super().__init__()
         self.model = model
-        self.temperature = temperature
-        self.register_buffer("centroids", centroids.float())
+        self.ctx = ctx
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        emb = self.model.embed(x)
-        return -(emb[:, None] - self.centroids[None]).pow(2).sum(-1) / self.temperature
+        return centroid_logits(self.ctx, attack_embed(self.model, x))[0]
 
 
 class Embedder(nn.Module):
@@ -54,7 +47,7 @@ class Embedder(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.embed(x)
+        return attack_embed(self.model, x)
 
 
 class EmbeddingOnly(nn.Module):
@@ -90,7 +83,8 @@ def art_classifier(module: nn.Module, input_shape: tuple[int, ...], nb_classes: 
                              device_type="gpu" if device.type == "cuda" else "cpu")
 
 
-@register_attack("art-pgd", backend="art", paper="Madry et al. ICLR 2018, via ART ProjectedGradientDescent")
+@register_attack("art-pgd", backend="art", objective="centroid-ce",
+                 paper="Madry et al. ICLR 2018, via ART ProjectedGradientDescent")
 class ArtPGD(Attack):
     """ART's PGD on a nearest-identity-centroid classifier built from the embedding."""
 
@@ -100,12 +94,10 @@ class ArtPGD(Attack):
                 generator: torch.Generator) -> torch.Tensor:
         from art.attacks.evasion import ProjectedGradientDescent
 
-        ids, cents = _id_centroids(ctx)
-        labels = torch.searchsorted(ids, ctx.query_pids[index]).numpy()
+        ids, _ = _id_centroids(ctx)
+        labels = centroid_labels(ctx, index).numpy()
         o = self.options
-        temperature = float(torch.cdist(ctx.query_feats.float(), cents).pow(2).median()) / 10
-        clf = art_classifier(NearestCentroidReid(self.model, cents.to(self.device), max(temperature, 1e-6)),
-                             tuple(x.shape[1:]), len(ids), self.device)
+        clf = art_classifier(NearestCentroidReid(self.model, ctx), tuple(x.shape[1:]), len(ids), self.device)
         attack = ProjectedGradientDescent(clf, norm=np.inf if o.norm == "linf" else 2, eps=o.eps,
                                           eps_step=o.step, max_iter=o.steps,
                                           num_random_init=1 if o.random_start else 0,
@@ -115,7 +107,7 @@ class ArtPGD(Attack):
         return self.project(torch.from_numpy(adv).to(x.device), x)
 
 
-@register_attack("art-feature", backend="art", family_note="guided",
+@register_attack("art-feature", backend="art", family_note="guided", objective="feature-match",
                  paper="Sabour et al. ICLR 2016, via ART FeatureAdversariesPyTorch")
 class ArtFeatureAdversaries(Attack):
     """ART's FeatureAdversaries: match the embedding of a guide image of the farthest other ID."""

@@ -1,10 +1,15 @@
 """Attack base class (torchattacks style) and the guide context every ReID attack shares.
 
 The base class owns the device, the model's train/eval mode (restored afterwards), the seed, the
-threat model (epsilon, step, iterations, random start, L-inf or L2) and the projection onto the
-epsilon-ball intersected with [0, 1]. A white-box subclass supplies only `loss` (to be maximised);
-black-box, universal and transfer attacks override `perturb`. Gradients are taken with
-`torch.autograd.grad` with respect to the input only, so nothing accumulates in model parameters.
+threat model (epsilon, step, iterations, random start, L-inf or L2), the projection onto the
+epsilon-ball intersected with [0, 1] and the ascent schedules: PGD (fixed step, below) and APGD
+(`attacks.apgd`, chosen with the option `schedule="apgd"`). A white-box subclass supplies only
+`loss` (to be maximised); black-box, universal and transfer attacks override `perturb`.
+
+White-box gradients go through the model's *adaptive* forward (`attack_embed`: the defense's real
+output forward, its declared differentiable surrogate backward, EOT over `eot_samples` draws; see
+`defenses.adaptive`). Gradients are taken with `torch.autograd.grad` with respect to the input
+only, so nothing accumulates in model parameters.
 """
 
 from __future__ import annotations
@@ -57,14 +62,38 @@ class AttackContext:
     #: builds an undefended surrogate model of a given backbone (cached) for transfer attacks
     surrogate: Callable[[str], nn.Module] | None = None
     target_backbone: str | None = None
+    #: cameras of the queries and the gallery and the distance: what scoring a query needs (see `query_ap`)
+    query_camids: torch.Tensor | None = None
+    gallery_camids: torch.Tensor | None = None
+    metric: str = "euclidean"
     #: filled by attacks that report extra numbers (queries used, surrogate name, ...)
     report: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: guide tensors computed once per query set (see attacks.guides)
     cache: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
 
+    def can_score(self) -> bool:
+        """True when the context holds what scoring a query's retrieval needs (the clean gallery)."""
+        return self.gallery_feats is not None and self.query_camids is not None and self.gallery_camids is not None
+
+    def query_ap(self, emb: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """AP (fraction) of each query `index` given its embedding `emb`; NaN where it has no valid positive."""
+        from benchmark.metrics import QueryScorer
+
+        if "scorer" not in self.cache:
+            self.cache["scorer"] = QueryScorer(self.gallery_feats, self.gallery_pids, self.gallery_camids, self.metric)
+        idx = index.cpu()
+        return self.cache["scorer"](emb, self.query_pids[idx], self.query_camids[idx])[0]
+
+
+def attack_embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The embedding a white-box attacker differentiates: the model's adaptive forward where it has one."""
+    adaptive = getattr(model, "attack_embed", None)
+    return adaptive(x) if adaptive is not None else model.embed(x)
+
+
 class Attack:
-    """Base class: owns device, eval mode, seed, ε-ball projection and the PGD loop."""
+    """Base class: owns device, eval mode, seed, ε-ball projection and the ascent schedules (PGD, APGD)."""
     name: ClassVar[str] = ""
     family: ClassVar[AttackFamily] = AttackFamily.GRADIENT
     knowledge: ClassVar[Knowledge] = Knowledge.WHITE_BOX
@@ -101,16 +130,21 @@ class Attack:
             adv = self.perturb(images.detach().to(self.device), ctx, index, generator)
         return adv.detach()
 
-    def run(self, images: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
-        """Attack a whole query set in batches; returns float images on the CPU."""
+    def run(self, images: torch.Tensor, ctx: AttackContext, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """Attack a whole query set in batches; returns float images on the CPU.
+
+        With `indices`, only those queries are attacked (a suite's still-robust ones); `images` is
+        still the whole query set, which `prepare` may use, and the output holds the selected queries.
+        """
         self.prepare(images, ctx)
+        indices = torch.arange(len(images)) if indices is None else indices
         out = []
-        for start in range(0, len(images), self.batch_size):
-            idx = torch.arange(start, min(start + self.batch_size, len(images)))
+        for start in range(0, len(indices), self.batch_size):
+            idx = indices[start:start + self.batch_size]
             batch = images[idx]
             batch = batch.float().div(255.0) if batch.dtype == torch.uint8 else batch
             out.append(self(batch, ctx, idx).cpu())
-        return torch.cat(out)
+        return torch.cat(out) if out else images[:0].float()
 
     def prepare(self, images: torch.Tensor, ctx: AttackContext) -> None:
         """Hook for work done once per query set (universal perturbations, surrogates)."""
@@ -123,7 +157,11 @@ class Attack:
 
     def perturb(self, x: torch.Tensor, ctx: AttackContext, index: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:
-        """Iterative signed-gradient ascent (PGD / I-FGSM) on `loss`."""
+        """Gradient ascent on `loss` with the options' schedule: PGD / I-FGSM (fixed step) or APGD."""
+        if getattr(self.options, "schedule", "pgd") == "apgd":
+            from attacks.apgd import apgd_ascent
+
+            return apgd_ascent(self, x, ctx, index, generator)
         o = self.options
         x_adv = self.start(x, generator)
         for _ in range(o.steps):
@@ -132,13 +170,28 @@ class Attack:
         return x_adv
 
     # -- shared machinery -------------------------------------------------------------------------
+    def loss_and_gradient(self, x_adv: torch.Tensor, x: torch.Tensor, ctx: AttackContext, index: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(per-sample loss, input gradient, embedding) at `x_adv` through the adaptive forward.
+
+        A randomised defense declares `eot_samples` > 1: loss and gradient are then averaged over
+        that many draws (EOT); the embedding returned is the last draw's. Model parameters get no gradient.
+        """
+        x_adv = x_adv.detach().requires_grad_(True)
+        samples = max(1, int(getattr(self.model, "eot_samples", 1)))
+        total = None
+        for _ in range(samples):
+            emb = attack_embed(self.model, x_adv)
+            loss = self.loss(emb, x, ctx, index)
+            total = loss if total is None else total + loss
+        loss = total / samples
+        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+        return loss.detach(), grad, emb.detach()
+
     def gradient(self, x_adv: torch.Tensor, x: torch.Tensor, ctx: AttackContext, index: torch.Tensor
                  ) -> torch.Tensor:
         """Input gradient of the summed loss at `x_adv` (model parameters get none)."""
-        x_adv = x_adv.detach().requires_grad_(True)
-        objective = self.loss(self.model.embed(x_adv), x, ctx, index).sum()
-        (grad,) = torch.autograd.grad(objective, x_adv)
-        return grad
+        return self.loss_and_gradient(x_adv, x, ctx, index)[1]
 
     def start(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Starting point: a random start in the ball, or a symmetry-breaking nudge."""
@@ -177,7 +230,7 @@ ATTACKS: Registry[type[Attack]] = Registry(
     "attack", "reid_robustness_bench.attacks",
     builtin_modules=("attacks.fgsm", "attacks.ifgsm", "attacks.mifgsm", "attacks.sma", "attacks.fna",
                      "attacks.odfa", "attacks.tma", "attacks.muap", "attacks.transfer", "attacks.query_bb",
-                     "attacks.art_attacks"))
+                     "attacks.art_attacks", "attacks.apgd_attacks"))
 
 
 def register_attack(name: str, **meta: Any) -> Callable[[type[Attack]], type[Attack]]:
@@ -193,6 +246,10 @@ def register_attack(name: str, **meta: Any) -> Callable[[type[Attack]], type[Att
         meta.setdefault("steps", getattr(defaults, "steps", None))
         meta.setdefault("step", getattr(defaults, "step", None))
         meta.setdefault("summary", (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "")
+        #: what the attack maximises: black-box attacks are compared with white-box ones of the same objective
+        meta.setdefault("objective", name)
+        #: False keeps an attack out of `--attack all` (the standard suite runs it instead)
+        meta.setdefault("in_all", True)
         return ATTACKS.register(name, **meta)(cls)
 
     return decorator

@@ -20,7 +20,7 @@ class FGSMOptions(AttackOptions):
     steps: int = 1
 
 
-@register_attack("fgsm", paper="Goodfellow et al. ICLR 2015")
+@register_attack("fgsm", paper="Goodfellow et al. ICLR 2015", objective="self-distance")
 class FGSM(SelfMetricAttack):
     """One signed-gradient step of size eps pushing the embedding away from the clean one (SMA's loss)."""
 

@@ -14,7 +14,7 @@ from attacks.guides import farthest_negative_centroid, push_guides
 from benchmark.enums import AttackFamily
 
 
-@register_attack("fna", paper="Bouniot et al. CVPRW 2020")
+@register_attack("fna", paper="Bouniot et al. CVPRW 2020", objective="fna")
 class FurthestNegativeAttack(Attack):
     """Push away from same-ID queries and pull towards the farthest other identity's centroid."""
 

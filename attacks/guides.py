@@ -53,3 +53,25 @@ def target_centroid(ctx: AttackContext, index: torch.Tensor) -> torch.Tensor:
         choice = (own + shift) % len(ids)
         ctx.cache["target"] = (cents[choice], ids[choice])
     return ctx.cache["target"][0][index]
+
+
+def centroid_logits(ctx: AttackContext, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest-centroid classifier over the query identities: (logits, label of each query's own identity).
+
+    logit_j = -||f(x) - c_j||^2 / T over the clean-query identity centroids c_j. Raw squared distances
+    are in the hundreds, which saturates the softmax and zeroes the cross-entropy gradient in float32;
+    T (a tenth of the median squared distance from the clean queries to the centroids) keeps logit
+    gaps of order one.
+    """
+    ids, cents = _id_centroids(ctx)
+    if "temperature" not in ctx.cache:
+        median = float(torch.cdist(ctx.query_feats.float(), cents).pow(2).median())
+        ctx.cache["temperature"] = max(median / 10, 1e-6)
+    cents = cents.to(emb.device)
+    return -(emb[:, None] - cents[None]).pow(2).sum(-1) / ctx.cache["temperature"], ids
+
+
+def centroid_labels(ctx: AttackContext, index: torch.Tensor) -> torch.Tensor:
+    """Index of each query's own identity among the centroids of `centroid_logits`."""
+    ids, _ = _id_centroids(ctx)
+    return torch.searchsorted(ids, ctx.query_pids[index])

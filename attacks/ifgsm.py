@@ -21,7 +21,7 @@ def push_loss(emb: torch.Tensor, ctx: AttackContext, index: torch.Tensor) -> tor
     return (d * mask.to(emb.device)).sum(1)
 
 
-@register_attack("ifgsm", paper="Bai et al. TPAMI 2020 (metric I-FGSM)")
+@register_attack("ifgsm", paper="Bai et al. TPAMI 2020 (metric I-FGSM)", objective="push")
 class MetricIFGSM(Attack):
     """Iterative signed-gradient ascent pushing away from all same-ID query features."""
 

@@ -21,7 +21,7 @@ class MIFGSMOptions(AttackOptions):
     momentum: float = 1.0
 
 
-@register_attack("mifgsm", paper="Dong et al. CVPR 2018; Bai et al. TPAMI 2020")
+@register_attack("mifgsm", paper="Dong et al. CVPR 2018; Bai et al. TPAMI 2020", objective="push")
 class MetricMIFGSM(Attack):
     """Metric I-FGSM with a momentum term accumulated over L1-normalised gradients."""
 

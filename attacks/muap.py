@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.base import Attack, AttackContext, AttackOptions, register_attack, sq_dist
+from attacks.base import Attack, AttackContext, AttackOptions, attack_embed, register_attack, sq_dist
 from benchmark.data import assert_identity_disjoint
 from benchmark.enums import AttackFamily
 from benchmark.errors import BenchmarkError
@@ -28,7 +28,8 @@ class MUAPOptions(AttackOptions):
     random_start: bool = True
 
 
-@register_attack("muap", paper="Li et al. 2019; Ding et al. 2021 (universal ReID perturbations)")
+@register_attack("muap", objective="self-distance",
+                 paper="Li et al. 2019; Ding et al. 2021 (universal ReID perturbations)")
 class UniversalPerturbation(Attack):
     """One image-agnostic perturbation learned on training IDs, applied to unseen test queries."""
 
@@ -57,7 +58,7 @@ class UniversalPerturbation(Attack):
                 with torch.no_grad():
                     clean = self.model.embed(x)
                 d = delta.detach().requires_grad_(True)
-                loss = sq_dist(self.model.embed((x + d).clamp(0, 1)), clean).mean()
+                loss = sq_dist(attack_embed(self.model, (x + d).clamp(0, 1)), clean).mean()
                 (grad,) = torch.autograd.grad(loss, d)
                 delta = (delta + o.step * grad.sign()).clamp(-o.eps, o.eps)
         self.delta = delta.detach()

@@ -12,7 +12,7 @@ from attacks.base import Attack, AttackContext, register_attack, sq_dist
 from benchmark.enums import AttackFamily
 
 
-@register_attack("odfa", paper="Zheng et al. 2018 (ODFA)")
+@register_attack("odfa", paper="Zheng et al. 2018 (ODFA)", objective="opposite-direction")
 class OppositeDirectionFeatureAttack(Attack):
     """Pull the embedding towards the negation of the clean embedding."""
 

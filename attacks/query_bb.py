@@ -24,7 +24,7 @@ class SquareOptions(AttackOptions):
     p_init: float = 0.1
 
 
-@register_attack("query-bb", paper="Andriushchenko et al. ECCV 2020 (Square Attack)")
+@register_attack("query-bb", paper="Andriushchenko et al. ECCV 2020 (Square Attack)", objective="self-distance")
 class SquareQueryAttack(Attack):
     """Random-search Square Attack maximising the embedding distance with a counted query budget."""
 

@@ -21,7 +21,7 @@ class SMAOptions(AttackOptions):
     random_start: bool = True
 
 
-@register_attack("sma", paper="Bouniot et al. CVPRW 2020")
+@register_attack("sma", paper="Bouniot et al. CVPRW 2020", objective="self-distance")
 class SelfMetricAttack(Attack):
     """Push the adversarial embedding away from the query's own clean embedding."""
 

@@ -14,7 +14,7 @@ from attacks.guides import target_centroid
 from benchmark.enums import AttackFamily
 
 
-@register_attack("tma", paper="Bai et al. TPAMI 2020 (targeted)")
+@register_attack("tma", paper="Bai et al. TPAMI 2020 (targeted)", objective="targeted")
 class TargetedMetricAttack(Attack):
     """Pull the embedding towards a chosen other identity's centroid."""
 

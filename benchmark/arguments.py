@@ -50,7 +50,11 @@ def _positive_int(text: str) -> int:
 def _add_run_args(p: argparse.ArgumentParser, attacks_default: str) -> None:
     p.add_argument("--defense", default="none", help="defense name (see `list defenses`)")
     p.add_argument("--attack", default=attacks_default,
-                   help="'all', 'none', a comma list (fna,sma) or wildcards (art-*)")
+                   help="'all' (every attack plus the standard suite), 'standard' (the suite standard-v1), 'none', "
+                        "a comma list (fna,sma) or wildcards (art-*)")
+    p.add_argument("--check-convergence", action="store_true",
+                   help="rerun the suite's APGD attacks with doubled iterations on the queries it left unbroken; "
+                        "flags not-converged when worst-case mAP drops by more than 1 point")
     p.add_argument("--dataset", default="synthped", help="test data set (see `list datasets`)")
     p.add_argument("--data-root", default=None, help="folder of the test data set (not for synthped)")
     p.add_argument("--train-dataset", default=None, help="train on another data set (cross-domain)")
@@ -146,4 +150,4 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         backbone_weights=args.backbone_weights, eps=args.eps, seed=args.seed, epochs=args.epochs,
         height=args.height, width=args.width, metric=args.metric,
         dataset_options=parse_kv(args.dataset_opt, "--dataset-opt"), defense_options=defense_options,
-        attack_options=attack_options(args.attack_opt))
+        attack_options=attack_options(args.attack_opt), check_convergence=args.check_convergence)

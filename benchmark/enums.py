@@ -36,3 +36,5 @@ class Seen(StrEnum):
     CLEAN = "clean"
     SEEN = "seen"
     UNSEEN = "unseen"
+    #: a per-query worst case over several attacks (a suite, or every attack of a run)
+    WORST_CASE = "worst-case"

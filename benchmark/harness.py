@@ -38,6 +38,7 @@ from benchmark.spec import DataSpec, DefenseSpec, ModelSpec, RunSpec
 from benchmark.training import TrainConfig, cached_checkpoint, split_fingerprint
 from benchmark.validity import check_adversarial
 from defenses import DEFENSES, DefendedModel, Defense
+from defenses.adaptive import AttackView, select_forwards
 
 CROSS_DATASET_PID_OFFSET = 1_000_000
 log = logging.getLogger("benchmark")
@@ -168,12 +169,19 @@ def train_or_load(recipe: DefenseSpec, spec: RunSpec, ws: Workspace, device: tor
 
 
 def deploy(defense: Defense, model: ReidModel) -> DefendedModel:
-    """The model as attacks and the evaluator see it: the defense's test-time transform, then the ReID model."""
+    """The model as the evaluator sees it: the defense's test-time transform, then the ReID model."""
     transform = defense.transform()
     deployed = DefendedModel(model, transform)
     if transform is not None:
         deployed.to(next(model.parameters()).device)
     return deployed.eval()
+
+
+def attack_views(defense: Defense, deployed: DefendedModel) -> list[AttackView]:
+    """The deployed model as white-box attackers see it, one view per adaptive forward (strongest first)."""
+    choice = getattr(defense.options, "surrogate", "auto")
+    device = next(deployed.parameters()).device
+    return [AttackView(deployed, f).to(device).eval() for f in select_forwards(defense, choice)]
 
 
 # -- attacks -------------------------------------------------------------------------------------------
@@ -188,6 +196,8 @@ class AttackResult:
     report: dict[str, Any]
     adversarial: torch.Tensor = field(repr=False)
     resumed: bool = False
+    #: adaptive forward the attack differentiated through ('' for aggregates)
+    forward: str = ""
 
 
 @dataclass
@@ -202,11 +212,20 @@ class RunOutcome:
     model: DefendedModel = field(repr=False)
     query_feats: torch.Tensor = field(repr=False)
     gallery_feats: torch.Tensor = field(repr=False)
+    #: white-box views of the deployed model, one per adaptive forward (the first is the attacks')
+    views: list[AttackView] = field(repr=False, default_factory=list)
+    #: per-query worst cases: the suite's (`standard-v1`) and, with two or more sources, the run's (`worst-case`)
+    aggregates: list[AttackResult] = field(default_factory=list)
 
     @property
     def resumed(self) -> int:
         """How many attack cells came from the cache."""
         return sum(r.resumed for r in self.attacks)
+
+    @property
+    def attacked_with(self) -> str:
+        """How white-box attacks reached the model: the adaptive forwards' names joined by '+'."""
+        return "+".join(v.surrogate_name for v in self.views) or "direct"
 
 
 def seen_tag(defense: Defense, attack: str) -> Seen:
@@ -214,21 +233,28 @@ def seen_tag(defense: Defense, attack: str) -> Seen:
     return Seen.SEEN if attack in defense.seen_attacks() else Seen.UNSEEN
 
 
-def attack_options(spec: RunSpec, name: str, eps: float) -> dict[str, Any]:
-    """ε from the run, a step scaled with it (keeping the attack's default step/ε ratio), then the user's options."""
+def scaled_options(name: str, eps: float, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """ε, a step scaled with it (keeping the attack's default step/ε ratio), then `options`."""
     defaults = ATTACKS.get(name).Options()
     scaled: dict[str, Any] = {"eps": eps}
     if hasattr(defaults, "step"):
         scaled["step"] = defaults.step * eps / defaults.eps
-    return {**scaled, **dict(spec.attack(name).options)}
+    return {**scaled, **(options or {})}
 
 
-def make_surrogate_builder(spec: RunSpec, ws: Workspace, device: torch.device) -> Callable[[str], torch.nn.Module]:
-    """Undefended models of other backbones (cached checkpoints) for transfer attacks."""
-    def build(backbone: str) -> torch.nn.Module:
+def attack_options(spec: RunSpec, name: str, eps: float) -> dict[str, Any]:
+    """ε from the run, a step scaled with it, then the user's options of that attack."""
+    return scaled_options(name, eps, dict(spec.attack(name).options))
+
+
+def make_surrogate_builder(spec: RunSpec, ws: Workspace, device: torch.device) -> Callable[..., torch.nn.Module]:
+    """Undefended models of a backbone, trained from the run's seed plus an offset (cached), for transfer attacks."""
+    def build(backbone: str, seed_offset: int = 0) -> torch.nn.Module:
         surrogate = ModelSpec(backbone, spec.model.height, spec.model.width)
         recipe = DefenseSpec("none", (), DEFENSES.get("none").default_epochs)
-        model, _ = train_or_load(recipe, spec, ws, device, surrogate)
+        # same data (the workspace), another initialisation and batch order
+        model, _ = train_or_load(recipe, dataclasses.replace(spec, seed=spec.seed + seed_offset), ws, device,
+                                 surrogate)
         return model
 
     return build
@@ -240,13 +266,16 @@ def attack_context(spec: RunSpec, ws: Workspace, qf: torch.Tensor, gf: torch.Ten
     return AttackContext(query_pids=ws.query.pids.clone(), query_feats=qf.clone(), seed=spec.seed,
                          gallery_feats=gf.clone(), gallery_pids=ws.gallery.pids.clone(),
                          train_images=ws.train.images.clone(), train_pids=ws.train.pids.clone(),
-                         surrogate=make_surrogate_builder(spec, ws, device), target_backbone=spec.model.backbone)
+                         surrogate=make_surrogate_builder(spec, ws, device), target_backbone=spec.model.backbone,
+                         query_camids=ws.query.camids.clone(), gallery_camids=ws.gallery.camids.clone(),
+                         metric=spec.metric)
 
 
-def run_attack(name: str, eps: float, model: DefendedModel, ws: Workspace, ctx: AttackContext, spec: RunSpec,
-               clean: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any], float]:
-    """Run one attack over the query set and enforce the run's threat model and the model's integrity."""
-    attack = build_attack(name, model, **attack_options(spec, name, eps))
+def run_attack(name: str, eps: float, model: torch.nn.Module, ws: Workspace, ctx: AttackContext, spec: RunSpec,
+               clean: torch.Tensor, options: dict[str, Any] | None = None, indices: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, dict[str, Any], float]:
+    """Run one attack over the query set (or the queries `indices`) and enforce the threat model and model integrity."""
+    attack = build_attack(name, model, **(options if options is not None else attack_options(spec, name, eps)))
     if not math.isclose(float(attack.options.eps), eps, rel_tol=0, abs_tol=1e-9) or attack.options.norm != spec.norm:
         raise AttackValidityError(f"attack '{name}' set its own threat model (eps={attack.options.eps:.6f}, "
                                   f"norm={attack.options.norm}); the run's is eps={eps:.6f}, norm={spec.norm}; "
@@ -254,12 +283,12 @@ def run_attack(name: str, eps: float, model: DefendedModel, ws: Workspace, ctx: 
     state, mode = module_state_digest(model), model.training
     ctx.report = {}
     start = time.perf_counter()
-    adv = attack.run(ws.query.images.clone(), ctx)
+    adv = attack.run(ws.query.images.clone(), ctx, indices)
     seconds = time.perf_counter() - start
     if module_state_digest(model) != state or model.training != mode:
         raise AttackValidityError(f"attack '{name}' changed the model (parameters, buffers such as BatchNorm "
                                   "statistics, or train/eval mode); result refused")
-    check_adversarial(adv, clean, eps, name, spec.norm)
+    check_adversarial(adv, clean if indices is None else clean[indices], eps, name, spec.norm)
     return adv, dict(ctx.report), seconds
 
 
@@ -277,11 +306,11 @@ class CellStore:
                      "defense_config": defense.config(), "seed": spec.seed, "norm": spec.norm,
                      "data": ws.digests, "defense_code": source_digest(type(defense))}
 
-    def key(self, name: str, eps: float, options: dict[str, Any]) -> str:
-        """The cache key of one attack cell."""
+    def key(self, name: str, eps: float, options: dict[str, Any], forward: str = "", **extra: Any) -> str:
+        """The cache key of one attack cell (`extra`: a suite member's suite, position and attacked queries)."""
         cls = ATTACKS.get(name)
         return fingerprint({**self.base, "attack": name, "options": options, "eps": round(eps * 255, 6),
-                            "attack_code": source_digest(cls)})
+                            "attack_code": source_digest(cls), "forward": forward, **extra})
 
     def load(self, key: str) -> tuple[torch.Tensor, dict[str, Any], float] | None:
         """A verified cached cell, or None (a damaged one is removed)."""
@@ -329,36 +358,46 @@ def run_benchmark(spec: RunSpec, runtime: Runtime | None = None, ws: Workspace |
     clean = evaluate_features(qf, gf, ws.query.pids, ws.gallery.pids, ws.query.camids, ws.gallery.camids,
                               spec.metric)
     cells = CellStore(spec, info["checkpoint_key"], defense, ws, device)
+    views = attack_views(defense, deployed)
     results: list[AttackResult] = []
+    aggregates: list[AttackResult] = []
     jobs = [(a.name, e) for a in spec.attacks for e in spec.eps]
     clean_images = ws.query.float_images()  # what every cell's output is checked against
+    outcome = RunOutcome(spec, defense, clean, results, info, ws, deployed, qf, gf, views, aggregates)
     try:
         for name, eps in tqdm(jobs, desc=f"attacks on {spec.defense.label}", disable=not runtime.progress or None,
                               leave=False):
             options = attack_options(spec, name, eps)
-            key = cells.key(name, eps, options)
+            key = cells.key(name, eps, options, views[0].surrogate_name)
             cached = cells.load(key)
             if cached is not None:
                 adv, report, seconds = cached
                 check_adversarial(adv, clean_images, eps, name, spec.norm)
             else:
                 ctx = attack_context(spec, ws, qf, gf, device)
-                adv, report, seconds = run_attack(name, eps, deployed, ws, ctx, spec, clean_images)
+                adv, report, seconds = run_attack(name, eps, views[0], ws, ctx, spec, clean_images)
                 cells.save(key, adv, report, seconds)
             af = extract_embeddings(deployed, adv, device=device)
             metrics = evaluate_features(af, gf, ws.query.pids, ws.gallery.pids, ws.query.camids, ws.gallery.camids,
                                         spec.metric)
             results.append(AttackResult(name, eps, metrics, seen_tag(defense, name), seconds, report, adv,
-                                        resumed=cached is not None))
+                                        resumed=cached is not None, forward=views[0].surrogate_name))
             log.info("attack %-11s eps %-7s mAP %6.2f  R1 %6.2f  (%s)", name, eps_label(eps), metrics.mAP,
                      metrics.rank1, "from the cache" if cached is not None else f"{seconds:.1f} s")
+        if spec.suite is not None:
+            from benchmark.suite_runner import run_suites
+
+            aggregates.extend(run_suites(outcome, cells, clean_images, runtime))
     except KeyboardInterrupt:
         raise RunInterrupted(f"interrupted after {len(results)} of {len(jobs)} attack cells; finished cells are "
                              "cached, run the same command again to resume") from None
+    from benchmark.suite_runner import run_worst_cases
+
+    aggregates.extend(run_worst_cases(outcome))
     resumed = sum(r.resumed for r in results)
     if resumed:
         log.info("resumed: %d of %d attack cells came from the cache", resumed, len(jobs))
-    return RunOutcome(spec, defense, clean, results, info, ws, deployed, qf, gf)
+    return outcome
 
 
 def eps_label(eps: float) -> str:
@@ -374,7 +413,7 @@ def format_table(outcome: RunOutcome) -> str:
     lines = [head, "-" * len(head),
              f"{'clean':<12} {'-':>7} {'-':>7} {c.mAP:6.2f} {c.rank1:6.2f} {c.rank5:6.2f} {c.rank10:6.2f} "
              f"{c.mINP:6.2f} {'':>6}"]
-    for r in outcome.attacks:
+    for r in outcome.attacks + outcome.aggregates:
         m = r.metrics
         lines.append(f"{r.attack:<12} {eps_label(r.eps):>7} {r.seen.value:>7} {m.mAP:6.2f} {m.rank1:6.2f} "
                      f"{m.rank5:6.2f} {m.rank10:6.2f} {m.mINP:6.2f} {r.seconds:6.1f}")
@@ -398,4 +437,9 @@ def format_summary(outcome: RunOutcome) -> str:
         lines.append(f"{'':<9} {eps_label(eps):>7} {len(scope):>8} {_mean_worst(scope):>16} "
                      f"{_mean_worst([r for r in scope if r.seen is Seen.UNSEEN]):>19} "
                      f"{_mean_worst([r for r in scope if r.seen is Seen.SEEN]):>17}  {worst.attack}")
+    for r in outcome.aggregates:
+        note = r.report.get("convergence")
+        extra = (f"; doubled APGD iterations: {note['mAP']:.2f} ({note['delta']:+.2f})" if note else "")
+        lines.append(f"per-query worst case {r.attack:<12} {eps_label(r.eps):>7}  mAP {r.metrics.mAP:6.2f}  "
+                     f"R1 {r.metrics.rank1:6.2f}{extra}")
     return "\n".join(lines) if len(lines) > 1 else ""

@@ -77,6 +77,9 @@ class LeaderboardRow:
     defense_dist: str = ""    # distribution providing the defense (plugin name and version)
     attack_dist: str = ""
     allow_dirty: bool = False  # written with --allow-dirty from a tree with uncommitted code
+    suite: str = ""           # versioned attack suite of the run (standard-v1), '' if none
+    forward: str = ""         # adaptive forward the attack differentiated through ('' for worst-case rows)
+    mAP_2x: float = math.nan  # suite rows with --check-convergence: worst-case mAP with doubled APGD iterations
 
 
 def columns() -> list[str]:
@@ -85,7 +88,7 @@ def columns() -> list[str]:
 
 
 TEXT_COLUMNS = tuple(f.name for f in fields(LeaderboardRow) if f.type == "str")
-SUMMARY_TEXT = ("dataset", "train_dataset", "defense", "backbone", "settings", "eps", "worst_attack", "flags",
+SUMMARY_TEXT = ("dataset", "train_dataset", "defense", "backbone", "settings", "eps", "worst_attack", "flags", "suite",
                 "attacked_with", "run_id", "git_commit", "train_commit", "device", "torch_version", "date",
                 "command", "checkpoint")
 
@@ -130,11 +133,12 @@ def _keys(frame: pd.DataFrame, key: tuple[str, ...]) -> pd.Series:
 def upsert(path: Path, records: Iterable[dict], key: tuple[str, ...],
            then: Callable[[pd.DataFrame], None] | None = None,
            keep_old: Callable[[pd.Series, pd.Series], bool] | None = None,
-           text: Iterable[str] = TEXT_COLUMNS) -> pd.DataFrame:
+           text: Iterable[str] = TEXT_COLUMNS, order: tuple[str, bool] | None = None) -> pd.DataFrame:
     """Replace rows with the same key and add new ones; safe against concurrent writers.
 
     `keep_old(old, new)` may veto a replacement; `then` runs on the merged board while the lock
-    is still held (derived files stay consistent).
+    is still held (derived files stay consistent); `order` = (column, descending) sorts rows by a
+    score within each data set instead of by key.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,6 +163,9 @@ def upsert(path: Path, records: Iterable[dict], key: tuple[str, ...],
         merged = pd.concat(frames, ignore_index=True) if frames else new
         if not merged.empty:
             merged = merged.sort_values(list(key), kind="stable").reset_index(drop=True)
+            if order is not None and order[0] in merged:
+                merged = merged.sort_values(["dataset", order[0]], ascending=[True, not order[1]], kind="stable",
+                                            na_position="last").reset_index(drop=True)
         write_csv(merged, path)
         if then is not None:
             then(merged)
@@ -169,13 +176,28 @@ def _mean(values: pd.Series) -> float:
     return float(values.mean()) if len(values) else math.nan
 
 
+def _at(frame: pd.DataFrame, column: str, default: float = math.nan) -> float:
+    return float(frame[column].iloc[0]) if len(frame) and column in frame else default
+
+
 def summarise_run(run: pd.DataFrame) -> dict[str, Any]:
-    """The summary row of ONE run: clean scores, robust mAP over all, seen and unseen attacks, flags."""
+    """The summary row of ONE run: clean scores, the suite's per-query worst case (the headline), robust
+    mAP over all, seen and unseen attacks, flags.
+
+    `worst_case_mAP` / `_R1` come from the run's suite at the standard ε; `worst_case_all_mAP` is the
+    per-query worst case over every attack of the run; the means (`robust_mAP_mean` ...) are over the
+    individual attacks and `robust_mAP_worst` is the minimum of their means (an upper bound).
+    """
     first = run.iloc[0]
     clean = run[run["seen"] == Seen.CLEAN.value]
-    attacked = run[run["seen"] != Seen.CLEAN.value]
+    aggregate = run[run["seen"] == Seen.WORST_CASE.value]
+    attacked = run[~run["seen"].isin([Seen.CLEAN.value, Seen.WORST_CASE.value])]
     default_eps = attacked[attacked["eps"] == STANDARD_EPS]
     scope = default_eps if len(default_eps) else attacked
+    suite_name = str(first.get("suite", "") or "")
+    at_eps = aggregate[aggregate["eps"] == STANDARD_EPS]
+    suite_row = at_eps[at_eps["attack"] == suite_name] if suite_name else at_eps.iloc[:0]
+    all_row = at_eps[at_eps["attack"] == "worst-case"]
     unseen = scope[scope["seen"] == Seen.UNSEEN.value]
     seen = scope[scope["seen"] == Seen.SEEN.value]
     white = scope[scope["knowledge"] == "white-box"]
@@ -184,7 +206,12 @@ def summarise_run(run: pd.DataFrame) -> dict[str, Any]:
         "clean_mAP": float(clean["mAP"].iloc[0]) if len(clean) else math.nan,
         "clean_R1": float(clean["R1"].iloc[0]) if len(clean) else math.nan,
         "clean_id_ap_var": float(clean["id_ap_var"].iloc[0]) if len(clean) else math.nan,
-        "eps": STANDARD_EPS if len(default_eps) else ("all" if len(attacked) else "-"),
+        "eps": STANDARD_EPS if len(default_eps) or len(suite_row) else ("all" if len(attacked) else "-"),
+        "worst_case_mAP": _at(suite_row, "mAP"),
+        "worst_case_R1": _at(suite_row, "R1"),
+        "suite": suite_name if len(suite_row) else "",
+        "worst_case_mAP_2x": _at(suite_row, "mAP_2x"),
+        "worst_case_all_mAP": _at(all_row, "mAP", _at(suite_row, "mAP")),
         "attacks": len(scope),
         "robust_mAP_mean": _mean(scope["mAP"]),
         "robust_mAP_worst": float(scope["mAP"].min()) if len(scope) else math.nan,
@@ -204,9 +231,14 @@ def summarise_run(run: pd.DataFrame) -> dict[str, Any]:
 
 
 def _covers_more(old: pd.Series, new: pd.Series) -> bool:
-    """Keep the old summary when its run covered more attacks at the standard ε than the new one."""
+    """Keep the old summary when its run covered more at the standard ε (suite first, then attacks) than the new one."""
     rank = {STANDARD_EPS: 2, "all": 1}
-    return (rank.get(str(old["eps"]), 0), int(old["attacks"])) > (rank.get(str(new["eps"]), 0), int(new["attacks"]))
+
+    def cover(row: pd.Series) -> tuple[int, int, int]:
+        has_suite = int(isinstance(row.get("suite", ""), str) and bool(row.get("suite", "")))
+        return rank.get(str(row["eps"]), 0), has_suite, int(row["attacks"])
+
+    return cover(old) > cover(new)
 
 
 def write_leaderboards(rows: list[LeaderboardRow], directory: str | Path, official: bool = True) -> dict[str, Path]:
@@ -217,7 +249,8 @@ def write_leaderboards(rows: list[LeaderboardRow], directory: str | Path, offici
         records = [dataclasses.asdict(r) for r in rows if r.dataset == dataset]
         upsert(board_path, records, ROW_KEY)
         summary = summarise_run(pd.DataFrame(records).fillna({"flags": ""}))
-        upsert(summary_path, [summary], SUMMARY_KEY, keep_old=_covers_more, text=SUMMARY_TEXT)
+        upsert(summary_path, [summary], SUMMARY_KEY, keep_old=_covers_more, text=SUMMARY_TEXT,
+               order=("worst_case_mAP", True))
         kind = "leaderboard" if official else "custom leaderboard"
         out[f"{kind} {dataset}"] = board_path
         out[f"summary {dataset}"] = summary_path

@@ -250,6 +250,41 @@ def evaluate(distmat: torch.Tensor | np.ndarray, q_pids: torch.Tensor | np.ndarr
     return scorer.result()
 
 
+class QueryScorer:
+    """Per-query (AP, rank-1) against one gallery whose index is built once: for attacks' inner loops.
+
+    The same rule as `evaluate_features`, without aggregation, without threads (batches are small)
+    and without raising when no query of a batch is scorable; fractions in [0, 1], NaN where a query
+    has no valid positive.
+    """
+
+    def __init__(self, gf: torch.Tensor, g_pids: torch.Tensor, g_cams: torch.Tensor, metric: str = "euclidean"
+                 ) -> None:
+        self.gf = _as_tensor(gf).float()
+        self.metric = metric
+        self.gallery = _Gallery.build(_as_tensor(g_pids).cpu().long().numpy(), _as_tensor(g_cams).cpu().long().numpy())
+
+    def __call__(self, qf: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(AP, rank-1) of each query given its embedding."""
+        qf = _as_tensor(qf).detach().float().cpu()
+        dist = np.ascontiguousarray(pairwise_distance(qf, self.gf, self.metric).numpy()) + np.float32(0.0)
+        if np.isnan(dist).any():
+            raise ValueError("distance matrix holds NaN; the embeddings are not finite")
+        n = len(dist)
+        ap, inp, cmc = np.full(n, np.nan), np.full(n, np.nan), np.full((n, 10), np.nan)
+        _evaluate_rows(dist, range(n), 0, _as_tensor(q_pids).cpu().long().numpy(),
+                       _as_tensor(q_cams).cpu().long().numpy(), self.gallery, 10, ap, inp, cmc)
+        return torch.from_numpy(ap), torch.from_numpy(cmc[:, 0].copy())
+
+
+def query_scores(qf: torch.Tensor, gf: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor,
+                 q_cams: torch.Tensor, g_cams: torch.Tensor, metric: str = "euclidean"
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-query (AP, rank-1) as fractions in [0, 1], NaN where a query has no valid positive."""
+    return QueryScorer(gf, g_pids, g_cams, metric)(qf, q_pids, q_cams)
+
+
 def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor,
                       q_cams: torch.Tensor, g_cams: torch.Tensor, metric: str = "euclidean", max_rank: int = 10,
                       block_elements: int | None = None) -> RetrievalMetrics:

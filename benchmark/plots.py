@@ -115,7 +115,7 @@ def plot_run(outcome: Any, record: dict[str, Any], folder: Path) -> list[Path]:
     out += plot_per_id(folder / "per_id_ap.csv", folder / "per_id_ap", f"per-ID AP, {title}")
     if record:
         idx = record["adversarial_index"]
-        strongest = next(r for r in outcome.attacks if r.attack == record["attack"])
+        strongest = next(r for r in outcome.attacks + outcome.aggregates if r.attack == record["attack"])
         save_examples_strip(outcome.workspace.query.images[idx], strongest.adversarial[idx], folder / "examples.png")
         out += plot_adversarial_grid(folder / "examples.png", len(idx),
                                      f"{record['attack']} @ {record['eps']} on {title}", folder / "adversarial")
@@ -127,7 +127,7 @@ def _lookup_from_run(outcome: Any, record: dict[str, Any]) -> dict[str, np.ndarr
     ws = outcome.workspace
     names = {it.path.name: i for i, it in enumerate(ws.dataset.gallery)}
     qnames = {it.path.name: i for i, it in enumerate(ws.dataset.query)}
-    strongest = next(r for r in outcome.attacks if r.attack == record["attack"])
+    strongest = next(r for r in outcome.attacks + outcome.aggregates if r.attack == record["attack"])
     lookup: dict[str, np.ndarray] = {}
     for q in record["queries"]:
         qi = qnames[q["query"]]

@@ -135,6 +135,8 @@ class RunSpec:
     metric: str = STANDARD_METRIC
     train_data: DataSpec | None = None      # cross-domain training set; None = the test set's training split
     norm: str = Norm.LINF.value
+    suite: str | None = None                # versioned attack suite (standard-v1), run after the attacks
+    check_convergence: bool = False         # rerun the suite's iterative members with doubled iterations
 
     @property
     def eps(self) -> tuple[float, ...]:
@@ -185,7 +187,8 @@ class RunSpec:
         return {"data": dataclasses.asdict(self.data), "train_data": dataclasses.asdict(self.train_data)
                 if self.train_data else None, "model": self.model.identity(), "defense": self.defense.identity(),
                 "attacks": [[a.name, [[k, format_value(k, v)] for k, v in a.options]] for a in self.attacks],
-                "eps_units": list(self.eps_units), "seed": self.seed, "metric": self.metric, "norm": self.norm}
+                "eps_units": list(self.eps_units), "seed": self.seed, "metric": self.metric, "norm": self.norm,
+                "suite": self.suite, "check_convergence": self.check_convergence}
 
     @property
     def digest(self) -> str:
@@ -272,6 +275,24 @@ def _data_spec(name: str, root: str | None, options: Mapping[str, str], flag: st
     return DataSpec(name, root, _items(opts))
 
 
+def split_attacks(text: str) -> tuple[list[str], str | None]:
+    """(attack names, suite) of an --attack value: 'all' = every attack outside suites plus the default suite."""
+    from attacks.suites import DEFAULT_SUITE, SUITES
+
+    aliases = {meta.get("alias"): name for name in SUITES.names() if (meta := SUITES.meta(name)).get("alias")}
+    parts = [p.strip() for p in str(text).split(",") if p.strip() and p.strip() != "none"]
+    suites = {aliases.get(p, p) for p in parts if p in aliases or p in SUITES}
+    if len(suites) > 1:
+        raise BenchmarkError(f"--attack names {len(suites)} suites ({', '.join(sorted(suites))}); a run takes one")
+    suite = next(iter(suites), None)
+    rest = [p for p in parts if p not in aliases and p not in SUITES]
+    if "all" in rest:
+        suite = suite or DEFAULT_SUITE
+    outside = [n for n in ATTACKS.names() if not ATTACKS.meta(n).get("in_all", True)]
+    names = ATTACKS.resolve(",".join(rest), exclude=outside) if rest else []
+    return names, suite
+
+
 def _attack_specs(names: list[str], options: Mapping[str, Mapping[str, str]]) -> tuple[AttackSpec, ...]:
     for name in options:
         ATTACKS.entry(name)  # unknown name: one line listing the valid ones
@@ -322,7 +343,8 @@ def make_spec(defense: str = "none", attacks: str = "none", dataset: str = "synt
               metric: str = STANDARD_METRIC, dataset_options: Mapping[str, str] | None = None,
               train_dataset_options: Mapping[str, str] | None = None,
               defense_options: Mapping[str, str] | None = None,
-              attack_options: Mapping[str, Mapping[str, str]] | None = None) -> RunSpec:
+              attack_options: Mapping[str, Mapping[str, str]] | None = None,
+              check_convergence: bool = False) -> RunSpec:
     """Validate every value and build the canonical RunSpec; raises BenchmarkError (one line) on bad input."""
     defense_options = dict(defense_options or {})
     data = _data_spec(dataset, data_root, dataset_options or {}, "--data-root")
@@ -338,9 +360,12 @@ def make_spec(defense: str = "none", attacks: str = "none", dataset: str = "synt
     if not isinstance(seed, int) or seed < 0:
         raise BenchmarkError(f"--seed {seed}: give a non-negative integer")
     weights_path, weights_sha = _weights(backbone_weights, backbone)
-    names = ATTACKS.resolve(attacks) if str(attacks).strip() not in ("", "none") else []
+    names, suite = split_attacks(attacks)
+    if check_convergence and suite is None:
+        raise BenchmarkError("--check-convergence reruns the standard suite: add 'standard' (or 'all') to --attack")
     return RunSpec(
         data=data, train_data=train,
         model=ModelSpec(backbone, height, width, weights_sha, weights_path),
         defense=_defense_spec(defense, defense_options, epochs),
-        attacks=_attack_specs(names, attack_options or {}), eps_units=parse_eps(eps), seed=seed, metric=metric)
+        attacks=_attack_specs(names, attack_options or {}), eps_units=parse_eps(eps), seed=seed, metric=metric,
+        suite=suite, check_convergence=check_convergence)

@@ -12,20 +12,23 @@ from benchmark.models import ModelConfig, ReidModel, extract_embeddings
 from benchmark.validity import check_adversarial
 from defenses import DefendedModel
 
-FAST_OPTIONS = {"query-bb": {"queries": 12}, "muap": {"steps": 3}}
-SLOW_TEST_OPTIONS = {"query-bb": {"queries": 50}}
+APGD = {name: {"steps": 5} for name in ATTACKS.names("apgd-*")}
+FAST_OPTIONS = {"query-bb": {"queries": 12}, "muap": {"steps": 3}, **APGD}
+SLOW_TEST_OPTIONS = {"query-bb": {"queries": 50}, **{name: {"steps": 20} for name in APGD}}
 
 
 def make_context(ws, model, n=None, seed=0):
     n = n or len(ws.query)
     qf = extract_embeddings(model, ws.query.images[:n])
+    gf = extract_embeddings(model, ws.gallery.images)
     return AttackContext(query_pids=ws.query.pids[:n], query_feats=qf, seed=seed, train_images=ws.train.images,
-                         train_pids=ws.train.pids, target_backbone="reidnet-s",
-                         surrogate=seeded_surrogate)
+                         train_pids=ws.train.pids, target_backbone="reidnet-s", surrogate=seeded_surrogate,
+                         gallery_feats=gf, gallery_pids=ws.gallery.pids, query_camids=ws.query.camids[:n],
+                         gallery_camids=ws.gallery.camids)
 
 
-def seeded_surrogate(backbone):
-    torch.manual_seed(1)  # a real run loads a cached trained surrogate; here a fixed random one
+def seeded_surrogate(backbone, seed_offset=0):
+    torch.manual_seed(1 + seed_offset)  # a real run loads a cached trained surrogate; here a fixed random one
     return ReidModel(ModelConfig(backbone, 5, 64, 32)).eval()
 
 
@@ -86,12 +89,15 @@ def test_white_box_attacks_halve_map_of_trained_model(trained_ws, trained_none):
 
     clean = score(ws.query.images)
 
-    def surrogate(backbone):  # a shortly trained undefended surrogate keeps the test inside the CI budget
+    def surrogate(backbone, seed_offset=0):  # shortly trained undefended surrogates keep the test inside CI's budget
+        import dataclasses
+
         from benchmark.harness import train_or_load
         from benchmark.spec import ModelSpec
         from tests.conftest import DEFAULT_DATA, tiny_config
 
         spec = tiny_config(**DEFAULT_DATA, epochs=10)
+        spec = dataclasses.replace(spec, seed=spec.seed + seed_offset)
         return train_or_load(spec.defense, spec, ws, torch.device("cpu"), ModelSpec(backbone))[0]
 
     assert clean > 40, f"undefended model too weak to test attacks (mAP {clean:.1f})"

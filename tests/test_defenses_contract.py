@@ -10,7 +10,8 @@ import torch
 from attacks import ATTACKS
 from benchmark.models import ModelConfig, ReidModel
 from benchmark.training import TrainConfig
-from defenses import DEFENSES, build_defense
+from defenses import DEFENSES, DefendedModel, build_defense
+from defenses.adaptive import AttackView, declared_forwards
 
 FAST_OPTIONS = {"ddid": {"train_steps": 2}}
 
@@ -31,11 +32,16 @@ def test_defense_contract(name, tiny_ws, tmp_path):
     if transform is not None:
         out = transform(x)
         assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
-        assert defense.attacked_with == "bpda"
-        x_req = x.clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(transform(x_req).sum(), x_req)
-        assert torch.allclose(grad, torch.ones_like(grad)), "BPDA must pass gradients straight through"
     model.eval()
+    deployed = DefendedModel(model, transform).eval()
+    for forward in declared_forwards(defense):
+        view = AttackView(deployed, forward).eval()
+        x_req = (x + 0.01 * torch.rand_like(x)).clamp(0, 1).requires_grad_(True)
+        (grad,) = torch.autograd.grad(view.attack_embed(x_req).pow(2).sum(), x_req)
+        assert torch.isfinite(grad).all(), f"{name} [{forward.name}]: non-finite input gradient"
+        assert (grad.flatten(1).abs().amax(1) > 0).all(), f"{name} [{forward.name}]: zero input gradient"
+        assert torch.allclose(view.attack_embed(x), deployed.embed(x), atol=1e-5), \
+            f"{name} [{forward.name}]: the adaptive forward must output what the defense computes"
     emb = model.embed(x)
     model.save(tmp_path / name)
     again = ReidModel.load(tmp_path / name).eval()

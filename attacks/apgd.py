@@ -1,0 +1,151 @@
+"""APGD: the step-size-free ascent schedule of AutoAttack (Croce & Hein, ICML 2020), for metric losses.
+
+A second ascent schedule of the base class (`schedule="apgd"`), not a separate loop per attack:
+any white-box attack's `loss` runs under it. Per sample:
+
+- the step starts at 2ε (`step`, scaled with ε by the harness); the first move is a plain signed
+  step, later ones add momentum: x_{k+1} = P(x_k + α (z_{k+1} - x_k) + (1 - α)(x_k - x_{k-1})),
+  z_{k+1} = P(x_k + η sign ∇), α = `momentum` (0.75);
+- at checkpoints w_j (p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) of the
+  iterations) the step halves and the iterate returns to the best-loss point when fewer than
+  `rho` of the steps since the last checkpoint raised the loss, or when neither the step nor the
+  best loss changed since then;
+- the best-loss iterate is kept; where the context can score retrieval (clean gallery known to the
+  white-box attacker), the iterate with the lowest AP seen is returned instead, as AutoAttack keeps
+  any misclassified iterate;
+- a query whose AP has reached `floor` stops being iterated (its best iterate is kept): a suite
+  spends its budget on queries not yet broken;
+- `restarts` > 1 adds runs from random starts on the queries still above the floor, keeping per
+  query the restart with the lowest AP.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from attacks.base import AttackContext, AttackOptions
+
+if TYPE_CHECKING:
+    from attacks.base import Attack
+
+
+@dataclass(frozen=True)
+class APGDOptions(AttackOptions):
+    """APGD schedule: 100 iterations, initial step 2ε, momentum 0.75, checkpoint ratio 0.75, one run."""
+    step: float = 16 / 255
+    steps: int = 100
+    random_start: bool = True
+    schedule: str = "apgd"
+    momentum: float = 0.75
+    rho: float = 0.75
+    restarts: int = 1
+    #: AP (fraction) at or below which a query counts as broken and is no longer iterated; 0 = never
+    floor: float = 0.0
+
+
+def checkpoints(steps: int) -> list[int]:
+    """Iterations after which the step-size condition is checked (Croce & Hein's w_j)."""
+    p = [0.0, 0.22]
+    while p[-1] < 1:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    marks = {math.ceil(round(q * steps, 6)) for q in p[1:]}
+    return sorted({m for m in marks if m < steps} | {steps})
+
+
+def _scores(attack: Attack, ctx: AttackContext, emb: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """AP per sample where the context can score retrieval, else +inf (selection falls back to the loss)."""
+    if not ctx.can_score():
+        return torch.full((len(emb),), math.inf, dtype=torch.float64)
+    ap = ctx.query_ap(emb, index)
+    return torch.where(torch.isnan(ap), torch.full_like(ap, math.inf), ap)
+
+
+def _one_run(attack: Attack, x: torch.Tensor, x0: torch.Tensor, ctx: AttackContext, index: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One APGD run from `x0`; returns (selected iterate, its AP or +inf)."""
+    o = attack.options
+    n = len(x)
+    dev = x.device
+    step = torch.full((n, 1, 1, 1), float(o.step), device=dev)
+    marks = set(checkpoints(o.steps))
+    loss, grad, emb = attack.loss_and_gradient(x0, x, ctx, index)
+    ap = _scores(attack, ctx, emb, index)
+    x_cur, x_prev = x0.clone(), x0.clone()
+    x_best, loss_best, grad_best = x0.clone(), loss.clone(), grad.clone()
+    x_sel, ap_sel = x0.clone(), ap.clone()
+    loss_cur = loss.clone()
+    successes = torch.zeros(n, device=dev)
+    loss_at_mark = loss_best.clone()
+    reduced_at_mark = torch.ones(n, dtype=torch.bool, device=dev)
+    last_mark = 0
+    active = (ap_sel > o.floor).to(dev)
+    all_rows = torch.arange(n, device=dev)
+    for k in range(o.steps):
+        rows = active.nonzero().flatten()
+        if len(rows):
+            # every sample still active: plain slices avoid copying the batch each iteration
+            a = slice(None) if len(rows) == n else rows
+            a_cpu = a if isinstance(a, slice) else a.cpu()
+            xa, xc = x[a], x_cur[a]
+            z = attack.project(xc + step[a] * _direction(attack, grad[a]), xa)
+            if k > 0:
+                z = attack.project(xc + o.momentum * (z - xc) + (1 - o.momentum) * (xc - x_prev[a]), xa)
+            x_prev[a] = xc
+            x_cur[a] = z
+            loss_a, grad_a, emb_a = attack.loss_and_gradient(z, xa, ctx, index[a_cpu])
+            grad[a] = grad_a
+            successes[a] += (loss_a > loss_cur[a]).float()
+            loss_cur[a] = loss_a
+            better = loss_a > loss_best[a]
+            if better.any():
+                b = all_rows[a][better]
+                x_best[b], loss_best[b], grad_best[b] = z[better], loss_a[better], grad_a[better]
+            ap_a = _scores(attack, ctx, emb_a, index[a_cpu]).to(ap_sel.dtype)
+            lower = ap_a < ap_sel[a_cpu]
+            if lower.any():
+                b = all_rows[a][lower.to(dev)]
+                x_sel[b], ap_sel[b.cpu()] = z[lower.to(dev)], ap_a[lower]
+        if k + 1 in marks:
+            height = k + 1 - last_mark
+            reduce = (successes < o.rho * height) | (~reduced_at_mark & (loss_at_mark >= loss_best))
+            reduce &= active
+            reduced_at_mark = reduce.clone()
+            loss_at_mark = loss_best.clone()
+            successes.zero_()
+            last_mark = k + 1
+            if reduce.any():
+                step[reduce] /= 2
+                x_cur[reduce], x_prev[reduce], grad[reduce] = x_best[reduce], x_best[reduce], grad_best[reduce]
+        active &= (ap_sel > o.floor).to(dev)
+    # queries that could not be scored (no valid positive, or no gallery in the context) keep the best loss
+    unscored = torch.isinf(ap_sel).to(dev)
+    x_sel[unscored] = x_best[unscored]
+    return x_sel, ap_sel
+
+
+def _direction(attack: Attack, grad: torch.Tensor) -> torch.Tensor:
+    """Signed (L-inf) or unit-L2 gradient."""
+    return attack.ascend(torch.zeros_like(grad), grad, 1.0)
+
+
+def apgd_ascent(attack: Attack, x: torch.Tensor, ctx: AttackContext, index: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:
+    """APGD with `restarts` runs; per query, the run with the lowest AP (or, unscored, the last run's)."""
+    o = attack.options
+    best, best_ap = _one_run(attack, x, attack.start(x, generator), ctx, index)
+    for _ in range(1, o.restarts):
+        open_ = (best_ap > o.floor).nonzero().flatten()
+        if not len(open_):
+            break
+        xo = x[open_.to(x.device)]
+        noise = (torch.rand(xo.shape, generator=generator) * 2 - 1).to(x.device) * o.eps
+        cand, cand_ap = _one_run(attack, xo, attack.project(xo + noise, xo), ctx, index[open_])
+        better = cand_ap < best_ap[open_]
+        sel = open_[better]
+        best[sel.to(x.device)] = cand[better.to(x.device)]
+        best_ap[sel] = cand_ap[better]
+    return best

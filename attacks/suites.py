@@ -1,0 +1,69 @@
+"""Versioned attack suites (AutoAttack style): a fixed list of attacks and budgets under one name.
+
+A suite's result is the per-query worst case over its members (design §8): for every query, the
+adversarial image with the lowest AP. Members run in order and each works only on the queries
+whose worst AP so far is still above the suite's floor, so attacks are not spent on queries that
+are already broken. A white-box member runs once per adaptive forward the defense declares.
+Changing a suite means registering a new version, never editing one: every row records its suite.
+Third-party suites register through the entry-point group `reid_robustness_bench.suites`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmark.registry import Registry
+
+
+@dataclass(frozen=True)
+class SuiteMember:
+    """One attack of a suite with its fixed options (ε comes from the run)."""
+    attack: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The attack's name (options are fixed by the suite's version)."""
+        return self.attack
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A named, versioned ensemble of attacks, run with a floor on per-query AP (given to APGD members too)."""
+    name: str
+    members: tuple[SuiteMember, ...]
+    #: AP (fraction) at or below which a query counts as broken: later members skip it
+    floor: float
+    summary: str = ""
+    aliases: tuple[str, ...] = field(default=())
+
+    def doubled(self) -> Suite:
+        """The iterative members with twice their iterations (the convergence check runs these)."""
+        members = []
+        for m in self.members:
+            opts = dict(m.options)
+            if "steps" in opts:
+                opts["steps"] = 2 * int(opts["steps"])
+                members.append(SuiteMember(m.attack, tuple(sorted(opts.items()))))
+        return Suite(f"{self.name}@2x", tuple(members), self.floor, f"{self.name} with doubled iterations")
+
+
+SUITES: Registry[Suite] = Registry("suite", "reid_robustness_bench.suites", builtin_modules=())
+
+STANDARD_V1 = Suite(
+    name="standard-v1",
+    members=(SuiteMember("apgd-ce", (("steps", 100),)),
+             SuiteMember("apgd-margin", (("steps", 100),)),
+             SuiteMember("apgd-fna", (("steps", 100),)),
+             SuiteMember("apgd-sma", (("steps", 100),)),
+             SuiteMember("apgd-ifgsm", (("steps", 100),)),
+             SuiteMember("query-bb", (("queries", 1000),))),
+    floor=0.01,
+    summary="APGD (100 iterations) with five losses (ce, margin, fna, sma, ifgsm), then Square (1000 queries); "
+            "floor AP 1 %",
+)
+SUITES.register(STANDARD_V1.name, summary=STANDARD_V1.summary, alias="standard")(STANDARD_V1)
+
+#: what `--attack standard` (and `--attack all`) runs today
+DEFAULT_SUITE = STANDARD_V1.name

@@ -1,0 +1,103 @@
+"""How a white-box attacker differentiates through a defense: adaptive forwards (design §8).
+
+A defense with a test-time transform declares, in an optional hook `adaptive_forwards()`, one or
+more `AdaptiveForward`s: the exact operation where it has a gradient almost everywhere (a median
+filter), a smooth approximation of a step that has none (JPEG's or bit-depth's rounding), and
+`eot_samples` > 1 for a randomised transform (expectation over transformation, Athalye et al.,
+ICML 2018). Attacks see the deployed model through an `AttackView`: its forward *value* is always
+what the defense really computes; only the backward pass uses the surrogate (BPDA with a
+differentiable approximation). A transform that declares nothing is differentiated as it is, so a
+non-differentiable third-party transform shows up as zero gradients in the contract test and the
+`zero-grad` flag instead of quietly passing for robust. Identity BPDA over a whole transform is
+only a named choice (`IDENTITY_BPDA`), never the default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from benchmark.errors import BenchmarkError
+from defenses.base import DefendedModel, Defense
+
+
+@dataclass(frozen=True)
+class AdaptiveForward:
+    """One way to differentiate through a transform: a name, a surrogate builder, EOT samples."""
+
+    name: str
+    #: builds a differentiable g ≈ transform used for the backward pass; None: differentiate the transform itself
+    surrogate: Callable[[], nn.Module] | None = None
+    eot_samples: int = 1
+    summary: str = ""
+
+
+DIRECT = AdaptiveForward("direct", summary="no test-time transform: the model's own gradients")
+EXACT = AdaptiveForward("exact", summary="the transform itself is differentiated")
+IDENTITY_BPDA = AdaptiveForward("bpda", nn.Identity, summary="identity backward through the whole transform "
+                                "(weak; only on request)")
+
+
+def declared_forwards(defense: Defense) -> tuple[AdaptiveForward, ...]:
+    """The defense's adaptive forwards, strongest-first: its hook's, or direct / exact by default."""
+    hook = getattr(defense, "adaptive_forwards", None)
+    if hook is not None:
+        forwards = tuple(hook())
+    elif defense.transform() is None:
+        forwards = (DIRECT,)
+    else:
+        forwards = (EXACT,)
+    names = [f.name for f in forwards]
+    if not forwards or len(set(names)) != len(names):
+        raise BenchmarkError(f"defense '{defense.name}' declares adaptive forwards {names}: give at least one, "
+                             "each with its own name")
+    return forwards
+
+
+def select_forwards(defense: Defense, choice: str = "auto") -> tuple[AdaptiveForward, ...]:
+    """`auto`: every declared forward (attacks use the first, the standard suite all); else the named one."""
+    forwards = declared_forwards(defense)
+    if choice == "auto":
+        return forwards
+    named = {f.name: f for f in (*forwards, IDENTITY_BPDA)}
+    if choice not in named:
+        raise BenchmarkError(f"defense '{defense.name}': surrogate '{choice}' is not one of "
+                             f"{', '.join(['auto', *named])}")
+    return (named[choice],)
+
+
+class AttackView(nn.Module):
+    """The deployed model as a white-box attacker sees it: true output forward, surrogate gradient backward."""
+
+    def __init__(self, deployed: DefendedModel, forward: AdaptiveForward) -> None:
+        super().__init__()
+        self.deployed = deployed
+        self.forward_spec = forward
+        self.surrogate = forward.surrogate() if forward.surrogate is not None else None
+        self.eot_samples = forward.eot_samples
+
+    @property
+    def surrogate_name(self) -> str:
+        """Name of the adaptive forward in use."""
+        return self.forward_spec.name
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """What the defense computes (black-box attacks and scoring see only this)."""
+        return self.deployed.embed(x)
+
+    def attack_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The defense's true output, with the gradient of the declared surrogate."""
+        transform = self.deployed.transform
+        if transform is None:
+            return self.deployed.model.embed(x)
+        out = transform(x)
+        if self.surrogate is not None:
+            approx = self.surrogate(x)
+            out = out.detach() + approx - approx.detach()
+        return self.deployed.model.embed(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x)
