@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     p_list = sub.add_parser("list", help="list data sets, backbones, attacks and defenses", formatter_class=fmt)
     p_list.add_argument("what", nargs="?", default="all",
-                        choices=["all", "datasets", "backbones", "attacks", "defenses"])
+                        choices=["all", "datasets", "backbones", "attacks", "defenses", "suites"])
     p_list.add_argument("--filter", default="*", help="wildcard on names, e.g. 'art-*'")
     p_list.add_argument("--details", default=None, metavar="NAME",
                         help="show the metadata and every option (type, default) of one entry")

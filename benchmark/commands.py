@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 
 from attacks import ATTACKS
+from attacks.suites import SUITES
 from benchmark.arguments import spec_from_args
 from benchmark.data import DATASETS
 from benchmark.errors import BenchmarkError
@@ -18,13 +19,15 @@ from benchmark.registry import Registry
 from defenses import DEFENSES
 
 REGISTRIES: dict[str, Registry] = {"datasets": DATASETS, "backbones": BACKBONES, "attacks": ATTACKS,
-                                   "defenses": DEFENSES}
+                                   "defenses": DEFENSES, "suites": SUITES}
 
 
 def _summary_line(title: str, name: str, meta: dict) -> str:
     if title == "attacks":
         return (f"{meta['family']:<9} {meta['knowledge']:<11} eps={meta['eps'] * 255:.0f}/255 "
                 f"steps={meta['steps']}  {meta.get('summary', '')}")
+    if title == "suites":
+        return f"alias '{meta.get('alias', '-')}'  {meta.get('summary', '')}"
     if title == "defenses":
         seen = ",".join(meta.get("trains_with", ())) or "-"
         return f"trains with: {seen:<14} {meta.get('summary', '')}"

@@ -58,9 +58,9 @@ def black_box_stronger(results: list[AttackResult]) -> list[Flag]:
         at_eps = [r for r in results if r.eps == eps]
         for r in at_eps:
             meta = ATTACKS.meta(r.attack)
-            if meta["knowledge"] == Knowledge.WHITE_BOX.value:
+            if ATTACKS.get(r.attack).knowledge == Knowledge.WHITE_BOX:
                 continue
-            white = [w.metrics.mAP for w in at_eps if ATTACKS.meta(w.attack)["knowledge"] == Knowledge.WHITE_BOX.value
+            white = [w.metrics.mAP for w in at_eps if ATTACKS.get(w.attack).knowledge == Knowledge.WHITE_BOX
                      and ATTACKS.meta(w.attack).get("objective") == meta.get("objective")]
             if white and r.metrics.mAP < min(white) - TOLERANCE_MAP:
                 flags.append(Flag(f"blackbox-stronger:{r.attack}",
@@ -153,7 +153,7 @@ def zero_gradients(outcome: RunOutcome, n: int = 16) -> list[Flag]:
     flags = []
     for name in sorted({r.attack for r in outcome.attacks}):
         cls = ATTACKS.get(name)
-        if ATTACKS.meta(name)["knowledge"] != Knowledge.WHITE_BOX.value or cls.loss is Attack.loss:
+        if cls.knowledge != Knowledge.WHITE_BOX or cls.loss is Attack.loss:
             continue
         attack = build_attack(name, view)
         start = attack.start(x, torch.Generator().manual_seed(outcome.spec.seed))

@@ -72,7 +72,7 @@ def run_suite(suite: Suite, eps: float, outcome: RunOutcome, cells: CellStore, c
     records: list[dict[str, Any]] = []
     total = 0.0
     for position, member in enumerate(suite.members):
-        white = ATTACKS.meta(member.attack)["knowledge"] == Knowledge.WHITE_BOX.value
+        white = ATTACKS.get(member.attack).knowledge == Knowledge.WHITE_BOX
         for view in outcome.views if white else outcome.views[:1]:
             label = f"{member.attack}[{view.surrogate_name}]" if white and len(outcome.views) > 1 else member.attack
             open_ = state.open_queries(suite.floor)
@@ -161,7 +161,7 @@ def run_worst_cases(outcome: RunOutcome) -> list[AttackResult]:
     clean = outcome.clean
     clean_images = outcome.workspace.query.float_images()
     for eps in sorted({r.eps for r in outcome.attacks + outcome.aggregates}):
-        sources = [r for r in outcome.attacks if r.eps == eps and ATTACKS.meta(r.attack)["side"] == Side.QUERY.value]
+        sources = [r for r in outcome.attacks if r.eps == eps and ATTACKS.get(r.attack).side == Side.QUERY]
         sources += [r for r in outcome.aggregates if r.eps == eps]
         if len(sources) < 2:
             continue

@@ -50,7 +50,8 @@ def test_run_writes_results_leaderboards_and_plots(tiny_ws, tmp_path):
     assert {r.seen.value for r in outcome.attacks if r.attack == "sma"} == {"unseen"}
     paths = write_run(outcome, tmp_path / "results", tmp_path / "boards")
     board = pd.read_csv(tmp_path / "boards" / "custom" / "synthped.csv")
-    assert len(board) == 1 + 3 * 2
+    assert len(board) == 1 + 3 * 2 + 2  # clean, 3 attacks x 2 eps, and the per-query worst case at each eps
+    assert set(board.loc[board["seen"] == "worst-case", "attack"]) == {"worst-case"}
     assert set(board["eps"]) == {"0", "4/255", "8/255"}
     assert board["git_commit"].notna().all() and (board["seed"] == 0).all()
     assert board.loc[board["attack"] == "query-bb", "queries_per_image"].eq(20).all()
