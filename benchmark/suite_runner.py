@@ -132,6 +132,7 @@ def run_suites(outcome: RunOutcome, cells: CellStore, clean_images: torch.Tensor
         state = WorstState(clean_images.clone(), clean.per_query_ap.clone(), clean.per_query_rank1.clone())
         start = time.perf_counter()
         records, seconds = run_suite(suite, eps, outcome, cells, clean_images, state, runtime)
+        check_adversarial(state.images, clean_images, eps, suite.name, outcome.spec.norm)
         metrics = _metrics(outcome, state.images)
         images = state.images.clone()
         report: dict[str, Any] = {"suite": suite.name, "floor": suite.floor, "members": records}
@@ -170,6 +171,7 @@ def run_worst_cases(outcome: RunOutcome) -> list[AttackResult]:
         r1 = torch.stack([clean.per_query_rank1, *(r.metrics.per_query_rank1 for r in sources)])
         choice = worst_case_choice(ap, r1)
         images = gather_choice([clean_images, *(r.adversarial for r in sources)], choice)
+        check_adversarial(images, clean_images, eps, WORST_CASE, outcome.spec.norm)
         metrics = _metrics(outcome, images)
         expected = worst_case_map(ap)
         if not math.isclose(metrics.mAP, expected, abs_tol=1e-3):
