@@ -58,9 +58,9 @@ STANDARD_V1 = Suite(
              SuiteMember("apgd-fna", (("steps", 100),)),
              SuiteMember("apgd-sma", (("steps", 100),)),
              SuiteMember("apgd-ifgsm", (("steps", 100),)),
-             SuiteMember("query-bb", (("queries", 1000),))),
+             SuiteMember("query-bb", (("queries", 500),))),
     floor=0.01,
-    summary="APGD (100 iterations) with five losses (ce, margin, fna, sma, ifgsm), then Square (1000 queries); "
+    summary="APGD (100 iterations) with five losses (ce, margin, fna, sma, ifgsm), then Square (500 queries); "
             "floor AP 1 %",
 )
 SUITES.register(STANDARD_V1.name, summary=STANDARD_V1.summary, alias="standard")(STANDARD_V1)

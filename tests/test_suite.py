@@ -34,7 +34,7 @@ def test_suite_is_versioned_and_fixed():
     suite = SUITES.get("standard-v1")
     assert [m.attack for m in suite.members] == ["apgd-ce", "apgd-margin", "apgd-fna", "apgd-sma", "apgd-ifgsm",
                                                  "query-bb"]
-    assert suite.floor == 0.01 and dict(suite.members[-1].options) == {"queries": 1000}
+    assert suite.floor == 0.01 and dict(suite.members[-1].options) == {"queries": 500}
     doubled = suite.doubled()
     assert all(dict(m.options)["steps"] == 200 for m in doubled.members) and len(doubled.members) == 5
 
