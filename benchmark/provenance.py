@@ -47,8 +47,12 @@ def tree_dirty() -> bool:
 
 
 def commit_label() -> str:
-    """The commit, with '+dirty' when tracked code has uncommitted changes."""
-    return git_commit() + ("+dirty" if tree_dirty() else "")
+    """The commit, with '+dirty' when tracked code has uncommitted changes.
+
+    Taken when the command started (`set_command`), so a checkout during a long run cannot relabel
+    results computed with the code the process loaded.
+    """
+    return _START_COMMIT if _START_COMMIT is not None else git_commit() + ("+dirty" if tree_dirty() else "")
 
 
 def device_name(device: torch.device) -> str:
@@ -59,12 +63,16 @@ def device_name(device: torch.device) -> str:
 
 
 _ARGV: list[str] | None = None
+_START_COMMIT: str | None = None
 
 
 def set_command(argv: list[str] | None) -> None:
-    """Record the arguments of the command being run (the CLI does; sweep workers pass their cell's)."""
-    global _ARGV
+    """Record the arguments of the command being run and the commit it started at (the CLI does; sweep
+    workers pass their cell's)."""
+    global _ARGV, _START_COMMIT
     _ARGV = list(argv) if argv is not None else None
+    _START_COMMIT = None
+    _START_COMMIT = commit_label()
 
 
 def command_line() -> str:

@@ -82,7 +82,8 @@ def test_cli_run_on_tiny_synthped(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "clean" in out.stdout and "odfa" in out.stdout and "unseen" in out.stdout
     summary = out.stdout[out.stdout.index("summary"):]
-    assert "unseen mean/worst" in summary and "8/255" in summary and "sanity flags" in summary
+    assert "unseen mean/worst" in summary and "8/255" in summary
+    assert "no sanity flags raised" in summary or "FLAG " in summary  # a 2-epoch model may raise some
     assert (tmp_path / "l" / "custom" / "synthped.csv").is_file() and not (tmp_path / "l" / "synthped.csv").exists()
 
 
