@@ -10,7 +10,7 @@ Third-party suites register through the entry-point group `reid_robustness_bench
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from benchmark.registry import Registry
@@ -36,7 +36,6 @@ class Suite:
     #: AP (fraction) at or below which a query counts as broken: later members skip it
     floor: float
     summary: str = ""
-    aliases: tuple[str, ...] = field(default=())
 
     def doubled(self) -> Suite:
         """The iterative members with twice their iterations (the convergence check runs these)."""
