@@ -123,6 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_plots.add_argument("--leaderboard-dir", default="leaderboards")
     p_plots.add_argument("--results-dir", default="results")
     p_plots.add_argument("--out", default="leaderboards/figures")
+    p_val = sub.add_parser("validate", help="check a defense against the admission rules on a small synthped",
+                           formatter_class=fmt)
+    p_val.add_argument("--defense", required=True, help="defense name (see `list defenses`)")
+    p_val.add_argument("--defense-opt", action="append", help="key=value option of the defense (repeatable)")
+    p_val.add_argument("--epochs", type=_positive_int, default=1, help="training epochs before the checks")
+    p_val.add_argument("--backbone", default="reidnet-s")
+    p_val.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p_val.add_argument("--report", default=None, metavar="PATH",
+                       help="report file, markdown or .json (default: validate-DEFENSE.md)")
+    p_val.add_argument("--threads", type=_positive_int, default=None)
     p_tp = sub.add_parser("throughput", help="images/s of extraction, attacks and training steps", formatter_class=fmt)
     p_tp.add_argument("--device", default="auto")
     p_tp.add_argument("--backbone", default="reidnet-s")

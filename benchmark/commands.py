@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 from attacks import ATTACKS
 from attacks.suites import SUITES
@@ -153,9 +154,38 @@ def cmd_table(args: argparse.Namespace) -> int:
     return table(args)
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a defense against the admission rules; print pass/fail per rule and write the report file."""
+    from benchmark.admission import RULES, validate_defense
+    from benchmark.atomic import atomic_write_text
+    from benchmark.device import resolve_device
+    from benchmark.options import parse_kv
+    from defenses import build_defense
+
+    defense = build_defense(args.defense, **parse_kv(args.defense_opt, "--defense-opt"))
+    report_path = Path(args.report or f"validate-{args.defense}.md")
+    if not report_path.parent.is_dir():
+        raise BenchmarkError(f"--report {report_path}: folder '{report_path.parent}' does not exist; create it or "
+                             "pass another path")
+    device = str(resolve_device(args.device))
+    print(f"validating '{args.defense}' on a small synthped ({args.epochs} epoch(s), {device}); "
+          f"{len(RULES)} rules")
+    report = validate_defense(args.defense, defense, epochs=args.epochs, device=device, backbone=args.backbone,
+                              progress=lambda rule: print(f"  checking {rule} ...", flush=True))
+    for result in report.results:
+        print(f"{'PASS' if result.passed else 'FAIL'}  {result.rule:<19} {result.detail}")
+    text = (json.dumps(report.as_dict(), indent=2) + "\n" if report_path.suffix == ".json"
+            else report.markdown())
+    atomic_write_text(report_path, text)
+    verdict = "passed every rule" if report.passed else "FAILED " + ", ".join(report.failed())
+    print(f"'{args.defense}' {verdict} ({report.seconds:.0f} s); report: {report_path}")
+    return 0 if report.passed else 1
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "list": cmd_list, "run": cmd_run, "eval": cmd_run, "train": cmd_train, "plots": cmd_plots,
-    "throughput": cmd_throughput, "sweep": cmd_sweep, "table": cmd_table}
+    "throughput": cmd_throughput, "sweep": cmd_sweep, "table": cmd_table,
+    "validate": cmd_validate}
 
 
 def dispatch(args: argparse.Namespace) -> int:

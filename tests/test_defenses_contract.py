@@ -13,7 +13,7 @@ from benchmark.training import TrainConfig
 from defenses import DEFENSES, DefendedModel, build_defense
 from defenses.adaptive import AttackView, declared_forwards
 
-FAST_OPTIONS = {"ddid": {"train_steps": 2}}
+FAST_OPTIONS = {"ddid": {"train_steps": 2, "sample_steps": 2}}
 
 
 @pytest.mark.parametrize("name", DEFENSES.names())

@@ -66,6 +66,10 @@ def test_readme_recipes_install_and_run(installed_recipes, tmp_path):
     assert set(board.loc[board["attack"] == "far-push", "attack_dist"]) == {"far-push 0.1"}
     assert set(board.loc[board["attack"] == "far-push", "seen"]) == {"unseen"}
     assert set(board.loc[board["attack"] == "sma", "seen"]) == {"seen"}
+    checked = _cli(installed_recipes, tmp_path / "cache", "validate", "--defense", "self-at", "--device", "cpu",
+                   "--report", str(tmp_path / "validate-self-at.md"))
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]
+    assert "PASS" in (tmp_path / "validate-self-at.md").read_text()
 
 
 @pytest.mark.slow
