@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_plots.add_argument("--leaderboard-dir", default="leaderboards")
     p_plots.add_argument("--results-dir", default="results")
     p_plots.add_argument("--out", default="leaderboards/figures")
+    p_site = sub.add_parser("site", help="render the static HTML leaderboard from the CSV boards",
+                            formatter_class=fmt)
+    p_site.add_argument("--leaderboard-dir", default="leaderboards")
+    p_site.add_argument("--results-dir", default="results")
+    p_site.add_argument("--out", default="leaderboards/site", help="output folder (replaced whole)")
     p_val = sub.add_parser("validate", help="check a defense against the admission rules on a small synthped",
                            formatter_class=fmt)
     p_val.add_argument("--defense", required=True, help="defense name (see `list defenses`)")

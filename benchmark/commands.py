@@ -154,6 +154,15 @@ def cmd_table(args: argparse.Namespace) -> int:
     return table(args)
 
 
+def cmd_site(args: argparse.Namespace) -> int:
+    """Render the static site from the boards and run folders."""
+    from benchmark.site import build_site
+
+    pages = build_site(args.leaderboard_dir, args.results_dir, args.out)
+    print(f"{len(pages)} pages in {args.out}/ (open {Path(args.out) / 'index.html'})")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a defense against the admission rules; print pass/fail per rule and write the report file."""
     from benchmark.admission import RULES, validate_defense
@@ -185,7 +194,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "list": cmd_list, "run": cmd_run, "eval": cmd_run, "train": cmd_train, "plots": cmd_plots,
     "throughput": cmd_throughput, "sweep": cmd_sweep, "table": cmd_table,
-    "validate": cmd_validate}
+    "validate": cmd_validate, "site": cmd_site}
 
 
 def dispatch(args: argparse.Namespace) -> int:

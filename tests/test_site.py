@@ -1,0 +1,127 @@
+"""The static site: built from the committed boards, loaded in headless Chromium (Debian's package)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pandas as pd
+import pytest
+
+from benchmark.site import build_site
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("site") / "site"
+    build_site(REPO / "leaderboards", REPO / "results", out)
+    return out
+
+
+def test_site_has_a_page_per_board_and_run(site):
+    summary = pd.read_csv(REPO / "leaderboards" / "summary-synthped.csv", dtype=str)
+    assert (site / "index.html").is_file() and (site / "synthped.html").is_file()
+    for run_id in summary["run_id"]:
+        assert (site / "runs" / run_id / "index.html").is_file()
+    html = (site / "synthped.html").read_text()
+    assert html.count('<tr data-row="') == summary["defense"].nunique()
+    assert "http://" not in html and "https://" not in html
+
+
+def test_site_is_rebuilt_whole(tmp_path):
+    out = tmp_path / "site"
+    build_site(REPO / "leaderboards", REPO / "results", out)
+    (out / "stale.html").write_text("old")
+    build_site(REPO / "leaderboards", REPO / "results", out)
+    assert not (out / "stale.html").exists() and (out / "index.html").is_file()
+    assert not list(tmp_path.glob("*.new*"))
+
+
+def test_site_refuses_a_folder_without_boards(tmp_path):
+    from benchmark.errors import BenchmarkError
+
+    with pytest.raises(BenchmarkError, match="no summary"):
+        build_site(tmp_path, tmp_path, tmp_path / "site")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("no Chromium: install Debian's chromium and chromium-driver (apt-get install chromium "
+                    "chromium-driver); .ci/run does")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra: pip install -e .[test]"
+                                    )
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1000"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    yield driver
+    driver.quit()
+
+
+def _requested_urls(driver) -> list[str]:
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def _column(driver, key: str) -> list[str]:
+    index = [th.get_attribute("data-key") for th in driver.find_elements("css selector", "#board thead th")].index(key)
+    return [row.find_elements("css selector", "td")[index].get_attribute("data-value")
+            for row in driver.find_elements("css selector", "#board tbody tr")]
+
+
+def _assert_local(urls: list[str], site: Path) -> None:
+    assert urls, "the browser logged no request"
+    for url in urls:
+        parsed = urlparse(url)
+        if parsed.scheme in ("data", "about"):
+            continue
+        assert parsed.scheme == "file", f"request leaves the page's folder: {url}"
+        assert Path(unquote(parsed.path)).resolve().is_relative_to(site.resolve()), f"request outside the site: {url}"
+
+
+def test_board_sorts_and_stays_local_in_chromium(browser, site, tmp_path):
+    summary = pd.read_csv(REPO / "leaderboards" / "summary-synthped.csv", dtype=str)
+    browser.get_log("performance")  # drop what earlier pages logged
+    browser.get((site / "synthped.html").as_uri())
+    rows = browser.find_elements("css selector", "#board tbody tr")
+    assert len(rows) == summary["defense"].nunique()
+    before = [r.get_attribute("data-row") for r in rows]
+    header = browser.find_element("css selector", '#board th[data-key="clean_mAP"] button')
+    header.click()
+    ascending = [float(v) for v in _column(browser, "clean_mAP")]
+    assert ascending == sorted(ascending)
+    after = [r.get_attribute("data-row") for r in browser.find_elements("css selector", "#board tbody tr")]
+    assert after != before, "sorting by clean mAP left the rows in place"
+    header.click()
+    assert [float(v) for v in _column(browser, "clean_mAP")] == sorted(ascending, reverse=True)
+    browser.save_screenshot(str(tmp_path / "synthped-board.png"))
+    assert (tmp_path / "synthped-board.png").stat().st_size > 10_000
+    _assert_local(_requested_urls(browser), site)
+
+
+def test_run_page_images_load_from_the_site_folder(browser, site):
+    browser.get_log("performance")
+    browser.get((site / "synthped.html").as_uri())
+    browser.find_element("css selector", "#board tbody tr td a").click()
+    images = browser.find_elements("css selector", "img")
+    assert images, "a run page shows its figures"
+    for img in images:
+        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img), \
+            f"image did not load: {img.get_attribute('src')}"
+    _assert_local(_requested_urls(browser), site)
