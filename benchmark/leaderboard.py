@@ -27,6 +27,10 @@ from benchmark.enums import Seen
 ROW_KEY = ("dataset", "train_dataset", "defense", "backbone", "attack", "eps", "seed", "settings")
 SUMMARY_KEY = ("dataset", "train_dataset", "defense", "backbone", "seed", "settings")
 STANDARD_EPS = "8/255"
+#: what the `images_per_second` column of a throughput board counts, by row kind
+THROUGHPUT_UNITS = {"extract": "images / s (one forward pass each)",
+                    "attack": "image-iterations / s (one gradient step or query per image)",
+                    "train-step": "images / s (one training step)"}
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 

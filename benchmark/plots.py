@@ -14,10 +14,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmark import board_figures as figures  # noqa: E402
 from benchmark.leaderboard import SUMMARY_TEXT, read_board  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 120, "savefig.bbox": "tight", "font.size": 9, "axes.grid": True,
                      "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False})
+
+
+MATCH_COLOR, MISS_COLOR = "#0072B2", "#D55E00"  # Okabe-Ito blue and vermillion
 
 
 def _save(fig: plt.Figure, stem: Path) -> list[Path]:
@@ -68,7 +72,7 @@ def plot_adversarial_grid(strip_path: Path, n: int, title: str, stem: Path) -> l
 
 
 def plot_ranking(record: dict[str, Any], image_lookup: dict[str, np.ndarray], stem: Path) -> list[Path]:
-    """Query + top-k gallery, clean vs attacked; green frame = correct identity, red = wrong."""
+    """Query + top-k gallery, clean vs attacked; blue solid frame and ✓: right identity; vermillion dashed ✗: wrong."""
     queries = record.get("queries", [])
     if not queries:
         return []
@@ -84,15 +88,23 @@ def plot_ranking(record: dict[str, Any], image_lookup: dict[str, np.ndarray], st
             for j, hit in enumerate(q[label]):
                 axg = axes[row, j + 1]
                 axg.imshow(image_lookup.get(hit["name"], np.zeros((8, 4, 3))))
+                # colour-blind safe: blue/solid with a tick for the right identity, vermillion/dashed with a cross
                 for spine in axg.spines.values():
                     spine.set_visible(True)
-                    spine.set_color("tab:green" if hit["match"] else "tab:red")
-                    spine.set_linewidth(3)
+                    spine.set_color(MATCH_COLOR if hit["match"] else MISS_COLOR)
+                    spine.set_linewidth(2.5)
+                    spine.set_linestyle("-" if hit["match"] else (0, (2, 1)))
+                axg.text(0.04, 0.96, "✓" if hit["match"] else "✗", transform=axg.transAxes, ha="left", va="top",
+                         fontsize=8, fontweight="bold", color=MATCH_COLOR if hit["match"] else MISS_COLOR,
+                         bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none"})
             for ax_ in axes[row]:
                 ax_.set_xticks([])
                 ax_.set_yticks([])
                 ax_.grid(False)
-    fig.suptitle(f"top-{k} retrieval, clean vs {record['attack']} @ {record['eps']}", y=0.995)
+    fig.canvas.draw()  # images keep their aspect: the title goes right above where the top row really is
+    top = max(ax.get_position().y1 for ax in axes[0])
+    fig.suptitle(f"top-{k} retrieval, clean vs {record['attack']} @ {record['eps']}\n"
+                 "✓ blue: same identity   ✗ vermillion: other identity", y=top + 0.003, va="bottom", fontsize=8)
     return _save(fig, stem)
 
 
@@ -140,7 +152,7 @@ def _lookup_from_run(outcome: Any, record: dict[str, Any]) -> dict[str, np.ndarr
 
 
 def replot_run(folder: Path) -> list[Path]:
-    """Redraw a run's figures from its files (per_id_ap.csv, ranking.json, examples.png)."""
+    """Redraw a run's figures from its files (per_id_ap.csv, ranking.json, examples.png) and its data set."""
     out: list[Path] = []
     config = json.loads((folder / "config.json").read_text())
     if "spec" in config:
@@ -153,40 +165,47 @@ def replot_run(folder: Path) -> list[Path]:
     if record and (folder / "examples.png").is_file():
         out += plot_adversarial_grid(folder / "examples.png", len(record["adversarial_index"]),
                                      f"{record['attack']} @ {record['eps']} on {title}", folder / "adversarial")
+        lookup = _lookup_from_folder(folder, record, config)
+        if lookup is not None:
+            out += plot_ranking(record, lookup, folder / "ranking")
     return out
 
 
-# -- figures from the leaderboards ------------------------------------------------------------------
-def plot_eps_curves(board: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
-    """One panel per swept attack, one line per defense swept on it (epsilon 0 = clean mAP).
+def _lookup_from_folder(folder: Path, record: dict[str, Any], config: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """Ranking images from the run's files: queries from examples.png, gallery hits re-read from the data set.
 
-    Only (defense, attack) pairs run at two or more epsilons are drawn: a mean over whichever attacks
-    happen to exist at each epsilon would mix different attack sets along one curve.
+    None when the data set cannot be read here (e.g. a folder given by --data-root elsewhere).
     """
-    attacked = board[~board["seen"].isin(["clean", "worst-case"])]
-    counts = attacked.groupby(["attack", "defense"])["eps_value"].nunique()
-    swept = counts[counts >= 2]
-    if swept.empty:
-        return []
-    attacks = sorted(swept.index.get_level_values("attack").unique())
-    fig, axes = plt.subplots(1, len(attacks), figsize=(3.0 * len(attacks) + 1.6, 2.8), sharey=True, squeeze=False)
-    for ax, attack in zip(axes[0], attacks, strict=True):
-        for defense in sorted(swept.loc[attack].index):
-            grp = attacked[(attacked["attack"] == attack) & (attacked["defense"] == defense)]
-            curve = grp.groupby("eps_value")["mAP"].mean().sort_index()
-            clean = board[(board["defense"] == defense) & (board["seen"] == "clean")]["mAP"]
-            xs = [0.0] + list(curve.index * 255)
-            ys = [float(clean.mean()) if len(clean) else np.nan] + list(curve.values)
-            ax.plot(xs, ys, marker="o", markersize=3, label=defense)
-        ax.set_title(attack)
-        ax.set_xlabel("epsilon (x/255)")
-    axes[0][0].set_ylabel("mAP (%)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
-    fig.suptitle(f"robustness vs epsilon, {dataset}", y=1.08)
-    return _save(fig, out / f"{dataset}-eps-curves")
+    from benchmark.data.base import build_dataset, load_image
+    from benchmark.errors import BenchmarkError
+    from benchmark.spec import DataSpec
+
+    spec = config.get("spec")
+    if not spec:
+        return None
+    data = DataSpec(spec["data"]["name"], spec["data"]["root"], tuple(tuple(o) for o in spec["data"]["options"]))
+    try:
+        dataset = build_dataset(data.name, data.root, seed=int(spec["seed"]), options=data.options_object())
+    except (BenchmarkError, OSError):
+        return None
+    size = (int(spec["model"]["height"]), int(spec["model"]["width"]))
+    gallery = {it.path.name: it.path for it in dataset.gallery}
+    strip = np.asarray(Image.open(folder / "examples.png"))
+    h, n = strip.shape[0] // 2, len(record["adversarial_index"])
+    w = strip.shape[1] // n
+    lookup: dict[str, np.ndarray] = {}
+    for i, q in enumerate(record["queries"]):
+        lookup[q["query"]] = strip[:h, i * w:(i + 1) * w]
+        lookup[f"adv:{q['query']}"] = strip[h:, i * w:(i + 1) * w]
+        for half in ("clean", "attacked"):
+            for hit in q[half]:
+                if hit["name"] not in gallery:
+                    return None
+                lookup[hit["name"]] = _to_hwc(load_image(gallery[hit["name"]], size))
+    return lookup
 
 
+# -- figures from the leaderboards ------------------------------------------------------------------
 def _grouped_bars(table: pd.DataFrame, title: str, stem: Path) -> list[Path]:
     cols = ["clean"] + sorted(c for c in table.columns if c != "clean")
     table = table.reindex(columns=[c for c in cols if c in table.columns])
@@ -213,15 +232,6 @@ def _is_variant(defenses: pd.Index) -> np.ndarray:
     return defenses.str.contains("[", regex=False)
 
 
-def plot_attack_bars(board: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
-    """Clean vs each attack per defense; variants with options (ablations) go to their own figure."""
-    table = _mAP_at_8(board)
-    table = table[~_is_variant(table.index)]
-    if table.empty:
-        return []
-    return _grouped_bars(table, f"clean and attacked mAP at 8/255, {dataset}", out / f"{dataset}-attack-bars")
-
-
 def plot_variants(board: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
     """Each defense run with options (e.g. DDID ablations) beside its default, on the attacks all share."""
     table = _mAP_at_8(board)
@@ -236,83 +246,6 @@ def plot_variants(board: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
     return paths
 
 
-def plot_seen_unseen(summary: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
-    """Mean robust mAP over seen and unseen attacks per defense."""
-    if summary.empty:
-        return []
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    xs = np.arange(len(summary))
-    cross = summary["train_dataset"] != dataset
-    labels = summary["defense"] + np.where(cross, "\n(train " + summary["train_dataset"] + ")", "")
-    ax.bar(xs - 0.3, summary["clean_mAP"], 0.2, label="clean", color="black")
-    ax.bar(xs - 0.1, summary["seen_mAP_mean"].fillna(0), 0.2, label="seen attacks (mean)", color="tab:blue")
-    ax.bar(xs + 0.1, summary["unseen_mAP_mean"], 0.2, label="unseen attacks (mean)", color="tab:orange")
-    ax.bar(xs + 0.3, summary["unseen_mAP_worst"], 0.2, label="unseen attacks (worst)", color="tab:red")
-    ax.set_xticks(xs, labels, rotation=20)
-    ax.set_ylabel("mAP (%)")
-    ax.set_title(f"seen vs unseen attacks, {dataset}")
-    ax.legend(fontsize=7)
-    return _save(fig, out / f"{dataset}-seen-unseen")
-
-
-def plot_clean_vs_robust(summary: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
-    """Clean mAP against robust mAP: per-query worst case of the standard suite, min and mean of attack means."""
-    if summary.empty:
-        return []
-    fig, ax = plt.subplots(figsize=(4.4, 3.6))
-    if "worst_case_mAP" in summary and summary["worst_case_mAP"].notna().any():
-        ax.scatter(summary["clean_mAP"], summary["worst_case_mAP"], label="per-query worst case (suite)",
-                   marker="s", color="black")
-    ax.scatter(summary["clean_mAP"], summary["robust_mAP_worst"], label="min of attack means", marker="v")
-    ax.scatter(summary["clean_mAP"], summary["robust_mAP_mean"], label="mean over attacks", marker="o")
-    for _, r in summary.iterrows():
-        ax.annotate(r["defense"], (r["clean_mAP"], r["robust_mAP_mean"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
-    ax.set_xlabel("clean mAP (%)")
-    ax.set_ylabel("robust mAP (%)")
-    ax.set_title(f"clean vs robust, {dataset}")
-    ax.legend(fontsize=7)
-    return _save(fig, out / f"{dataset}-clean-vs-robust")
-
-
-def plot_per_id_boards(summary: pd.DataFrame, results_dir: Path, dataset: str, out: Path) -> list[Path]:
-    """Per-identity AP distributions of every defense's summary run."""
-    data, labels = [], []
-    for _, r in summary.iterrows():
-        csv = results_dir / str(r["run_id"]) / "per_id_ap.csv"
-        if not csv.is_file():
-            continue
-        table = pd.read_csv(csv)
-        attacked = [c for c in table.columns if c not in ("pid", "clean") and c.endswith("@8/255")]
-        data.append(table["clean"].dropna())
-        labels.append(f"{r['defense']}\nclean")
-        if attacked:
-            data.append(table[attacked].mean(axis=1).dropna())
-            labels.append(f"{r['defense']}\nattacked")
-    if not data:
-        return []
-    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(data)), 3.2))
-    ax.boxplot(data, tick_labels=labels)
-    ax.set_ylabel("per-identity AP (%)")
-    ax.set_title(f"per-identity AP before and after attack, {dataset}")
-    ax.tick_params(axis="x", labelsize=6)
-    return _save(fig, out / f"{dataset}-per-id-ap")
-
-
-def plot_throughput(csv: Path, out: Path) -> list[Path]:
-    """Bar chart of the throughput board."""
-    table = pd.read_csv(csv)
-    if table.empty:
-        return []
-    table = table.sort_values("images_per_second")
-    fig, ax = plt.subplots(figsize=(5, 0.22 * len(table) + 1))
-    ax.barh(table["kind"] + ": " + table["name"], table["images_per_second"])
-    ax.set_xlabel("images / s")
-    ax.set_xscale("log")
-    ax.set_title(csv.stem)
-    return _save(fig, out / csv.stem)
-
-
 def plot_all(leaderboard_dir: str | Path, results_dir: str | Path, out: str | Path) -> list[Path]:
     """Every figure from the boards in `leaderboard_dir` and the run folders."""
     leaderboard_dir, results_dir, out = Path(leaderboard_dir), Path(results_dir), Path(out)
@@ -320,18 +253,19 @@ def plot_all(leaderboard_dir: str | Path, results_dir: str | Path, out: str | Pa
     for board_path in sorted(leaderboard_dir.glob("*.csv")):
         name = board_path.stem
         if name.startswith("throughput-"):
-            paths += plot_throughput(board_path, out)
+            paths += figures.throughput(pd.read_csv(board_path), name, out / name, _save)
             continue
         if name.startswith("summary-"):
             continue
         board = read_board(board_path)
         summary = read_board(leaderboard_dir / f"summary-{name}.csv", SUMMARY_TEXT)
-        paths += plot_eps_curves(board, name, out)
-        paths += plot_attack_bars(board, name, out)
+        paths += figures.heatmap(board, summary, name, out / f"{name}-heatmap", _save)
+        paths += figures.eps_curves(board, name, out / f"{name}-eps-curves", _save)
+        paths += figures.clean_vs_worst_case(summary, name, out / f"{name}-clean-vs-worst-case", _save)
+        paths += figures.worst_case_ap(summary, results_dir, name, out / f"{name}-worst-case-ap", _save)
+        paths += figures.cmc(board, summary, name, out / f"{name}-cmc", _save)
+        paths += figures.seen_unseen(summary, name, out / f"{name}-seen-unseen", _save)
         paths += plot_variants(board, name, out)
-        paths += plot_seen_unseen(summary, name, out)
-        paths += plot_clean_vs_robust(summary, name, out)
-        paths += plot_per_id_boards(summary, results_dir, name, out)
     for folder in sorted(p for p in results_dir.glob("*") if (p / "config.json").is_file()):
         paths += replot_run(folder)
     return paths

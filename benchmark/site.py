@@ -21,6 +21,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from benchmark.atomic import atomic_folder, remove_folder
 from benchmark.errors import BenchmarkError
+from benchmark.leaderboard import THROUGHPUT_UNITS
 
 #: flags that question a number other than the worst-case mAP, by code (or code prefix before ':')
 FLAG_COLUMN = {"nondeterministic": "clean_mAP", "eps-rise": "unseen_mAP_worst"}
@@ -86,7 +87,6 @@ THROUGHPUT_COLUMNS = (
     Column("rate", "rate", decimals=1), Column("unit", "unit", text=True), Column("batch_size", "batch", decimals=0),
     Column("input", "input", text=True), Column("device", "device", text=True), Column("date", "date", text=True),
 )
-UNITS = {"extract": "images / s", "attack": "image-iterations / s", "train": "images / s (one training step)"}
 
 
 def _number(value: Any) -> float | None:
@@ -297,9 +297,7 @@ class SiteBuilder:
         for key in (*GROUP, "seed", "checkpoint"):  # one model: a curve never mixes checkpoints
             if key in board:
                 same = same[same[key] == run.get(key, "")]
-        same = same[same["attack"] != "clean"]
-        if "forward" in same:  # the per-forward rows of a transform defense are in the attack table
-            same = same[same["forward"] == ""]
+        same = same[~same["attack"].isin(["clean", "worst-case"])]
         eps_values = sorted(same["eps"].unique(), key=lambda e: _number(e.split("/")[0]) or 0.0)
         if len(eps_values) < 2:
             return [], []
@@ -319,7 +317,7 @@ class SiteBuilder:
         frame = pd.concat([pd.read_csv(p, dtype=str, keep_default_na=False) for p in self.throughput])
         rows = []
         for _, r in frame.iterrows():
-            values = {**dict(r), "rate": r.get("images_per_second"), "unit": UNITS.get(r["kind"], "per s")}
+            values = {**dict(r), "rate": r.get("images_per_second"), "unit": THROUGHPUT_UNITS.get(r["kind"], "per s")}
             rows.append(Row(f"{r['kind']}/{r['name']}", [_cell(c, values.get(c.key)) for c in THROUGHPUT_COLUMNS]))
         figures = []
         for png in sorted((self.boards / "figures").glob("throughput-*.png")):

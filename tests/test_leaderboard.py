@@ -65,18 +65,42 @@ def test_summary_separates_seen_and_unseen(tmp_path):
 
 
 def test_board_figures_draw_sweeps_per_attack_and_variants_apart(tmp_path):
-    from benchmark.plots import plot_attack_bars, plot_eps_curves, plot_variants
+    from benchmark import board_figures as figures
+    from benchmark.plots import _save, plot_variants
 
     rows = []
     for defense in ("none", "ddid", "ddid[ablate=fnes]"):
         rows.append({"defense": defense, "attack": "clean", "eps": "0", "eps_value": 0.0, "seen": "clean",
-                     "mAP": 60.0})
+                     "mAP": 60.0, "suite": "", "run_id": defense})
         for eps in ((2, 8) if defense == "none" else (8,)):
             rows.append({"defense": defense, "attack": "fna", "eps": f"{eps}/255", "eps_value": eps / 255,
-                         "seen": "unseen", "mAP": 40.0 - eps})
+                         "seen": "unseen", "mAP": 40.0 - eps, "suite": "", "run_id": defense})
     board = pd.DataFrame(rows)
-    assert [p.name for p in plot_eps_curves(board, "d", tmp_path)] == ["d-eps-curves.png", "d-eps-curves.pdf"]
+    summary = pd.DataFrame([{"defense": d, "worst_case_mAP": 5.0, "clean_mAP": 60.0, "seed": 0, "run_id": d}
+                            for d in ("none", "ddid")])
+    assert [p.name for p in figures.eps_curves(board, "d", tmp_path / "d-eps-curves", _save)] == \
+        ["d-eps-curves.png", "d-eps-curves.pdf"]
     assert [p.name for p in plot_variants(board, "d", tmp_path)] == ["d-ddid-variants.png", "d-ddid-variants.pdf"]
-    assert (tmp_path / "d-attack-bars.png") in plot_attack_bars(board, "d", tmp_path)
+    assert (tmp_path / "d-heatmap.png") in figures.heatmap(board, summary, "d", tmp_path / "d-heatmap", _save)
+    assert (tmp_path / "d-cvw.png") in figures.clean_vs_worst_case(summary, "d", tmp_path / "d-cvw", _save)
     # a board without any swept (defense, attack) pair has no epsilon figure
-    assert plot_eps_curves(board[board["defense"] != "none"], "e", tmp_path) == []
+    assert figures.eps_curves(board[board["defense"] != "none"], "e", tmp_path / "e", _save) == []
+
+
+def test_spread_labels_keeps_the_gap_and_stays_near():
+    from benchmark.board_figures import spread_labels
+
+    values = [1.0, 1.02, 1.01, 5.0, 0.99]
+    placed = spread_labels(values, 0.5)
+    ordered = sorted(placed)
+    assert all(b - a >= 0.5 - 1e-9 for a, b in zip(ordered, ordered[1:], strict=False))
+    assert abs(placed[3] - 5.0) < 1e-9  # a label with room stays at its point
+    assert [values[i] for i in sorted(range(5), key=lambda i: placed[i])] == sorted(values)  # order kept
+
+
+def test_defense_styles_are_stable_and_distinct():
+    from benchmark.board_figures import defense_styles
+
+    styles = defense_styles(["none", "ddid", "goat", "jpeg"])
+    assert styles == defense_styles(["jpeg", "goat", "ddid", "none", "ddid"])
+    assert len({s["color"] for s in styles.values()}) == 4
