@@ -27,8 +27,7 @@ from benchmark.leaderboard import THROUGHPUT_UNITS
 FLAG_COLUMN = {"nondeterministic": "clean_mAP", "eps-rise": "unseen_mAP_worst"}
 RUN_FIGURES = (("per_id_ap.png", "Per-identity AP", "AP of every test identity, clean and attacked"),
                ("ranking.png", "Ranking lists", "Top gallery matches of sample queries, clean and attacked"),
-               ("adversarial.png", "Adversarial examples", "Queries, their perturbations and adversarial images"),
-               ("examples.png", "Data examples", "Training, query and gallery images of the data set"))
+               ("adversarial.png", "Adversarial examples", "Queries, their perturbations and adversarial images"))
 GROUP = ("defense", "backbone", "settings")
 
 
