@@ -28,10 +28,18 @@ Saver = Callable[[plt.Figure, Path], list[Path]]
 
 
 def defense_styles(defenses: Iterable[str]) -> dict[str, dict[str, str]]:
-    """A fixed colour and marker per defense (name order), reused by every figure."""
-    names = sorted(set(defenses))
+    """A fixed colour and marker per defense, the same in every figure and on every data set.
+
+    Registered defenses take their place in registry order; others (plugins not installed here,
+    labelled variants) follow in name order.
+    """
+    from defenses import DEFENSES
+
+    wanted = set(defenses)
+    registered = DEFENSES.names()
+    names = [*registered, *sorted(wanted - set(registered))]
     return {d: {"color": OKABE_ITO[i % len(OKABE_ITO)], "marker": MARKERS[(i // len(OKABE_ITO) + i) % len(MARKERS)]}
-            for i, d in enumerate(names)}
+            for i, d in enumerate(names) if d in wanted}
 
 
 def spread_labels(values: list[float], min_gap: float) -> list[float]:
@@ -173,6 +181,9 @@ def clean_vs_worst_case(summary: pd.DataFrame, dataset: str, stem: Path, save: S
                     fontsize=6.5, va="center",
                     arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.5})
     ax.set_xlim(right=label_x + 0.25 * (label_x - float(stats["clean"].min()) + 1))
+    low = min(min(label_y), float(stats["robust"].min())) - 0.06 * y_span
+    high = max(max(label_y), float(stats["robust"].max())) + 0.06 * y_span
+    ax.set_ylim(low, high)  # labels spread past the points stay inside the axes
     ax.set_xlabel("clean mAP (%)", fontsize=7)
     ax.set_ylabel("worst-case mAP (%), standard suite", fontsize=7)
     one_seed = (stats["seeds"] <= 1).all()
