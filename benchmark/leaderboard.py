@@ -245,13 +245,21 @@ def _covers_more(old: pd.Series, new: pd.Series) -> bool:
     return cover(old) > cover(new)
 
 
+def _keeps_suite_worst_case(old: pd.Series, new: pd.Series) -> bool:
+    """A per-query worst case that includes a suite is never replaced by one without it (e.g. an ε sweep's)."""
+    def has_suite(row: pd.Series) -> bool:
+        return isinstance(row.get("suite", ""), str) and bool(row.get("suite", ""))
+
+    return str(old.get("attack")) == "worst-case" and has_suite(old) and not has_suite(new)
+
+
 def write_leaderboards(rows: list[LeaderboardRow], directory: str | Path, official: bool = True) -> dict[str, Path]:
     """Upsert one run's rows into its board and its summary row into the summary board."""
     out: dict[str, Path] = {}
     for dataset in sorted({r.dataset for r in rows}):
         board_path, summary_path = board_paths(directory, dataset, official)
         records = [dataclasses.asdict(r) for r in rows if r.dataset == dataset]
-        upsert(board_path, records, ROW_KEY)
+        upsert(board_path, records, ROW_KEY, keep_old=_keeps_suite_worst_case)
         summary = summarise_run(pd.DataFrame(records).fillna({"flags": ""}))
         upsert(summary_path, [summary], SUMMARY_KEY, keep_old=_covers_more, text=SUMMARY_TEXT,
                order=("worst_case_mAP", True))

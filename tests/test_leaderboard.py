@@ -104,3 +104,18 @@ def test_defense_styles_are_stable_and_distinct():
     styles = defense_styles(["none", "ddid", "goat", "jpeg"])
     assert styles == defense_styles(["jpeg", "goat", "ddid", "none", "ddid"])
     assert len({s["color"] for s in styles.values()}) == 4
+
+
+def test_a_sweep_never_replaces_the_suite_worst_case(tmp_path):
+    """An ε sweep over three attacks writes a narrower worst case under the same key: the suite's one stays."""
+    full = dataclasses.replace(make_row("ddid", "worst-case", "worst-case", 4.2), suite="standard-v1")
+    write_leaderboards([clean_row("ddid"), full], tmp_path)
+    narrow = make_row("ddid", "worst-case", "worst-case", 14.1)
+    write_leaderboards([clean_row("ddid"), narrow, make_row("ddid", "fna", "unseen", 20.0)], tmp_path)
+    board = pd.read_csv(tmp_path / "toy.csv")
+    worst = board[board["attack"] == "worst-case"]
+    assert list(worst["mAP"]) == [4.2] and list(worst["suite"]) == ["standard-v1"]
+    assert 20.0 in set(board.loc[board["attack"] == "fna", "mAP"])
+    rerun = dataclasses.replace(full, mAP=4.0)  # a later suite run does replace it
+    write_leaderboards([clean_row("ddid"), rerun], tmp_path)
+    assert list(pd.read_csv(tmp_path / "toy.csv").query("attack == 'worst-case'")["mAP"]) == [4.0]
