@@ -29,6 +29,7 @@ from benchmark.harness import Workspace, attack_context, attack_views, load_work
 from benchmark.models import ModelConfig, ReidModel, extract_embeddings
 from benchmark.options import changed_options, option_paths
 from benchmark.spec import RunSpec, make_spec
+from benchmark.throughput import timed
 from benchmark.training import TrainConfig
 from defenses import DEFENSES, DefendedModel, Defense
 from defenses.adaptive import AttackView, declared_forwards
@@ -219,17 +220,6 @@ def attacks_leave_model(subject: Subject) -> tuple[bool, str]:
     return True, f"{', '.join(INTEGRITY_ATTACKS)} ran; parameters, buffers and mode unchanged; outputs in the ball"
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int = 5) -> float:
-    times = []
-    with torch.no_grad():
-        fn()  # warm-up
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
 def inference_cost(subject: Subject) -> tuple[bool, str]:
     """Backbone passes per query, declared (registry metadata `forward_passes`, default 1) and measured."""
     declared = int(DEFENSES.meta(subject.name).get("forward_passes", 1)) if subject.name in DEFENSES else 1
@@ -241,8 +231,9 @@ def inference_cost(subject: Subject) -> tuple[bool, str]:
             subject.deployed.embed(x)
     finally:
         handle.remove()
-    deployed_s = _median_seconds(lambda: subject.deployed.embed(x))
-    bare_s = _median_seconds(lambda: subject.model.embed(x))
+    with torch.no_grad():
+        deployed_s = timed(lambda: subject.deployed.embed(x), subject.device, repeats=5)
+        bare_s = timed(lambda: subject.model.embed(x), subject.device, repeats=5)
     measured = sum(batches) / len(x)
     detail = (f"declared {declared}, measured {measured:g} backbone pass(es) per query; deployed embedding "
               f"takes {deployed_s / max(bare_s, 1e-9):.1f}x the bare model's time")

@@ -72,9 +72,14 @@ def _eps_units(label: str) -> float:
     return float(str(label).split("/")[0])
 
 
+def is_variant(defenses: pd.Series | pd.Index) -> np.ndarray:
+    """Defense labels with options, e.g. ddid[ablate=fnes] (drawn in their own variants figure)."""
+    return np.asarray(defenses.str.contains("[", regex=False), dtype=bool)
+
+
 def _main_defenses(summary: pd.DataFrame) -> pd.DataFrame:
     """Standard recipes only (labels with options, e.g. ablations, have their own figure)."""
-    return summary[~summary["defense"].str.contains("[", regex=False)]
+    return summary[~is_variant(summary["defense"])]
 
 
 def _ranked(summary: pd.DataFrame) -> list[str]:
@@ -86,8 +91,7 @@ def _ranked(summary: pd.DataFrame) -> list[str]:
 def heatmap(board: pd.DataFrame, summary: pd.DataFrame, dataset: str, stem: Path,
             save: Saver) -> list[Path]:
     """Defense x attack mAP at 8/255; attacks a defense trained with are boxed."""
-    scope = board[((board["eps"] == EPS) | (board["seen"] == "clean")) & ~board["defense"].str.contains("[",
-                                                                                                      regex=False)]
+    scope = board[((board["eps"] == EPS) | (board["seen"] == "clean")) & ~is_variant(board["defense"])]
     if scope.empty:
         return []
     table = scope.pivot_table(index="defense", columns="attack", values="mAP", aggfunc="mean")
@@ -122,8 +126,7 @@ def heatmap(board: pd.DataFrame, summary: pd.DataFrame, dataset: str, stem: Path
 
 def eps_curves(board: pd.DataFrame, dataset: str, stem: Path, save: Saver) -> list[Path]:
     """One panel per attack swept over ε, every defense on it; ticks at the measured ε; seen attacks hollow."""
-    attacked = board[~board["seen"].isin(["clean", "worst-case"]) & ~board["defense"].str.contains("[",
-                                                                                                   regex=False)]
+    attacked = board[~board["seen"].isin(["clean", "worst-case"]) & ~is_variant(board["defense"])]
     counts = attacked.groupby(["attack", "defense"])["eps_value"].nunique()
     swept = counts[counts >= 2]
     if swept.empty:

@@ -227,15 +227,10 @@ def _mAP_at_8(board: pd.DataFrame) -> pd.DataFrame:
     return scope.pivot_table(index="defense", columns="attack", values="mAP", aggfunc="mean")
 
 
-def _is_variant(defenses: pd.Index) -> np.ndarray:
-    """Defense labels with options, e.g. ddid[ablate=fnes]."""
-    return defenses.str.contains("[", regex=False)
-
-
 def plot_variants(board: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
     """Each defense run with options (e.g. DDID ablations) beside its default, on the attacks all share."""
     table = _mAP_at_8(board)
-    variants = table.index[_is_variant(table.index)]
+    variants = table.index[figures.is_variant(table.index)]
     paths: list[Path] = []
     for base in sorted({v.split("[", 1)[0] for v in variants}):
         rows = [base] * (base in table.index) + sorted(v for v in variants if v.startswith(base + "["))
