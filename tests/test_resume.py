@@ -23,7 +23,7 @@ def _command(tmp_path: Path) -> list[str]:
             "--dataset-opt", opts, "--height", "64", "--width", "32", "--device", "cpu", "--threads", "1",
             "--attack-opt", "fgsm:random_start=false",
             # a long last cell keeps the run alive after the first cell lands, even on a loaded machine
-            "--attack-opt", "sma:steps=400", "--results-dir", str(tmp_path / "results"),
+            "--attack-opt", "sma:steps=2000", "--results-dir", str(tmp_path / "results"),
             "--leaderboard-dir", str(tmp_path / "boards")]
 
 
