@@ -12,8 +12,10 @@ from typing import NoReturn
 
 import torch
 
+from benchmark.distributed import requested_world_size
 from benchmark.errors import BenchmarkError
 from benchmark.options import parse_kv
+from benchmark.precision import AMP_MODES
 from benchmark.provenance import package_version
 from benchmark.spec import RunSpec, make_spec
 
@@ -65,6 +67,12 @@ def _add_run_args(p: argparse.ArgumentParser, attacks_default: str) -> None:
     p.add_argument("--eps", default="8", help="epsilons in units of 1/255: 8, 8/255, 0.5/255 or a list 2,4,8,16")
     p.add_argument("--seed", type=_positive_int, default=0, help="seed of data, training and attacks")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--train-processes", type=_positive_int, default=None,
+                   help="data-parallel processes the checkpoint is trained with (default: this launch's torchrun "
+                        "world size, 1 without torchrun); a value other than 1 makes the run custom")
+    p.add_argument("--amp", default=None, choices=AMP_MODES,
+                   help="mixed precision for training and feature extraction (attacks stay float32); makes the "
+                        "run custom")
     p.add_argument("--epochs", type=_positive_int, default=None,
                    help="training epochs (default: the defense's own; any other value makes the run custom)")
     p.add_argument("--height", type=_positive_int, default=128, help="input height (standard: 128)")
@@ -147,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_tp.add_argument("--repeats", type=_positive_int, default=3)
     p_tp.add_argument("--leaderboard-dir", default="leaderboards")
     p_tp.add_argument("--threads", type=_positive_int, default=None)
+    p_tp.add_argument("--height", type=_positive_int, default=128, help="input height (paper scale: 256)")
+    p_tp.add_argument("--width", type=_positive_int, default=64, help="input width (paper scale: 128)")
+    p_tp.add_argument("--amp", default="off", choices=AMP_MODES,
+                      help="time extraction and training steps under bf16 autocast (attacks stay float32)")
     return parser
 
 
@@ -165,4 +177,6 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         backbone_weights=args.backbone_weights, eps=args.eps, seed=args.seed, epochs=args.epochs,
         height=args.height, width=args.width, metric=args.metric,
         dataset_options=parse_kv(args.dataset_opt, "--dataset-opt"), defense_options=defense_options,
-        attack_options=attack_options(args.attack_opt), check_convergence=args.check_convergence)
+        attack_options=attack_options(args.attack_opt), check_convergence=args.check_convergence,
+        train_processes=args.train_processes if args.train_processes is not None else requested_world_size(),
+        amp=args.amp or "off")

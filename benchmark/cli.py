@@ -19,9 +19,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run the command; user errors print one line and return 2, Ctrl-C returns 130."""
     args = build_parser().parse_args(argv)
     set_command(list(argv) if argv is not None else sys.argv[1:])
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S",
+    ranked = os.environ.get("WORLD_SIZE", "1") not in ("", "1")  # launched by torchrun
+    rank = f"rank {os.environ.get('RANK', '?')} " if ranked else ""
+    logging.basicConfig(level=logging.INFO, format=f"[%(asctime)s] {rank}%(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
-    logging.getLogger("benchmark").setLevel(logging.INFO)
+    # rank 0 tells the story; the other ranks speak only of problems
+    quiet = ranked and os.environ.get("RANK", "0") != "0"
+    logging.getLogger("benchmark").setLevel(logging.WARNING if quiet else logging.INFO)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     # bit-reproducible runs: kernels with a deterministic variant use it (CPU runs are then bitwise repeatable;

@@ -95,11 +95,16 @@ def _report(outcome) -> None:  # noqa: ANN001 - RunOutcome, imported lazily by t
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Train or load, attack, print, and (for `run` without --no-write) write the run folder and boards."""
+    from benchmark.distributed import world
+
     spec = spec_from_args(args)
-    write = args.command == "run" and not args.no_write
+    main_rank = world().is_main  # under torchrun every rank attacks its shard; rank 0 alone prints and writes
+    write = args.command == "run" and not args.no_write and main_rank
     if write:
         _check_writable(args, spec.official)
-    outcome = run_benchmark(spec, Runtime(device=args.device, retrain=args.retrain))
+    outcome = run_benchmark(spec, Runtime(device=args.device, retrain=args.retrain, progress=main_rank))
+    if not main_rank:
+        return 0
     _report(outcome)
     if write:
         from benchmark.reporting import write_run
@@ -116,8 +121,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (or load) the defense's checkpoint and print where it is."""
     args.attack = "none"
+    from benchmark.distributed import world
+
     spec = spec_from_args(args)
-    outcome = run_benchmark(spec, Runtime(device=args.device, retrain=args.retrain))
+    outcome = run_benchmark(spec, Runtime(device=args.device, retrain=args.retrain, progress=world().is_main))
+    if not world().is_main:
+        return 0
     print(json.dumps({"checkpoint": outcome.train_info["checkpoint"], "cached": outcome.train_info.get("cached"),
                       "train_seconds": outcome.train_info.get("train_seconds"),
                       "clean": outcome.clean.as_dict()}, indent=2))
@@ -197,6 +206,21 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": cmd_validate, "site": cmd_site}
 
 
+#: commands that run one cell and may be launched by torchrun (one process per device)
+DISTRIBUTED_COMMANDS = ("run", "eval", "train")
+
+
 def dispatch(args: argparse.Namespace) -> int:
-    """Run the subcommand named in `args`."""
+    """Run the subcommand named in `args`; under torchrun, join the process group first and leave it after."""
+    from benchmark import distributed
+
+    if distributed.requested_world_size() > 1:
+        if args.command not in DISTRIBUTED_COMMANDS:
+            raise BenchmarkError(f"'{args.command}' runs in one process; only {', '.join(DISTRIBUTED_COMMANDS)} "
+                                 "can be launched with torchrun")
+        args.device = distributed.init_from_env(args.device)
+        try:
+            return COMMANDS[args.command](args)
+        finally:
+            distributed.shutdown()
     return COMMANDS[args.command](args)

@@ -27,12 +27,14 @@ from attacks import ATTACKS, AttackContext, build_attack
 from benchmark.atomic import atomic_folder, atomic_write_text, remove_folder
 from benchmark.data import ReidDataset, SplitTensors, assert_identity_disjoint, build_dataset
 from benchmark.device import resolve_device
+from benchmark.distributed import from_main, gather_objects, sharded_attack, world
 from benchmark.enums import Seen
 from benchmark.errors import AttackValidityError, BenchmarkError, RunInterrupted
 from benchmark.hashing import fingerprint, module_state_digest, sha256_file, source_digest, tensor_digest
 from benchmark.metrics import RetrievalMetrics, evaluate_features
 from benchmark.models import BACKBONES, ModelConfig, ReidModel, extract_embeddings
 from benchmark.paths import cache_dir
+from benchmark.precision import mixed_precision
 from benchmark.provenance import training_provenance
 from benchmark.spec import DataSpec, DefenseSpec, ModelSpec, RunSpec
 from benchmark.training import TrainConfig, cached_checkpoint, split_fingerprint
@@ -113,13 +115,36 @@ def numerics(device: torch.device) -> dict[str, Any]:
 
 
 def checkpoint_payload(recipe: DefenseSpec, defense: Defense, model_spec: ModelSpec, num_classes: int, seed: int,
-                       ws: Workspace, parent_key: str | None, device: torch.device) -> dict[str, Any]:
+                       ws: Workspace, parent_key: str | None, device: torch.device, train_processes: int = 1,
+                       amp: str = "off") -> dict[str, Any]:
     """Everything a trained model depends on, code and numerics included: the checkpoint's cache key."""
     tcfg = TrainConfig(epochs=recipe.epochs, seed=seed)
-    return {"defense": recipe.name, "defense_config": defense.config(), "model": model_spec.identity(),
+    # a data-parallel model sees other batches (per-rank BatchNorm and triplet mining), a bf16 one other
+    # arithmetic: other checkpoints; left out at their defaults so existing keys stay valid
+    extra = {**({"world_size": train_processes} if train_processes != 1 else {}),
+             **({"amp": amp} if amp != "off" else {})}
+    return {**extra, "defense": recipe.name, "defense_config": defense.config(), "model": model_spec.identity(),
             "num_classes": num_classes, "train": dataclasses.asdict(tcfg), "data": ws.digests["train"],
             "train_dataset": ws.train_name, "parent": parent_key, "numerics": numerics(device),
             "code": source_digest(type(defense), BACKBONES.get(model_spec.backbone))}
+
+
+def check_training_world(spec: RunSpec, key: dict[str, Any]) -> None:
+    """Refuse to train a checkpoint in a process group other than the one its key names (one line, before work)."""
+    size = world().size
+    if size == spec.train_processes:
+        return
+    cmd = (f"torchrun --nproc-per-node {spec.train_processes} -m benchmark train"
+           if spec.train_processes > 1 else "python -m benchmark train")
+    raise BenchmarkError(f"checkpoint of '{key['defense']}' trained with {spec.train_processes} process(es) is not "
+                         f"in the cache and this launch has {size}; train it first with `{cmd}` and the same "
+                         "options, or pass --train-processes to match this launch")
+
+
+def embed(model: torch.nn.Module, images: torch.Tensor, spec: RunSpec, device: torch.device) -> torch.Tensor:
+    """Float32 embeddings of images, extracted under the run's precision."""
+    with mixed_precision(spec.amp, device):
+        return extract_embeddings(model, images, device=device)
 
 
 def _probe_finite(model: ReidModel, ws: Workspace, device: torch.device) -> None:
@@ -140,7 +165,8 @@ def train_or_load(recipe: DefenseSpec, spec: RunSpec, ws: Workspace, device: tor
     if recipe.parent is not None:
         warm_model, warm_info = train_or_load(recipe.parent, spec, ws, device, model_spec, retrain)
         parent_key = warm_info["checkpoint_key"]
-    key = checkpoint_payload(recipe, defense, model_spec, num_classes, spec.seed, ws, parent_key, device)
+    key = checkpoint_payload(recipe, defense, model_spec, num_classes, spec.seed, ws, parent_key, device,
+                             spec.train_processes, spec.amp)
 
     def fit() -> tuple[ReidModel, dict[str, Any]]:
         torch.manual_seed(spec.seed)
@@ -151,10 +177,12 @@ def train_or_load(recipe: DefenseSpec, spec: RunSpec, ws: Workspace, device: tor
                                  "run again")
         if warm_model is not None:
             model.load_state_dict(warm_model.state_dict())
+        check_training_world(spec, key)
         start = time.perf_counter()
-        log.info("training %s (%s, %d epochs) on %d images", recipe.label, model_spec.backbone, recipe.epochs,
-                 len(ws.train))
-        history = defense.fit(model, ws.train, TrainConfig(epochs=recipe.epochs, seed=spec.seed), device)
+        log.info("training %s (%s, %d epochs) on %d images%s", recipe.label, model_spec.backbone, recipe.epochs,
+                 len(ws.train), f" in {spec.train_processes} processes" if spec.train_processes > 1 else "")
+        with mixed_precision(spec.amp, device, model):
+            history = defense.fit(model, ws.train, TrainConfig(epochs=recipe.epochs, seed=spec.seed), device)
         seconds = time.perf_counter() - start
         log.info("trained %s in %.0f s", recipe.label, seconds)
         if not model.non_finite():
@@ -283,8 +311,17 @@ def run_attack(name: str, eps: float, model: torch.nn.Module, ws: Workspace, ctx
     state, mode = module_state_digest(model), model.training
     ctx.report = {}
     start = time.perf_counter()
-    adv = attack.run(ws.query.images.clone(), ctx, indices)
+    images = ws.query.images.clone()
+    # under torchrun each rank attacks whole batches of the queries; one process attacks them all
+    # attacks run in float32 whatever the run's --amp: a bf16 gradient would be a weaker attack
+    with torch.autocast(attack.device.type, enabled=False):
+        adv = sharded_attack(lambda idx: attack.run(images, ctx, idx),
+                             torch.arange(len(images)) if indices is None else indices, attack.batch_size)
     seconds = time.perf_counter() - start
+    reports = gather_objects(dict(ctx.report))
+    if any(r != reports[0] for r in reports):
+        ctx.report = {**reports[0], "shards": reports}
+    seconds = max(gather_objects(seconds))
     if module_state_digest(model) != state or model.training != mode:
         raise AttackValidityError(f"attack '{name}' changed the model (parameters, buffers such as BatchNorm "
                                   "statistics, or train/eval mode); result refused")
@@ -313,7 +350,10 @@ class CellStore:
                             "attack_code": source_digest(cls), "forward": forward, **extra})
 
     def load(self, key: str) -> tuple[torch.Tensor, dict[str, Any], float] | None:
-        """A verified cached cell, or None (a damaged one is removed)."""
+        """A verified cached cell, or None (a damaged one is removed); under torchrun, rank 0's answer for all."""
+        return from_main(lambda: self._load(key))
+
+    def _load(self, key: str) -> tuple[torch.Tensor, dict[str, Any], float] | None:
         folder = self.root / key
         try:
             record = json.loads((folder / "cell.json").read_text())
@@ -329,7 +369,9 @@ class CellStore:
         return adv, record["report"], float(record["seconds"])
 
     def save(self, key: str, adv: torch.Tensor, report: dict[str, Any], seconds: float) -> None:
-        """Store a finished cell atomically (a concurrent writer's copy is kept)."""
+        """Store a finished cell atomically (a concurrent writer's copy is kept); under torchrun rank 0 writes."""
+        if not world().is_main:
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.root / f"{key}.lock")):
             if (self.root / key).is_dir():
@@ -350,8 +392,8 @@ def run_benchmark(spec: RunSpec, runtime: Runtime | None = None, ws: Workspace |
     defense = spec.defense.build()
     model, info = train_or_load(spec.defense, spec, ws, device, retrain=runtime.retrain)
     deployed = deploy(defense, model)
-    qf = extract_embeddings(deployed, ws.query.images, device=device)
-    gf = extract_embeddings(deployed, ws.gallery.images, device=device)
+    qf = embed(deployed, ws.query.images, spec, device)
+    gf = embed(deployed, ws.gallery.images, spec, device)
     if not (torch.isfinite(qf).all() and torch.isfinite(gf).all()):
         raise BenchmarkError(f"defense '{spec.defense.label}' gives non-finite embeddings; its checkpoint "
                              f"{info['checkpoint']} is unusable, rerun with --retrain")
@@ -377,7 +419,7 @@ def run_benchmark(spec: RunSpec, runtime: Runtime | None = None, ws: Workspace |
                 ctx = attack_context(spec, ws, qf, gf, device)
                 adv, report, seconds = run_attack(name, eps, views[0], ws, ctx, spec, clean_images)
                 cells.save(key, adv, report, seconds)
-            af = extract_embeddings(deployed, adv, device=device)
+            af = embed(deployed, adv, spec, device)
             metrics = evaluate_features(af, gf, ws.query.pids, ws.gallery.pids, ws.query.camids, ws.gallery.camids,
                                         spec.metric)
             results.append(AttackResult(name, eps, metrics, seen_tag(defense, name), seconds, report, adv,

@@ -6,6 +6,7 @@ evaluation cells that use its checkpoint start.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from benchmark.errors import BenchmarkError
 from benchmark.options import build_options
 from benchmark.registry import Registry
 
-CellRunner = Callable[[str], int]
+CellRunner = Callable[..., int]  # run_cell(folder, writes_markers=True) -> exit code
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class SubmititOptions:
     time_limit: int = 240        # minutes
     array_parallelism: int = 16
     folder: str = ""             # submitit's log folder (default: <sweep dir>/submitit)
+    processes_per_cell: int = 1  # torch.distributed processes (one per GPU) training and evaluating one cell
 
 
 class Launcher:
@@ -48,7 +50,13 @@ class Launcher:
         self.options = build_options(self.Options, f"launcher '{self.name}'", options)
 
     def launch(self, train: Sequence[str], evaluate: Sequence[str], run_cell: CellRunner) -> None:
+        """Run every training cell, then every evaluation cell."""
         raise NotImplementedError
+
+    @property
+    def processes_per_cell(self) -> int:
+        """Data-parallel processes of one cell (its checkpoints are trained with that many: part of the key)."""
+        return int(getattr(self.options, "processes_per_cell", 1))
 
 
 LAUNCHERS: Registry[type[Launcher]] = Registry("launcher", "reid_robustness_bench.launchers")
@@ -94,15 +102,22 @@ class SubmititLauncher(Launcher):
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster=o.cluster)
         params: dict[str, Any] = {"timeout_min": o.time_limit, "cpus_per_task": o.cpus_per_task,
                                   "slurm_array_parallelism": o.array_parallelism, "name": "reid-bench"}
+        if o.processes_per_cell < 1:
+            raise BenchmarkError("launcher 'submitit': processes_per_cell must be at least 1")
+        if o.processes_per_cell > 1:  # one SLURM task per process, each joining the cell's process group
+            params["tasks_per_node"] = o.processes_per_cell
         if o.gpus_per_task:
-            params["gpus_per_node"] = o.gpus_per_task
+            params["gpus_per_node"] = o.gpus_per_task * o.processes_per_cell
         if o.partition:
             params["slurm_partition"] = o.partition
         executor.update_parameters(**params)
         return executor
 
     def launch(self, train: Sequence[str], evaluate: Sequence[str], run_cell: CellRunner) -> None:
+        """Job arrays: training cells, then evaluation cells (`afterok` on SLURM; waiting on the local executor)."""
         executor = self.executor()
+        if self.options.processes_per_cell > 1:
+            run_cell = functools.partial(distributed_cell, run_cell)
         jobs = executor.map_array(run_cell, list(train)) if train else []
         if evaluate:
             if jobs and self.options.cluster == "slurm":
@@ -110,7 +125,18 @@ class SubmititLauncher(Launcher):
                 executor.update_parameters(slurm_additional_parameters={"dependency": f"afterok:{ids}"})
             else:  # the local executor has no dependencies: wait for the checkpoints
                 for job in jobs:
-                    job.result()
+                    job.results()
             jobs = list(jobs) + executor.map_array(run_cell, list(evaluate))
         for job in jobs:
-            job.result()
+            job.results()  # every task's (one per process of a multi-process cell)
+
+
+def distributed_cell(run_cell: CellRunner, folder: str) -> int:
+    """One task of a multi-process cell: torch.distributed's environment from the SLURM job, then the cell.
+
+    Rank 0 writes the cell's markers; every task returns its own exit code.
+    """
+    import submitit
+
+    env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    return run_cell(folder, writes_markers=env.rank == 0)

@@ -13,11 +13,10 @@ import torch
 from attacks import ATTACKS
 from benchmark.atomic import atomic_folder, atomic_write_text
 from benchmark.enums import Seen
-from benchmark.harness import AttackResult, RunOutcome, eps_label, format_summary, format_table
+from benchmark.harness import AttackResult, RunOutcome, embed, eps_label, format_summary, format_table
 from benchmark.hashing import fingerprint
 from benchmark.leaderboard import LeaderboardRow, write_leaderboards
 from benchmark.metrics import pairwise_distance
-from benchmark.models import extract_embeddings
 from benchmark.provenance import provenance
 from benchmark.sanity import Flag, format_flags, sanity_flags
 from defenses import DEFENSES
@@ -109,7 +108,7 @@ def ranking_record(outcome: RunOutcome, k: int = 5, n_queries: int = 6) -> dict[
     strongest = min(outcome.attacks + outcome.aggregates, key=lambda r: r.metrics.mAP)
     device = next(outcome.model.parameters()).device
     picks = torch.linspace(0, len(ws.query) - 1, n_queries).long()
-    adv_feats = extract_embeddings(outcome.model, strongest.adversarial[picks], device=device)
+    adv_feats = embed(outcome.model, strongest.adversarial[picks], outcome.spec, device)
     record: dict[str, Any] = {"attack": strongest.attack, "eps": eps_label(strongest.eps), "queries": []}
     valid = ws.gallery.pids != -1
     for row, qi in enumerate(picks.tolist()):

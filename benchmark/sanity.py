@@ -13,7 +13,7 @@ import torch
 
 from attacks import ATTACKS, Attack, AttackContext, build_attack
 from benchmark.enums import Knowledge
-from benchmark.harness import AttackResult, RunOutcome, eps_label
+from benchmark.harness import AttackResult, RunOutcome, embed, eps_label
 from benchmark.metrics import evaluate_features
 from benchmark.models import extract_embeddings
 
@@ -127,7 +127,7 @@ def more_iterations_weaker(outcome: RunOutcome, eps: float = 8 / 255) -> list[Fl
                           step=defaults.step * eps / defaults.eps * defaults.steps / FEW_STEPS)
     adv = attack.run(ws.query.images, ctx)
     device = next(model.parameters()).device
-    few = evaluate_features(extract_embeddings(model, adv, device=device), outcome.gallery_feats, ws.query.pids,
+    few = evaluate_features(embed(model, adv, outcome.spec, device), outcome.gallery_feats, ws.query.pids,
                             ws.gallery.pids, ws.query.camids, ws.gallery.camids, outcome.spec.metric)
     if full[0].metrics.mAP > few.mAP + TOLERANCE_MAP:
         return [Flag("more-iters-weaker", f"{WHITE_BOX_PROBE}: {defaults.steps} steps give mAP "

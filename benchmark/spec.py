@@ -23,6 +23,7 @@ from benchmark.errors import BenchmarkError
 from benchmark.hashing import fingerprint, sha256_file
 from benchmark.models import BACKBONES, build_backbone
 from benchmark.options import build_options, changed_options, format_value
+from benchmark.precision import AMP_MODES
 from defenses import DEFENSES
 
 #: the protocol's standard settings (design.md §1): official boards take only runs made with them
@@ -137,6 +138,8 @@ class RunSpec:
     norm: str = Norm.LINF.value
     suite: str | None = None                # versioned attack suite (standard-v1), run after the attacks
     check_convergence: bool = False         # rerun the suite's iterative members with doubled iterations
+    train_processes: int = 1                # data-parallel processes the checkpoint is trained with (torchrun)
+    amp: str = "off"                        # mixed precision of training and feature extraction (attacks: float32)
 
     @property
     def eps(self) -> tuple[float, ...]:
@@ -170,6 +173,11 @@ class RunSpec:
         for a in self.attacks:
             if a.options:
                 out[f"attack:{a.name}"] = a.label
+        # another batch split (per-rank BatchNorm, triplet mining) or precision gives another model
+        if self.train_processes != 1:
+            out["train-processes"] = str(self.train_processes)
+        if self.amp != "off":
+            out["amp"] = self.amp
         return dict(sorted(out.items()))
 
     @property
@@ -188,7 +196,10 @@ class RunSpec:
                 if self.train_data else None, "model": self.model.identity(), "defense": self.defense.identity(),
                 "attacks": [[a.name, [[k, format_value(k, v)] for k, v in a.options]] for a in self.attacks],
                 "eps_units": list(self.eps_units), "seed": self.seed, "metric": self.metric, "norm": self.norm,
-                "suite": self.suite, "check_convergence": self.check_convergence}
+                "suite": self.suite, "check_convergence": self.check_convergence,
+                # only when set, so the digests of runs made before these existed stay what they were
+                **({"train_processes": self.train_processes} if self.train_processes != 1 else {}),
+                **({"amp": self.amp} if self.amp != "off" else {})}
 
     @property
     def digest(self) -> str:
@@ -344,8 +355,14 @@ def make_spec(defense: str = "none", attacks: str = "none", dataset: str = "synt
               train_dataset_options: Mapping[str, str] | None = None,
               defense_options: Mapping[str, str] | None = None,
               attack_options: Mapping[str, Mapping[str, str]] | None = None,
-              check_convergence: bool = False) -> RunSpec:
+              check_convergence: bool = False, train_processes: int = 1, amp: str = "off") -> RunSpec:
     """Validate every value and build the canonical RunSpec; raises BenchmarkError (one line) on bad input."""
+    if not isinstance(train_processes, int) or train_processes < 1:
+        raise BenchmarkError(f"--train-processes {train_processes}: give a positive integer (the torchrun "
+                             "--nproc-per-node the checkpoint is trained with)")
+    if amp not in AMP_MODES:
+        raise BenchmarkError(f"--amp {amp!r}: use one of {', '.join(AMP_MODES)} (fp16 would need loss scaling "
+                             "inside every defense's own backward passes)")
     defense_options = dict(defense_options or {})
     data = _data_spec(dataset, data_root, dataset_options or {}, "--data-root")
     train = None
@@ -368,4 +385,4 @@ def make_spec(defense: str = "none", attacks: str = "none", dataset: str = "synt
         model=ModelSpec(backbone, height, width, weights_sha, weights_path),
         defense=_defense_spec(defense, defense_options, epochs),
         attacks=_attack_specs(names, attack_options or {}), eps_units=parse_eps(eps), seed=seed, metric=metric,
-        suite=suite, check_convergence=check_convergence)
+        suite=suite, check_convergence=check_convergence, train_processes=train_processes, amp=amp)

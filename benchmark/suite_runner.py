@@ -22,7 +22,6 @@ from attacks.suites import SUITES, Suite
 from benchmark.enums import Knowledge, Seen, Side
 from benchmark.hashing import fingerprint
 from benchmark.metrics import RetrievalMetrics, evaluate_features, query_scores
-from benchmark.models import extract_embeddings
 from benchmark.validity import check_adversarial
 from benchmark.worstcase import gather_choice, worst_case_choice, worst_case_map
 
@@ -65,7 +64,7 @@ def _member_options(name: str, eps: float, member_options: dict[str, Any], floor
 def run_suite(suite: Suite, eps: float, outcome: RunOutcome, cells: CellStore, clean_images: torch.Tensor,
               state: WorstState, runtime: Runtime) -> tuple[list[dict[str, Any]], float]:
     """Run the suite's members on the still-open queries, updating `state`; returns member records and seconds."""
-    from benchmark.harness import attack_context, run_attack
+    from benchmark.harness import attack_context, embed, run_attack
 
     spec, ws, deployed = outcome.spec, outcome.workspace, outcome.model
     device = next(deployed.parameters()).device
@@ -93,7 +92,7 @@ def run_suite(suite: Suite, eps: float, outcome: RunOutcome, cells: CellStore, c
                 adv, report, seconds = run_attack(member.attack, eps, view, ws, ctx, spec, clean_images, options,
                                                   open_)
                 cells.save(key, adv, report, seconds)
-            emb = extract_embeddings(deployed, adv, device=device)
+            emb = embed(deployed, adv, spec, device)
             ap, r1 = query_scores(emb, outcome.gallery_feats, ws.query.pids[open_], ws.gallery.pids,
                                   ws.query.camids[open_], ws.gallery.camids, spec.metric)
             record.update(improved=state.offer(open_, adv, ap, r1), seconds=seconds, from_cache=cached is not None,
@@ -113,9 +112,11 @@ def _eps(eps: float) -> str:
 
 
 def _metrics(outcome: RunOutcome, images: torch.Tensor) -> RetrievalMetrics:
+    from benchmark.harness import embed
+
     ws = outcome.workspace
     device = next(outcome.model.parameters()).device
-    feats = extract_embeddings(outcome.model, images, device=device)
+    feats = embed(outcome.model, images, outcome.spec, device)
     return evaluate_features(feats, outcome.gallery_feats, ws.query.pids, ws.gallery.pids, ws.query.camids,
                              ws.gallery.camids, outcome.spec.metric)
 

@@ -25,7 +25,8 @@ from benchmark.options import parse_kv
 
 #: run options passed through to every cell as given on the sweep's command line
 PASS_THROUGH = ("--backbone", "--backbone-weights", "--epochs", "--height", "--width", "--metric", "--device",
-                "--results-dir", "--leaderboard-dir", "--threads", "--ablate", "--ddid-generator")
+                "--results-dir", "--leaderboard-dir", "--threads", "--ablate", "--ddid-generator", "--amp",
+                "--train-processes")
 REPEATED = ("--dataset-opt", "--defense-opt")
 FLAGS = ("--retrain", "--no-write", "--allow-dirty")
 
@@ -76,9 +77,19 @@ def _common(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def expand(args: argparse.Namespace) -> list[Cell]:
-    """Every cell of the grid, each validated as a full run specification (bad input fails here, in one line)."""
+def expand(args: argparse.Namespace, processes_per_cell: int = 1) -> list[Cell]:
+    """Every cell of the grid, each validated as a full run specification (bad input fails here, in one line).
+
+    With `processes_per_cell` > 1 (a launcher running each cell under torch.distributed) the cells'
+    checkpoints are trained with that many processes, and their specifications say so.
+    """
     from benchmark.arguments import build_parser, spec_from_args
+
+    if processes_per_cell > 1:
+        if args.train_processes not in (None, processes_per_cell):
+            raise BenchmarkError(f"--train-processes {args.train_processes} disagrees with the launcher's "
+                                 f"processes_per_cell={processes_per_cell}; drop one of them")
+        args = argparse.Namespace(**{**vars(args), "train_processes": processes_per_cell})
 
     parser = build_parser()
     datasets, defenses = _split(args.dataset), _split(args.defense)
@@ -123,16 +134,20 @@ def state(folder: Path) -> str:
     return "pending"
 
 
-def run_cell(folder: str) -> int:
-    """Run one cell in this process (a launcher's worker); writes its markers; returns the exit code."""
+def run_cell(folder: str, writes_markers: bool = True) -> int:
+    """Run one cell in this process (a launcher's worker); writes its markers; returns the exit code.
+
+    In a multi-process cell every process runs this; only the one with `writes_markers` (rank 0) marks it.
+    """
     from benchmark.cli import main
 
     path = Path(folder)
     cell = json.loads((path / "cell.json").read_text())
     if (path / "done").is_file():
         return 0
-    atomic_write_text(path / "running", json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                                    "start": time.time()}))
+    if writes_markers:
+        atomic_write_text(path / "running", json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                        "start": time.time()}))
     start = time.perf_counter()
     error = ""
     with open(path / "log.txt", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
@@ -141,6 +156,8 @@ def run_cell(folder: str) -> int:
         except BaseException:  # noqa: BLE001 - a cell's failure is recorded, the sweep goes on
             rc, error = 1, traceback.format_exc()
             print(error, file=log)
+    if not writes_markers:
+        return rc
     tail = (path / "log.txt").read_text().splitlines()[-12:]
     record = {"rc": rc, "seconds": time.perf_counter() - start, "host": socket.gethostname(), "log_tail": tail}
     if rc == 0:
@@ -181,8 +198,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     sweep_dir = Path(args.sweep_dir)
     launcher_cls = LAUNCHERS.get(args.launcher)
-    cells = expand(args)
     launcher = launcher_cls(sweep_dir, **parse_kv(args.launcher_opt, "--launcher-opt"))
+    cells = expand(args, launcher.processes_per_cell)
     if args.status:
         print(format_status(cells, sweep_dir))
         return 0

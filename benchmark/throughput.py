@@ -18,11 +18,13 @@ from attacks import ATTACKS, AttackContext, build_attack
 from benchmark.device import resolve_device, synchronize
 from benchmark.leaderboard import upsert
 from benchmark.models import BACKBONES, ModelConfig, ReidModel
+from benchmark.precision import mixed_precision
 from benchmark.provenance import provenance
 from benchmark.training import TrainConfig, TrainContext
 from defenses import DEFENSES, DefendedModel, build_defense
 
-THROUGHPUT_KEY = ("kind", "name", "backbone", "device")
+THROUGHPUT_KEY = ("kind", "name", "backbone", "input", "amp", "device")
+INPUT = (128, 64)  # the protocol's standard input (height, width)
 ITERATIONS = 4  # attack iterations timed per measurement
 
 
@@ -51,34 +53,36 @@ def with_backoff(measure: Callable[[int], float], batch: int) -> tuple[float, in
             batch //= 2
 
 
-def _model(backbone: str, device: torch.device, classes: int = 16) -> ReidModel:
+def _model(backbone: str, device: torch.device, classes: int = 16, size: tuple[int, int] = INPUT) -> ReidModel:
     torch.manual_seed(0)
-    return ReidModel(ModelConfig(backbone, classes)).to(device)
+    return ReidModel(ModelConfig(backbone, classes, *size)).to(device)
 
 
-def extraction_rate(backbone: str, batch: int, device: torch.device, repeats: int) -> tuple[float, int]:
-    """Images/s of feature extraction (and the batch after back-off)."""
-    model = _model(backbone, device).eval()
+def extraction_rate(backbone: str, batch: int, device: torch.device, repeats: int, size: tuple[int, int] = INPUT,
+                    amp: str = "off") -> tuple[float, int]:
+    """Images/s of feature extraction (and the batch after back-off), under the run's precision."""
+    model = _model(backbone, device, size=size).eval()
 
     def measure(b: int) -> float:
-        x = torch.rand(b, 3, 128, 64, device=device)
-        with torch.no_grad():
+        x = torch.rand(b, 3, *size, device=device)
+        with torch.no_grad(), mixed_precision(amp, device, model):
             return b / timed(lambda: model.embed(x), device, repeats)
 
     return with_backoff(measure, batch)
 
 
-def attack_rate(name: str, backbone: str, batch: int, device: torch.device, repeats: int) -> tuple[float, int]:
-    """Images x iterations per second (one query-bb 'iteration' is one query of the batch)."""
-    model = DefendedModel(_model(backbone, device)).eval()
+def attack_rate(name: str, backbone: str, batch: int, device: torch.device, repeats: int,
+                size: tuple[int, int] = INPUT) -> tuple[float, int]:
+    """Images x iterations per second (one query-bb 'iteration' is one query of the batch); always float32."""
+    model = DefendedModel(_model(backbone, device, size=size)).eval()
     cls = ATTACKS.get(name)
 
     def measure(b: int) -> float:
-        x = torch.rand(b, 3, 128, 64)
+        x = torch.rand(b, 3, *size)
         pids = torch.arange(b) % max(2, b // 4)
         with torch.no_grad():
             feats = model.embed(x.to(device)).cpu()
-        surrogate = _model("reidnet-t", device).eval()
+        surrogate = _model("reidnet-t", device, size=size).eval()
         ctx = AttackContext(query_pids=pids, query_feats=feats, train_images=(x * 255).to(torch.uint8),
                             train_pids=pids + 10_000, surrogate=lambda _: surrogate, target_backbone=backbone)
         attack = build_attack(name, model, **(cls.throughput_options(ITERATIONS, b) or {}))
@@ -88,19 +92,20 @@ def attack_rate(name: str, backbone: str, batch: int, device: torch.device, repe
 
 
 def training_rate(defense_name: str, backbone: str, batch: int, device: torch.device,
-                  repeats: int) -> tuple[float, int]:
-    """Images/s of one training step of a defense."""
+                  repeats: int, size: tuple[int, int] = INPUT, amp: str = "off") -> tuple[float, int]:
+    """Images/s of one training step of a defense, under the run's precision."""
     defense = build_defense(defense_name).throughput_variant()
-    model = _model(backbone, device).train()
+    model = _model(backbone, device, size=size).train()
 
     def measure(b: int) -> float:
         k = 4
-        x = torch.rand(b, 3, 128, 64, device=device)
+        x = torch.rand(b, 3, *size, device=device)
         y = (torch.arange(b) // k).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         extra = defense.training_extras(model, 1e-4, device)
         ctx = TrainContext(opt, 16, device, torch.Generator().manual_seed(0), TrainConfig(), extra=extra)
-        return b / timed(lambda: defense.train_step(model, x, y, ctx), device, repeats)
+        with mixed_precision(amp, device, model):
+            return b / timed(lambda: defense.train_step(model, x, y, ctx), device, repeats)
 
     return with_backoff(measure, batch)
 
@@ -111,21 +116,24 @@ def cmd_throughput(args: argparse.Namespace) -> int:
     prov = provenance(device, 0)
     rows = []
     jobs: list[tuple[str, str, Callable[[], tuple[float, int]]]] = []
+    size, amp = (args.height, args.width), args.amp
     for b in BACKBONES.names():
-        jobs.append(("extract", b, lambda b=b: extraction_rate(b, args.batch_size, device, args.repeats)))
+        jobs.append(("extract", b, lambda b=b: extraction_rate(b, args.batch_size, device, args.repeats, size, amp)))
     for a in ATTACKS.resolve(args.attack) if args.attack != "none" else []:
         if ATTACKS.get(a).throughput_options(ITERATIONS, args.batch_size) is None:
             continue
-        jobs.append(("attack", a, lambda a=a: attack_rate(a, args.backbone, args.batch_size, device, args.repeats)))
+        jobs.append(("attack", a, lambda a=a: attack_rate(a, args.backbone, args.batch_size, device, args.repeats,
+                                                          size)))
     for d in DEFENSES.resolve(args.defense) if args.defense != "none" else []:
         jobs.append(("train-step", d, lambda d=d: training_rate(d, args.backbone, args.batch_size, device,
-                                                                args.repeats)))
+                                                                args.repeats, size, amp)))
     for kind, name, job in jobs:
         rate, batch = job()
         backbone = name if kind == "extract" else args.backbone
         print(f"{kind:<10} {name:<12} {backbone:<11} batch {batch:>3}  {rate:10.1f} images/s")
         rows.append({"kind": kind, "name": name, "backbone": backbone, "batch_size": batch,
-                     "images_per_second": rate, "input": "128x64", "device": prov["device"],
+                     "images_per_second": rate, "input": f"{size[0]}x{size[1]}",
+                     "amp": "off" if kind == "attack" else amp, "device": prov["device"],
                      "torch_version": prov["torch_version"], "git_commit": prov["git_commit"], "date": prov["date"],
                      "command": prov["command"]})
     tag = "cuda" if device.type == "cuda" else "cpu"

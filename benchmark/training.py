@@ -15,10 +15,11 @@ import torch
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
+from benchmark import distributed
 from benchmark.atomic import atomic_folder, atomic_write_text, remove_folder
 from benchmark.data import SplitTensors
 from benchmark.errors import BenchmarkError, CorruptCacheError
-from benchmark.hashing import fingerprint, tensor_digest
+from benchmark.hashing import fingerprint, module_state_digest, tensor_digest
 from benchmark.losses import batch_hard_triplet
 from benchmark.models import ReidModel
 from benchmark.paths import cache_dir
@@ -80,35 +81,56 @@ def _lr_factor(epoch: float, cfg: TrainConfig) -> float:
 def train_model(model: ReidModel, train: SplitTensors, cfg: TrainConfig, step: StepFn,
                 device: torch.device, desc: str = "train",
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train in place; returns a history with per-epoch mean losses and seconds per epoch."""
+    """Train in place; returns a history with per-epoch mean losses and seconds per epoch.
+
+    Under torchrun every rank takes whole identities of the same PK batches and gradients are
+    averaged at each optimiser step (`benchmark.distributed`); in one process nothing changes.
+    """
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
+    world = distributed.world()
+    # one process keeps its single historical stream; ranks share the batch order and draw the rest apart
+    sampler = generator if world.size == 1 else torch.Generator().manual_seed(cfg.seed)
+    if world.size > 1:
+        generator = distributed.rank_generator(cfg.seed)
     labels, num_classes = relabel(train.pids)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ctx = TrainContext(optimizer, num_classes, device, generator, cfg, extra=dict(extra or {}))
     history: dict[str, Any] = {"epochs": [], "seconds_per_epoch": []}
-    for epoch in range(cfg.epochs):
-        ctx.epoch = epoch
-        start = time.perf_counter()
-        sums: dict[str, float] = {}
-        batches = list(pk_batches(labels, cfg.p, cfg.k, generator))
-        bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
-                   disable=None)
-        for i, idx in enumerate(bar):
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * _lr_factor(epoch + i / len(batches), cfg)
-            x = augment(train.float_images(idx).to(device), generator)
-            logs = step(model, x, labels[idx].to(device), ctx)
-            for key, val in logs.items():
-                sums[key] = sums.get(key, 0.0) + val
-            bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()}, refresh=False)
-        history["epochs"].append({k: v / len(batches) for k, v in sums.items()})
-        history["seconds_per_epoch"].append(time.perf_counter() - start)
-        logging.getLogger("benchmark").info("%s epoch %d/%d: %s (%.1f s)", desc, epoch + 1, cfg.epochs,
-                                            " ".join(f"{k}={v:.3f}" for k, v in history["epochs"][-1].items()),
-                                            history["seconds_per_epoch"][-1])
+    if world.size > 1:
+        history["world_size"] = world.size
+    modules = [model, *(m for m in ctx.extra.values() if isinstance(m, torch.nn.Module))]
+    with distributed.data_parallel(*modules):
+        for epoch in range(cfg.epochs):
+            ctx.epoch = epoch
+            start = time.perf_counter()
+            sums: dict[str, float] = {}
+            batches = list(pk_batches(labels, cfg.p, cfg.k, sampler))
+            bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True,
+                       disable=None if world.is_main else True)
+            for i, idx in enumerate(bar):
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * _lr_factor(epoch + i / len(batches), cfg)
+                idx = distributed.identity_shard(idx, cfg.k)
+                x = augment(train.float_images(idx).to(device), generator)
+                logs = step(model, x, labels[idx].to(device), ctx)
+                distributed.broadcast_state(*modules, buffers_only=True)
+                for key, val in logs.items():
+                    sums[key] = sums.get(key, 0.0) + val
+                bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()}, refresh=False)
+            history["epochs"].append(distributed.mean_over_ranks({k: v / len(batches) for k, v in sums.items()}))
+            history["seconds_per_epoch"].append(time.perf_counter() - start)
+            logging.getLogger("benchmark").info("%s epoch %d/%d: %s (%.1f s)", desc, epoch + 1, cfg.epochs,
+                                                " ".join(f"{k}={v:.3f}" for k, v in history["epochs"][-1].items()),
+                                                history["seconds_per_epoch"][-1])
+    if world.size > 1:
+        # the invariant data parallelism rests on: every rank ends with the same model
+        digests = distributed.gather_objects(module_state_digest(model))
+        if len(set(digests)) > 1:
+            raise BenchmarkError(f"data-parallel ranks ended training with {len(set(digests))} different models; "
+                                 "a defense's step draws randomness or updates weights outside its optimiser")
     model.eval()
     return history
 
@@ -143,6 +165,8 @@ def cached_checkpoint(key_payload: dict[str, Any], train_fn: Callable[[], tuple[
     root = cache_dir() / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     folder = root / key
+    if distributed.world().size > 1:
+        return _cached_checkpoint_ranks(key_payload, folder, train_fn, retrain)
     log = logging.getLogger("benchmark")
     lock = FileLock(str(root / f"{key}.lock"))
     try:
@@ -151,26 +175,64 @@ def cached_checkpoint(key_payload: dict[str, Any], train_fn: Callable[[], tuple[
         log.info("another process is training checkpoint %s; waiting for it", key)
         lock.acquire()
     try:
-        if folder.exists() and not retrain:
-            try:
-                info = json.loads((folder / "train.json").read_text())
-                model = ReidModel.load(folder, expected_sha256=info.get("weights_sha256"))
-                info["cached"] = True
-                return model, info, folder
-            except (CorruptCacheError, OSError, ValueError) as exc:
-                log.warning("checkpoint %s is damaged (%s); training it again", key, exc)
+        loaded = None if retrain else _load_checkpoint(folder)
+        if loaded is not None:
+            return loaded[0], loaded[1], folder
         model, info = train_fn()
-        bad = model.non_finite()
-        if bad:
-            raise BenchmarkError(f"training diverged: {len(bad)} tensors hold NaN or infinity (e.g. {bad[0]}); "
-                                 "nothing was cached. Lower the learning rate or check the defense's loss")
-        if folder.exists():
-            remove_folder(folder)
-        with atomic_folder(folder) as tmp:
-            sha = model.save(tmp)
-            record = {"key": key_payload, "weights_sha256": sha, **info}
-            atomic_write_text(tmp / "train.json", json.dumps(record, indent=2, default=str))
-        info = {**record, "cached": False}
-        return model, info, folder
+        return model, _save_checkpoint(model, info, key_payload, folder), folder
     finally:
         lock.release()
+
+
+def _load_checkpoint(folder: Path) -> tuple[ReidModel, dict[str, Any]] | None:
+    """A verified cached checkpoint, or None when it is missing or damaged."""
+    if not folder.exists():
+        return None
+    try:
+        info = json.loads((folder / "train.json").read_text())
+        model = ReidModel.load(folder, expected_sha256=info.get("weights_sha256"))
+    except (CorruptCacheError, OSError, ValueError) as exc:
+        logging.getLogger("benchmark").warning("checkpoint %s is damaged (%s); training it again", folder.name, exc)
+        return None
+    return model, {**info, "cached": True}
+
+
+def _save_checkpoint(model: ReidModel, info: dict[str, Any], key_payload: dict[str, Any], folder: Path
+                     ) -> dict[str, Any]:
+    """Refuse non-finite weights, then write the checkpoint folder atomically; returns the record."""
+    bad = model.non_finite()
+    if bad:
+        raise BenchmarkError(f"training diverged: {len(bad)} tensors hold NaN or infinity (e.g. {bad[0]}); "
+                             "nothing was cached. Lower the learning rate or check the defense's loss")
+    if folder.exists():
+        remove_folder(folder)
+    with atomic_folder(folder) as tmp:
+        sha = model.save(tmp)
+        record = {"key": key_payload, "weights_sha256": sha, **info}
+        atomic_write_text(tmp / "train.json", json.dumps(record, indent=2, default=str))
+    return {**record, "cached": False}
+
+
+def _cached_checkpoint_ranks(key_payload: dict[str, Any], folder: Path,
+                             train_fn: Callable[[], tuple[ReidModel, dict[str, Any]]], retrain: bool
+                             ) -> tuple[ReidModel, dict[str, Any], Path]:
+    """`cached_checkpoint` under torchrun: rank 0 decides hit or miss for all, every rank trains, rank 0 writes.
+
+    Rank 0 alone holds the file lock (other ranks would wait on it while rank 0 waits on them).
+    """
+    lock = FileLock(str(folder.parent / f"{folder.name}.lock")) if distributed.world().is_main else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        hit = distributed.from_main(lambda: not retrain and _load_checkpoint(folder) is not None)
+        loaded = _load_checkpoint(folder) if hit else None
+        if loaded is not None:
+            return loaded[0], loaded[1], folder
+        if hit:
+            raise CorruptCacheError(f"checkpoint {folder} vanished while ranks loaded it; run again")
+        model, info = train_fn()
+        record = distributed.from_main(lambda: _save_checkpoint(model, info, key_payload, folder))
+        return model, record, folder
+    finally:
+        if lock is not None:
+            lock.release()

@@ -88,3 +88,21 @@ def test_submitit_local_executor_runs_the_same_cells(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:] + out.stdout[-2000:]
     assert len(_done(tmp_path)) == 8 and "8 done" in out.stdout
     assert list((tmp_path / "sweep" / "submitit").iterdir())  # submitit's own job folders
+
+
+def test_submitit_runs_each_cell_as_a_two_process_torch_distributed_job(tmp_path):
+    import json
+
+    argv = sweep_argv(tmp_path, "--launcher", "submitit", "--launcher-opt",
+                      "cluster=local,time_limit=20,processes_per_cell=2")
+    argv[argv.index("--defense") + 1] = "none"
+    argv[argv.index("--seeds") + 1] = "0"
+    cells = expand(build_parser().parse_args(argv), processes_per_cell=2)
+    assert all("--train-processes" in c.argv for c in cells)
+    out = subprocess.run([sys.executable, "-m", "benchmark", *argv], env=_env(tmp_path), cwd=REPO,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:] + out.stdout[-2000:]
+    assert len(_done(tmp_path)) == 2 and "2 done" in out.stdout
+    records = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "checkpoints").glob("*/train.json")]
+    assert [r["key"].get("world_size") for r in records] == [2]  # trained once, by both processes together
+    assert len(list((tmp_path / "results").glob("*/per_query.csv"))) == 1  # rank 0 alone wrote the run
