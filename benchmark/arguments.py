@@ -66,6 +66,9 @@ def _add_run_args(p: argparse.ArgumentParser, attacks_default: str) -> None:
                    help="local weights file: the backbone's own, or a torchvision state dict (head dropped)")
     p.add_argument("--eps", default="8", help="epsilons in units of 1/255: 8, 8/255, 0.5/255 or a list 2,4,8,16")
     p.add_argument("--seed", type=_positive_int, default=0, help="seed of data, training and attacks")
+    p.add_argument("--seeds", default=None,
+                   help="comma list of seeds, e.g. 0,1,2: one model trained and evaluated per seed (the "
+                        "seeds-<dataset>.csv board gives their mean, sd and n); overrides --seed")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--train-processes", type=_positive_int, default=None,
                    help="data-parallel processes the checkpoint is trained with (default: this launch's torchrun "
@@ -160,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_tp.add_argument("--amp", default="off", choices=AMP_MODES,
                       help="time extraction and training steps under bf16 autocast (attacks stay float32)")
     return parser
+
+
+def seeds_from_args(args: argparse.Namespace) -> list[int]:
+    """The run's seeds: --seeds as a list, else [--seed]; one clear line for a bad list."""
+    if not getattr(args, "seeds", None):
+        return [args.seed]
+    parts = [p.strip() for p in str(args.seeds).split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise BenchmarkError(f"--seeds {args.seeds!r}: give non-negative integers, e.g. --seeds 0,1,2")
+    return sorted({int(p) for p in parts})
 
 
 def spec_from_args(args: argparse.Namespace) -> RunSpec:

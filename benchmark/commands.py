@@ -9,7 +9,7 @@ from pathlib import Path
 
 from attacks import ATTACKS
 from attacks.suites import SUITES
-from benchmark.arguments import spec_from_args
+from benchmark.arguments import seeds_from_args, spec_from_args
 from benchmark.data import DATASETS
 from benchmark.errors import BenchmarkError
 from benchmark.harness import Runtime, format_summary, format_table, run_benchmark
@@ -91,6 +91,24 @@ def _report(outcome) -> None:  # noqa: ANN001 - RunOutcome, imported lazily by t
     summary = format_summary(outcome)
     if summary:
         print(summary)
+
+
+def _per_seed(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run `command` once per seed of --seeds (every seed's specification validated before the first runs)."""
+    def run(args: argparse.Namespace) -> int:
+        seeds = seeds_from_args(args)
+        per_seed = [argparse.Namespace(**{**vars(args), "seed": s, "seeds": None}) for s in seeds]
+        for one in per_seed:
+            spec_from_args(one)
+        codes = []
+        for i, one in enumerate(per_seed):
+            if len(per_seed) > 1:
+                print(f"== seed {one.seed} ({i + 1} of {len(per_seed)})", flush=True)
+            codes.append(command(one))
+        return max(codes)
+
+    run.__doc__ = command.__doc__
+    return run
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -201,7 +219,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "list": cmd_list, "run": cmd_run, "eval": cmd_run, "train": cmd_train, "plots": cmd_plots,
+    "list": cmd_list, "run": _per_seed(cmd_run), "eval": _per_seed(cmd_run), "train": _per_seed(cmd_train),
+    "plots": cmd_plots,
     "throughput": cmd_throughput, "sweep": cmd_sweep, "table": cmd_table,
     "validate": cmd_validate, "site": cmd_site}
 

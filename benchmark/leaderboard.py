@@ -81,6 +81,7 @@ class LeaderboardRow:
     defense_dist: str = ""    # distribution providing the defense (plugin name and version)
     attack_dist: str = ""
     allow_dirty: bool = False  # written with --allow-dirty from a tree with uncommitted code
+    training_quality: str = ""  # a defense's own training diagnostics, 'name=value;...' (DDID: phase-1 fidelity)
     suite: str = ""           # versioned attack suite of the run (standard-v1), '' if none
     forward: str = ""         # adaptive forward the attack differentiated through ('' for worst-case rows)
     mAP_2x: float = math.nan  # suite rows with --check-convergence: worst-case mAP with doubled APGD iterations
@@ -108,6 +109,64 @@ def board_paths(directory: str | Path, dataset: str, official: bool) -> tuple[Pa
     """(board, summary) CSV paths: official boards in `directory`, custom ones in `directory/custom`."""
     base = Path(directory) if official else Path(directory) / "custom"
     return base / f"{dataset}.csv", base / f"summary-{dataset}.csv"
+
+
+def seeds_path(summary_path: Path) -> Path:
+    """The seed-aggregated board beside a summary board: `seeds-<dataset>.csv`."""
+    return summary_path.parent / summary_path.name.replace("summary-", "seeds-", 1)
+
+
+SEED_GROUP = ("dataset", "train_dataset", "defense", "backbone", "settings")
+SEED_METRICS = ("clean_mAP", "worst_case_mAP", "worst_case_R1", "robust_mAP_mean")
+
+
+def seed_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per recipe over its seeds: mean, sample standard deviation and n of the headline numbers.
+
+    `vs_best` compares each recipe's worst-case mean with the best one on the same data set and calls
+    a difference real only when it exceeds the two seed spreads added (±1 sd bars that do not
+    touch); with one seed there is no spread, and nothing is called.
+    """
+    if summary.empty or "worst_case_mAP" not in summary:
+        return pd.DataFrame()
+    frame = summary.copy()
+    for col in SEED_GROUP:
+        frame[col] = frame[col].fillna("").astype(str) if col in frame else ""
+    rows = []
+    for key, group in frame.groupby(list(SEED_GROUP), sort=True, dropna=False):
+        row: dict[str, Any] = dict(zip(SEED_GROUP, key, strict=True))
+        row["n"] = len(group)
+        row["seeds"] = ",".join(str(int(s)) for s in sorted(group["seed"]))
+        for metric in SEED_METRICS:
+            values = group[metric].astype(float) if metric in group else pd.Series(dtype=float)
+            row[f"{metric}_mean"] = float(values.mean()) if values.notna().any() else math.nan
+            row[f"{metric}_sd"] = float(values.std(ddof=1)) if values.notna().sum() > 1 else math.nan
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out["vs_best"] = ""
+    for _, idx in out.groupby("dataset").groups.items():
+        block = out.loc[idx]
+        ranked = block["worst_case_mAP_mean"].dropna()
+        if ranked.empty:
+            continue
+        best = block.loc[ranked.idxmax()]
+        for i in idx:
+            out.at[i, "vs_best"] = _versus(out.loc[i], best)
+    return out.sort_values(["dataset", "worst_case_mAP_mean"], ascending=[True, False], na_position="last"
+                           ).reset_index(drop=True)
+
+
+def _versus(row: pd.Series, best: pd.Series) -> str:
+    if row["defense"] == best["defense"] and row["settings"] == best["settings"]:
+        return "best"
+    gap = best["worst_case_mAP_mean"] - row["worst_case_mAP_mean"]
+    if math.isnan(gap):
+        return ""
+    spread = row["worst_case_mAP_sd"] + best["worst_case_mAP_sd"]
+    if math.isnan(spread):
+        return f"{gap:.2f} below the best; not separable (one seed)"
+    verdict = "separated" if gap > spread else "within seed spread"
+    return f"{gap:.2f} below the best, seed sds add to {spread:.2f}: {verdict}"
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -262,7 +321,8 @@ def write_leaderboards(rows: list[LeaderboardRow], directory: str | Path, offici
         upsert(board_path, records, ROW_KEY, keep_old=_keeps_suite_worst_case)
         summary = summarise_run(pd.DataFrame(records).fillna({"flags": ""}))
         upsert(summary_path, [summary], SUMMARY_KEY, keep_old=_covers_more, text=SUMMARY_TEXT,
-               order=("worst_case_mAP", True))
+               order=("worst_case_mAP", True),
+               then=lambda merged, path=summary_path: write_csv(seed_summary(merged), seeds_path(path)))
         kind = "leaderboard" if official else "custom leaderboard"
         out[f"{kind} {dataset}"] = board_path
         out[f"summary {dataset}"] = summary_path

@@ -250,7 +250,7 @@ def plot_all(leaderboard_dir: str | Path, results_dir: str | Path, out: str | Pa
         if name.startswith("throughput-"):
             paths += figures.throughput(pd.read_csv(board_path), name, out / name, _save)
             continue
-        if name.startswith("summary-"):
+        if name.startswith(("summary-", "seeds-")):  # derived from the board of the same data set
             continue
         board = read_board(board_path)
         summary = read_board(leaderboard_dir / f"summary-{name}.csv", SUMMARY_TEXT)

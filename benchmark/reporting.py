@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,22 @@ def run_id(outcome: RunOutcome, prov: dict[str, Any]) -> str:
     return outcome.spec.run_id(stamp)
 
 
+def training_quality(history: dict[str, Any]) -> str:
+    """A defense's training diagnostics (`history["quality"]`, numbers by name) as 'name=value;...'."""
+    quality = history.get("quality") or {}
+    return ";".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in quality.items())
+
+
+def copy_training_artifacts(history: dict[str, Any], folder: Path) -> None:
+    """Files a defense's training names in `history["artifacts"]` (name -> path), copied into the run folder.
+
+    A checkpoint loaded from another cache may name files that are gone: those are skipped.
+    """
+    for name, source in (history.get("artifacts") or {}).items():
+        if Path(source).is_file() and Path(name).name == name:
+            shutil.copyfile(source, folder / name)
+
+
 def build_rows(outcome: RunOutcome, flags: list[Flag], prov: dict[str, Any], rid: str,
                allow_dirty: bool = False) -> list[LeaderboardRow]:
     """Leaderboard rows of a run: the clean row, then one per (attack, ε) cell."""
@@ -42,7 +59,8 @@ def build_rows(outcome: RunOutcome, flags: list[Flag], prov: dict[str, Any], rid
                   train_commit=str(trained.get("git_commit", "")),
                   train_date=str(trained.get("date", "")), checkpoint=str(outcome.train_info.get("checkpoint_key", "")),
                   data_digest=fingerprint(outcome.workspace.digests, 12),
-                  defense_dist=str(DEFENSES.meta(spec.defense.name).get("dist", "")), allow_dirty=allow_dirty)
+                  defense_dist=str(DEFENSES.meta(spec.defense.name).get("dist", "")), allow_dirty=allow_dirty,
+                  training_quality=training_quality(outcome.train_info.get("history", {})))
     # the key columns come from the run specification, the one source of a result's identity
     rows = [LeaderboardRow(**spec.row_key("clean", "0"), eps_value=0.0, family="-", knowledge="-",
                            seen=Seen.CLEAN.value, mAP=clean.mAP, R1=clean.rank1, R5=clean.rank5, R10=clean.rank10,
@@ -176,6 +194,7 @@ def write_run(outcome: RunOutcome, results_dir: str | Path, leaderboard_dir: str
         atomic_write_text(tmp / "per_query.csv", per_query_table(outcome))
         atomic_write_text(tmp / "ranking.json", json.dumps(record, indent=2))
         atomic_write_text(tmp / "log.txt", log)
+        copy_training_artifacts(outcome.train_info.get("history", {}), tmp)
         from benchmark.plots import plot_run
 
         plot_run(outcome, record, tmp)

@@ -216,7 +216,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
     """Options of `sweep` beyond those of `run` (whose --defense, --dataset may be comma lists)."""
-    p.add_argument("--seeds", default=None, help="comma list of seeds, e.g. 0,1,2 (default: --seed)")
     p.add_argument("--launcher", default="local", help="local or submitit (see benchmark/launchers.py)")
     p.add_argument("--launcher-opt", action="append",
                    help="key=value for the launcher: workers=N (local); cluster, partition, gpus_per_task, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -13,11 +14,14 @@ from benchmark.models import ModelConfig, ReidModel
 from defenses.ddid.balancing import (
     ConditionalEDM,
     DiffusionConfig,
+    at_generator_resolution,
     balance_plan,
-    identity_fidelity,
     median_images_per_id,
+    sdedit_ramp,
+    source_images,
 )
 from defenses.ddid.fnes import FNESConfig, extend_and_mix, shift_to_negative, soft_targets
+from defenses.ddid.quality import assigned_to_identity, phase1_quality
 from defenses.ddid.self_meta import identity_split, meta_update
 
 
@@ -103,10 +107,103 @@ class _PixelClassifier(torch.nn.Module):
         return SimpleNamespace(logits=torch.nn.functional.one_hot((x.mean((1, 2, 3)) * 10).round().long(), 11).float())
 
 
-def test_identity_fidelity_counts_generated_images_recognised_as_their_identity():
+def test_identity_filter_keeps_generated_images_recognised_as_their_identity():
     pids = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10] * 2)
     real = SplitTensors((pids * 25.5).round().to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 4, 2).contiguous(),
                         pids, torch.zeros_like(pids))
-    wrong = SplitTensors(real.images[:4].clone(), torch.tensor([0, 1, 2, 4]), torch.zeros(4, dtype=torch.long))
-    out = identity_fidelity(_PixelClassifier(), real, wrong, torch.device("cpu"))
-    assert out == {"generated_id_top1": 75.0, "real_id_top1": 100.0}
+    keep = assigned_to_identity(_PixelClassifier(), real, real.images[:4].clone(), torch.tensor([0, 1, 2, 4]),
+                                torch.device("cpu"))
+    assert keep.tolist() == [True, True, True, False]
+
+
+def test_sdedit_enters_the_generators_schedule_at_sigma_start():
+    from defenses.ddid.balancing import make_scheduler
+
+    scheduler = make_scheduler(DiffusionConfig())
+    scheduler.set_timesteps(8, sigmas=sdedit_ramp(1.5, 8))
+    sigmas = scheduler.sigmas.tolist()
+    assert sigmas[0] == pytest.approx(1.5, rel=1e-5) and sigmas[-2] == pytest.approx(0.002, rel=1e-4)
+    assert sigmas[-1] == 0 and all(a > b for a, b in zip(sigmas, sigmas[1:], strict=False))
+
+
+def test_resampling_at_a_tiny_noise_level_returns_the_source_image():
+    """SDEdit's direction: at sigma_start near zero EDM's denoiser passes its input through (c_skip = 1)."""
+    cfg = DiffusionConfig(height=16, width=8, channels=(16, 16), mode="resample", sigma_start=0.01, sample_steps=3)
+    edm = ConditionalEDM(cfg, [5, 6], [0, 1], torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    sources = torch.randint(0, 256, (4, 3, 32, 16), dtype=torch.uint8, generator=g)
+    out = edm.resample(sources, [5, 6, 5, 6], [1, 0, 0, 1], (32, 16), seed=0)
+    reference = at_generator_resolution(sources, cfg)
+    assert out.shape == sources.shape and out.dtype == torch.uint8
+    assert (out.float() - reference.float()).abs().mean() < 3.0  # grey levels
+    far = ConditionalEDM(dataclasses.replace(cfg, sigma_start=40.0), [5, 6], [0, 1], torch.device("cpu"))
+    assert (far.resample(sources, [5, 6, 5, 6], [1, 0, 0, 1], (32, 16), 0).float()
+            - reference.float()).abs().mean() > 20.0
+
+
+def test_sources_are_real_images_of_the_planned_identity(tiny_ws):
+    train = tiny_ws.train
+    plan = [(int(p), 0, "inter-id") for p in torch.unique(train.pids)[:5]] * 2
+    sources = source_images(train, plan, seed=3)
+    for img, (pid, _, _) in zip(sources, plan, strict=True):
+        matches = (train.images == img).flatten(1).all(1)
+        assert set(train.pids[matches].tolist()) == {pid}
+    assert torch.equal(sources, source_images(train, plan, seed=3))
+
+
+def test_phase1_quality_reports_identity_and_camera_fidelity(tiny_ws):
+    train = tiny_ws.train
+    copies = SplitTensors(train.images[:30].clone(), train.pids[:30].clone(), train.camids[:30].clone())
+    q = phase1_quality(_PixelClassifier(), train, copies, DiffusionConfig(), torch.device("cpu"), seed=0)
+    assert q["generated"] == 30 and q["kept_by_id_filter"] == int(q["_keep"].sum())
+    assert q["id_fidelity"] == pytest.approx(100.0 * q["_keep"].float().mean().item())
+    ncams = len(torch.unique(train.camids))
+    assert q["cam_chance"] == pytest.approx(100.0 / ncams)
+    for key in ("id_fidelity", "id_top1_real", "id_top1_real_at_generator_res", "cam_fidelity",
+                "cam_top1_real_held_out"):
+        assert 0.0 <= q[key] <= 100.0
+
+
+def test_ddid_resample_mode_records_phase1_quality_filters_and_reports_it(tiny_ws, tmp_path):
+    import pandas as pd
+
+    from benchmark.harness import run_benchmark
+    from benchmark.reporting import write_run
+    from tests.conftest import cpu_runtime, tiny_config
+
+    spec = tiny_config(defense="ddid", epochs=1, attacks="fgsm", defense_options={
+        "train_steps": "2", "sample_steps": "2", "mode": "resample", "sigma_start": "0.01", "id_filter": "true"})
+    outcome = run_benchmark(spec, cpu_runtime(), tiny_ws)
+    history = outcome.train_info["history"]
+    phase1, quality = history["phase1"], history["quality"]
+    assert phase1["used"] == phase1["kept_by_id_filter"] <= phase1["generated"]
+    assert quality["used"] == phase1["used"] and 0 <= quality["id_fidelity"] <= 100
+    # near sigma 0 resampling passes its real source (an image of the planned identity) through at the
+    # generator's resolution: the warm-start model knows them about as well as such real images
+    assert abs(quality["id_fidelity"] - quality["id_top1_real_at_generator_res"]) < 35.0
+    paths = write_run(outcome, tmp_path / "results", tmp_path / "boards", allow_dirty=True)
+    assert (paths["run folder"] / "phase1-samples.png").is_file()
+    board = pd.read_csv(next((tmp_path / "boards").rglob("synthped.csv")))
+    assert board["training_quality"].str.contains("id_fidelity=").all()
+    with pytest.raises(BenchmarkError, match="mode="):
+        tiny_config(defense="ddid", defense_options={"mode": "sdedit"})
+
+
+def test_a_cached_generator_depends_on_its_key_not_on_what_the_process_drew_before(tiny_ws, tmp_path, monkeypatch):
+    from benchmark.hashing import module_state_digest
+    from defenses.ddid.balancing import trained_generator
+
+    cfg = DiffusionConfig(height=16, width=8, channels=(16, 16), train_steps=2)
+    ids = sorted(set(tiny_ws.train.pids.tolist()))
+    cams = sorted(set(tiny_ws.train.camids.tolist()))
+    digests = []
+    for i, history in enumerate((0, 12345)):
+        monkeypatch.setenv("RRB_CACHE_DIR", str(tmp_path / f"cache{i}"))
+        torch.manual_seed(history)
+        torch.rand(100)
+        edm, losses, folder = trained_generator(tiny_ws.train, cfg, 7, torch.device("cpu"), ids, cams)
+        digests.append((module_state_digest(edm.unet), losses))
+        assert (folder / "manifest.json").is_file()
+        again, _, _ = trained_generator(tiny_ws.train, cfg, 7, torch.device("cpu"), ids, cams)  # from the cache
+        assert module_state_digest(again.unet) == digests[-1][0]
+    assert digests[0] == digests[1]

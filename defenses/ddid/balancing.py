@@ -14,6 +14,7 @@ manifest keyed by a hash of the data and the configuration.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -34,7 +35,6 @@ from benchmark.atomic import atomic_folder, atomic_write_text, remove_folder
 from benchmark.data import SplitTensors
 from benchmark.errors import BenchmarkError
 from benchmark.hashing import file_digests, fingerprint, manifest_intact, sha256_tree
-from benchmark.models import eval_mode
 from benchmark.paths import cache_dir
 from benchmark.training import split_fingerprint
 
@@ -56,7 +56,12 @@ class DiffusionConfig:
     sigma_data: float = 0.5
     delta1: int = 0          # 0 = median images per identity (our default; the paper leaves it open)
     delta2: float = 0.7
-    version: ClassVar[int] = 2  # bump when phase 1 changes so cached generators and images are rebuilt
+    #: generate: pure conditional sampling from noise; resample: SDEdit (Meng et al., ICLR 2022) from a real
+    #: image of the same identity, noised to sigma_start and denoised towards the target camera
+    mode: str = "generate"
+    sigma_start: float = 1.0
+    id_filter: bool = False  # drop samples the warm-start model does not assign to their identity
+    version: ClassVar[int] = 3  # bump when phase 1 changes so cached generators and images are rebuilt
 
 
 def balance_plan(pids: torch.Tensor, camids: torch.Tensor, delta1: int, delta2: float
@@ -95,6 +100,38 @@ class Conditioner(nn.Module):
 
     def forward(self, id_index: torch.Tensor, cam_index: torch.Tensor) -> torch.Tensor:
         return self.ids(id_index) + self.cams(cam_index)
+
+
+def sdedit_ramp(sigma_start: float, steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
+                rho: float = 7.0) -> torch.Tensor:
+    """The part of the Karras ramp (diffusers' `sigmas` argument, in [0, 1]) whose noise levels run from
+    `sigma_start` down to `sigma_min` in `steps` steps: the generator's own schedule, entered midway."""
+    hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    start = (min(sigma_start, sigma_max) ** (1 / rho) - hi) / (lo - hi)
+    return torch.linspace(start, 1.0, max(steps, 1), dtype=torch.float64)
+
+
+def _to_uint8(x: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+    """Generator output in [-1, 1] -> uint8 images at the ReID input size."""
+    x = (x.clamp(-1, 1) + 1) / 2
+    x = F.interpolate(x, size=out_size, mode="bilinear", align_corners=False)
+    return (x * 255).round().clamp(0, 255).to(torch.uint8).cpu()
+
+
+def at_generator_resolution(images: torch.Tensor, cfg: DiffusionConfig) -> torch.Tensor:
+    """uint8 images down to the generator's resolution and back: real images as sharp as generated ones."""
+    x = F.interpolate(images.float().div(255.0), size=(cfg.height, cfg.width), mode="area") * 2 - 1
+    return _to_uint8(x, tuple(images.shape[2:]))
+
+
+def source_images(train: SplitTensors, plan: list[tuple[int, int, str]], seed: int) -> torch.Tensor:
+    """For each planned (pid, camera), a real training image of that pid, drawn at random (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for pid, _, _ in plan:
+        own = torch.nonzero(train.pids == pid).flatten()
+        picks.append(int(own[torch.randint(len(own), (1,), generator=g)]))
+    return train.images[torch.tensor(picks, dtype=torch.long)] if picks else train.images[:0]
 
 
 def build_unet(cfg: DiffusionConfig) -> nn.Module:
@@ -198,9 +235,36 @@ class ConditionalEDM:
                 model_in = self.scheduler.scale_model_input(x, t)
                 eps = self.unet(model_in, noise_timestep(sigma), class_labels=cond).sample
                 x = self.scheduler.step(eps, t, x).prev_sample
-            x = ((x.clamp(-1, 1) + 1) / 2)
-            x = F.interpolate(x, size=out_size, mode="bilinear", align_corners=False)
-            out.append((x * 255).round().clamp(0, 255).to(torch.uint8).cpu())
+            out.append(_to_uint8(x, out_size))
+        return torch.cat(out) if out else torch.empty((0, 3, *out_size), dtype=torch.uint8)
+
+    @torch.no_grad()
+    def resample(self, sources: torch.Tensor, pids: list[int], cams: list[int], out_size: tuple[int, int],
+                 seed: int, batch: int = 128) -> torch.Tensor:
+        """SDEdit: uint8 `sources` (N, 3, H, W) noised to `sigma_start`, denoised under (pid, target camera).
+
+        The EDM sampler walks `sample_steps` Karras sigmas from `sigma_start` down to zero, so the
+        identity's shape and colours survive and the conditioning re-renders the rest.
+        """
+        cfg = self.cfg
+        g = torch.Generator().manual_seed(seed)
+        ramp = sdedit_ramp(cfg.sigma_start, cfg.sample_steps)
+        x_all = F.interpolate(sources.float().div(255.0), size=(cfg.height, cfg.width), mode="area") * 2 - 1
+        out = []
+        self.unet.eval()
+        for start in tqdm(range(0, len(pids), batch), desc="DDID phase 1: resampling", leave=False, disable=None):
+            p = torch.tensor(pids[start:start + batch])
+            c = torch.tensor(cams[start:start + batch])
+            cond = self.conditioner(*self._indices(p, c))
+            x0 = x_all[start:start + batch].to(self.device)
+            x = x0 + cfg.sigma_start * torch.randn(x0.shape, generator=g).to(self.device)
+            self.scheduler.set_timesteps(cfg.sample_steps, sigmas=ramp)
+            for i, t in enumerate(self.scheduler.timesteps):
+                sigma = self.scheduler.sigmas[i].to(self.device, torch.float32).expand(len(p))
+                model_in = self.scheduler.scale_model_input(x, t)
+                eps = self.unet(model_in, noise_timestep(sigma), class_labels=cond).sample
+                x = self.scheduler.step(eps, t, x).prev_sample
+            out.append(_to_uint8(x, out_size))
         return torch.cat(out) if out else torch.empty((0, 3, *out_size), dtype=torch.uint8)
 
     def save(self, folder: Path) -> None:
@@ -264,27 +328,6 @@ def _save_grid(generated: SplitTensors, train: SplitTensors, path: Path, cols: i
     Image.fromarray(grid).save(path)
 
 
-@torch.no_grad()
-def identity_fidelity(model: nn.Module, train: SplitTensors, generated: SplitTensors, device: torch.device,
-                      batch: int = 128) -> dict[str, float]:
-    """Top-1 accuracy of a trained ID classifier on generated images against their conditioning identity,
-    next to its accuracy on as many real training images: how much identity the generator keeps."""
-    classes = torch.unique(train.pids)
-
-    def accuracy(split: SplitTensors, index: torch.Tensor) -> float:
-        hits = 0
-        for start in range(0, len(index), batch):
-            idx = index[start:start + batch]
-            logits = model(split.float_images(idx).to(device)).logits
-            hits += int((classes[logits.argmax(1).cpu()] == split.pids[idx]).sum())
-        return 100.0 * hits / max(len(index), 1)
-
-    real_index = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: len(generated)]
-    with eval_mode(model):
-        return {"generated_id_top1": accuracy(generated, torch.arange(len(generated))),
-                "real_id_top1": accuracy(train, real_index)}
-
-
 def balance(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torch.device,
             generator_path: str | None = None) -> BalancedData:
     """Phase 1: plan, train (or load) the generator, generate, cache; returns train + generated.
@@ -312,13 +355,49 @@ def balance(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torch.
                 remove_folder(folder)
             with atomic_folder(folder) as tmp:
                 generated, manifest = _generate(train, cfg, seed, device, generator_path, plan, delta1, out_size, tmp)
-                manifest.update(key=key_src, generator=generator_path or str(folder / "generator"),
+                manifest.update(key=key_src,
                                 files=file_digests(tmp))
                 atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=2, default=str))
             manifest["cached"] = False
     merged = SplitTensors(torch.cat([train.images, generated.images]), torch.cat([train.pids, generated.pids]),
                           torch.cat([train.camids, generated.camids]))
     return BalancedData(merged, generated, plan, manifest, folder)
+
+
+#: the DiffusionConfig fields the generator's training depends on (the others only change how it is sampled)
+GENERATOR_FIELDS = ("height", "width", "channels", "train_steps", "batch_size", "lr", "p_mean", "p_std", "sigma_data")
+
+
+def trained_generator(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torch.device,
+                      ids: list[int], cams: list[int]) -> tuple[ConditionalEDM, list[float], Path]:
+    """The generator for this data, training settings and seed: from the cache, or trained and cached.
+
+    Keyed without the sampling settings, so phase-1 variants (mode, sigma_start, thresholds, filter)
+    share one trained generator; its files are verified against their manifest on load.
+    """
+    key = fingerprint({"data": split_fingerprint(train), "seed": seed, "version": cfg.version,
+                       **{f: getattr(cfg, f) for f in GENERATOR_FIELDS}})
+    folder = cache_dir() / "ddid-generators" / key
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder.parent / f"{key}.lock")):
+        if folder.is_dir() and manifest_intact(folder):
+            log.info("DDID phase 1: conditional diffusion model from the cache (%s)", folder)
+            return ConditionalEDM.load(folder, device), json.loads((folder / "losses.json").read_text()), folder
+        if folder.exists():
+            log.warning("DDID generator cache %s does not match its manifest; training it again", folder)
+            remove_folder(folder)
+        log.info("DDID phase 1: training the conditional diffusion model (%d steps)", cfg.train_steps)
+        # initialised from the seed, not from whatever the process drew before: a cached generator must be a
+        # function of its key alone
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            edm = ConditionalEDM(cfg, ids, cams, device)
+        losses = edm.fit(train.images, train.pids, train.camids, seed)
+        with atomic_folder(folder) as tmp:
+            edm.save(tmp)
+            atomic_write_text(tmp / "losses.json", json.dumps(losses))
+            atomic_write_text(tmp / "manifest.json", json.dumps({"files": file_digests(tmp)}, indent=1))
+    return edm, losses, folder
 
 
 def _generate(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torch.device,
@@ -330,14 +409,21 @@ def _generate(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torc
     if generator_path:
         edm = ConditionalEDM.load(Path(generator_path), device)
         losses: list[float] = []
+        source = Path(generator_path)
     else:
-        log.info("DDID phase 1: training the conditional diffusion model (%d steps)", cfg.train_steps)
-        edm = ConditionalEDM(cfg, ids, cams, device)
-        losses = edm.fit(train.images, train.pids, train.camids, seed)
-        edm.save(tmp / "generator")
+        edm, losses, source = trained_generator(train, cfg, seed, device, ids, cams)
+    # the network comes from the generator's own settings, the sampling from this run's
+    edm.cfg = dataclasses.replace(edm.cfg, **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+                                              if f.name not in GENERATOR_FIELDS})
     fit_seconds = time.perf_counter() - start
-    log.info("DDID phase 1: generating %d images (delta1=%d, delta2=%.2f)", len(plan), delta1, cfg.delta2)
-    images = edm.sample([p for p, _, _ in plan], [c for _, c, _ in plan], out_size, seed + 1)
+    log.info("DDID phase 1: %s %d images (delta1=%d, delta2=%.2f%s)",
+             "resampling" if cfg.mode == "resample" else "generating", len(plan), delta1, cfg.delta2,
+             f", sigma_start={cfg.sigma_start:g}" if cfg.mode == "resample" else "")
+    pids, cams = [p for p, _, _ in plan], [c for _, c, _ in plan]
+    if cfg.mode == "resample":
+        images = edm.resample(source_images(train, plan, seed + 2), pids, cams, out_size, seed + 1)
+    else:
+        images = edm.sample(pids, cams, out_size, seed + 1)
     generated = SplitTensors(images, torch.tensor([p for p, _, _ in plan], dtype=torch.long),
                              torch.tensor([c for _, c, _ in plan], dtype=torch.long))
     save_file({"images": generated.images.contiguous(), "pids": generated.pids, "camids": generated.camids},
@@ -348,6 +434,6 @@ def _generate(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torc
         "inter_id": sum(r == "inter-id" for *_, r in plan), "intra_id": sum(r == "intra-id" for *_, r in plan),
         "train_images": len(train), "fit_seconds": fit_seconds,
         "generate_seconds": time.perf_counter() - start - fit_seconds,
-        "final_loss": float(np.mean(losses[-50:])) if losses else None,
+        "final_loss": float(np.mean(losses[-50:])) if losses else None, "generator": str(source),
     }
     return generated, manifest

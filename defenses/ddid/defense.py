@@ -28,13 +28,17 @@ from benchmark.training import TrainConfig, TrainContext, optimize, train_model
 from defenses.adversarial import eval_mode, farthest_negative_centroids, metric_pgd, self_metric_pgd
 from defenses.base import Defense, register_defense
 from defenses.ddid.adversarial_learning import FeatureDiscriminator, discriminator_loss, encoder_loss
-from defenses.ddid.balancing import DiffusionConfig, balance, identity_fidelity
+from defenses.ddid.balancing import DiffusionConfig, balance
 from defenses.ddid.fnes import FNESConfig, extend_and_mix, soft_targets
+from defenses.ddid.quality import phase1_quality
 from defenses.ddid.self_meta import identity_split, meta_update
 
 log = logging.getLogger("benchmark")
 
 PARTS = ("diffusion", "adv-learning", "self-meta", "fnes")
+#: phase-1 quality figures that go into the leaderboard row (column training_quality)
+QUALITY_COLUMNS = ("id_fidelity", "id_top1_real_at_generator_res", "cam_fidelity", "cam_chance")
+MODES = ("generate", "resample")
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,14 @@ class DDID(Defense):
                                  f"valid parts: {', '.join(PARTS)}")
         if self.options.generator and not Path(self.options.generator).is_dir():
             raise BenchmarkError(f"DDID generator folder '{self.options.generator}' does not exist; pass a folder "
-                                 "written by a DDID run (its generator/ subfolder) with --ddid-generator")
+                                 "trained by a DDID run (under the cache's ddid-generators/, named in its phase-1 "
+                                 "manifest) with --ddid-generator")
+        d = self.options.diffusion
+        if d.mode not in MODES:
+            raise BenchmarkError(f"DDID mode={d.mode!r}: use generate (sampling from noise) or resample (SDEdit from "
+                                 "a real image of the same identity)")
+        if not 0 < d.sigma_start <= 80:
+            raise BenchmarkError(f"DDID sigma_start={d.sigma_start}: give a noise level in (0, 80] (EDM's range)")
         self.fnes_cfg = self.options.fnes
 
     def uses(self, part: str) -> bool:
@@ -107,12 +118,25 @@ class DDID(Defense):
         if self.uses("diffusion"):
             o = self.options
             balanced = balance(train, o.diffusion, cfg.seed, device, o.generator or None)
-            # judged by the warm-start model, before phase 2 changes it
-            fidelity = identity_fidelity(model, train, balanced.generated, device)
-            log.info("DDID phase 1: ID top-1 of the starting model on generated images %.1f%% (real: %.1f%%)",
-                     fidelity["generated_id_top1"], fidelity["real_id_top1"])
-            train = balanced.train
-            history["phase1"] = {**balanced.info, **fidelity, "folder": str(balanced.folder)}
+            # judged by the warm-start model, before phase 2 changes it; on a forked RNG so that quality
+            # control changes nothing phase 2 draws
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                quality = phase1_quality(model, train, balanced.generated, o.diffusion, device, cfg.seed)
+            keep = quality.pop("_keep", None)
+            generated = balanced.generated
+            if o.diffusion.id_filter and keep is not None:
+                generated = SplitTensors(generated.images[keep], generated.pids[keep], generated.camids[keep])
+            log.info("DDID phase 1 (%s): identity fidelity %.1f%% (real images %.1f%%, at the generator's "
+                     "resolution %.1f%%), camera fidelity %.1f%% (real %.1f%%, chance %.1f%%); %d of %d images "
+                     "used%s", o.diffusion.mode, quality.get("id_fidelity", 0.0), quality.get("id_top1_real", 0.0),
+                     quality.get("id_top1_real_at_generator_res", 0.0), quality.get("cam_fidelity", 0.0),
+                     quality.get("cam_top1_real_held_out", 0.0), quality.get("cam_chance", 0.0), len(generated),
+                     len(balanced.generated), " (identity filter)" if o.diffusion.id_filter else "")
+            train = SplitTensors(torch.cat([train.images, generated.images]), torch.cat([train.pids, generated.pids]),
+                                 torch.cat([train.camids, generated.camids]))
+            history["phase1"] = {**balanced.info, **quality, "used": len(generated), "folder": str(balanced.folder)}
+            history["quality"] = {k: quality[k] for k in QUALITY_COLUMNS if k in quality} | {"used": len(generated)}
+            history["artifacts"] = {"phase1-samples.png": str(balanced.folder / "samples.png")}
         history["phase2"] = train_model(model, train, cfg, self.train_step, device, desc="ddid",
                                         extra=self.training_extras(model, cfg.lr, device))
         return history

@@ -1,0 +1,46 @@
+"""Several seeds: `run --seeds` trains and scores one model per seed; the seeds board gives mean, sd and n."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from benchmark.leaderboard import seed_summary
+
+
+def _summary(defense: str, values: list[float], clean: float = 50.0) -> list[dict]:
+    return [{"dataset": "synthped", "train_dataset": "synthped", "defense": defense, "backbone": "reidnet-s",
+             "settings": "", "seed": s, "clean_mAP": clean + s, "worst_case_mAP": v, "worst_case_R1": v / 2,
+             "robust_mAP_mean": 2 * v} for s, v in enumerate(values)]
+
+
+def test_seed_summary_reports_mean_sd_n_and_calls_only_gaps_beyond_the_spread():
+    frame = pd.DataFrame(_summary("a", [10.0, 12.0, 14.0]) + _summary("b", [11.0, 12.0, 13.0])
+                         + _summary("c", [2.0, 3.0, 4.0]) + _summary("d", [5.0]))
+    out = seed_summary(frame).set_index("defense")
+    assert out.loc["a", "n"] == 3 and out.loc["a", "seeds"] == "0,1,2"
+    assert out.loc["a", "worst_case_mAP_mean"] == pytest.approx(12.0)
+    assert out.loc["a", "worst_case_mAP_sd"] == pytest.approx(2.0)
+    assert out.loc["a", "clean_mAP_mean"] == pytest.approx(51.0)
+    assert out.loc["a", "vs_best"] == "best"  # a tie on the mean goes to the first recipe
+    assert out.loc["b", "vs_best"].endswith("within seed spread")
+    assert out.loc["c", "vs_best"].endswith(": separated")
+    assert "one seed" in out.loc["d", "vs_best"] and math.isnan(out.loc["d", "worst_case_mAP_sd"])
+    assert list(out.index) == ["a", "b", "d", "c"]  # ordered by the worst-case mean
+
+
+def test_run_with_seeds_trains_and_scores_each_and_writes_the_seeds_board(tmp_path):
+    from benchmark.cli import main
+    from tests.conftest import TINY_SYNTHPED
+
+    data = ",".join(f"{k}={v}" for k, v in TINY_SYNTHPED.items())
+    argv = ["run", "--defense", "none", "--attack", "fgsm", "--epochs", "1", "--seeds", "0,1", "--dataset-opt",
+            data, "--height", "64", "--width", "32", "--device", "cpu", "--results-dir", str(tmp_path / "r"),
+            "--leaderboard-dir", str(tmp_path / "b"), "--allow-dirty"]
+    assert main(argv) == 0
+    assert len(list((tmp_path / "r").glob("*/metrics.json"))) == 2
+    seeds = pd.read_csv(tmp_path / "b" / "custom" / "seeds-synthped.csv")
+    assert seeds["n"].tolist() == [2] and seeds["seeds"].astype(str).tolist() == ["0,1"]
+    assert main([*argv[:-1], "--seeds", "0,x"]) == 2  # a bad list fails before any training
