@@ -164,7 +164,8 @@ def _versus(row: pd.Series, best: pd.Series) -> str:
         return ""
     spread = row["worst_case_mAP_sd"] + best["worst_case_mAP_sd"]
     if math.isnan(spread):
-        return f"{gap:.2f} below the best; not separable (one seed)"
+        which = "this recipe" if math.isnan(row["worst_case_mAP_sd"]) else "the best"
+        return f"{gap:.2f} below the best; not separable ({which} has one seed)"
     verdict = "separated" if gap > spread else "within seed spread"
     return f"{gap:.2f} below the best, seed sds add to {spread:.2f}: {verdict}"
 

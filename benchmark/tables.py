@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.leaderboard import STANDARD_EPS, SUMMARY_TEXT, board_paths, read_board
+from benchmark.leaderboard import STANDARD_EPS, SUMMARY_TEXT, board_paths, read_board, seeds_path
 
 HEADLINE_ATTACKS = ("fna", "sma", "ifgsm")
 NAMES = {"fna": "FNA", "sma": "SMA", "ifgsm": "I-FGSM"}
@@ -46,7 +46,7 @@ def summary_frame(leaderboard_dir: str | Path, dataset: str, variants: bool = Fa
     summary = summary.sort_values(["_worst", "_order", "defense", "seed"])
     for _, s in summary.iterrows():
         attacks = at8[(at8["defense"] == s["defense"]) & (at8["seed"] == s["seed"]) & (at8["run_id"] == s["run_id"])]
-        row = {"defense": s["defense"], "clean mAP": s["clean_mAP"]}
+        row = {"defense": s["defense"], "seed": str(int(s["seed"])), "clean mAP": s["clean_mAP"]}
         if not variants:
             row["worst case mAP / R1"] = f"{_fmt(s.get('worst_case_mAP', math.nan))} / " \
                                          f"{_fmt(s.get('worst_case_R1', math.nan))}"
@@ -98,11 +98,30 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
     raise ValueError(f"unknown format {fmt!r}")
 
 
+def seeds_frame(leaderboard_dir: str | Path, dataset: str) -> pd.DataFrame:
+    """Standard recipes over their seeds (`seeds-<dataset>.csv`): n, mean ± sd of clean and worst-case mAP, and
+    whether the gap to the best worst case exceeds the seed spread."""
+    _, summary_path = board_paths(leaderboard_dir, dataset, official=True)
+    seeds = read_board(seeds_path(summary_path), ("defense", "settings", "seeds", "vs_best"))
+    if seeds.empty:
+        return pd.DataFrame()
+    seeds = seeds[seeds["settings"].eq("") & ~seeds["defense"].str.contains(r"\[", regex=True)]
+
+    def pm(row: pd.Series, metric: str) -> str:
+        sd = row[f"{metric}_sd"]
+        return _fmt(row[f"{metric}_mean"]) + ("" if pd.isna(sd) else f" ± {_fmt(sd)}")
+
+    return pd.DataFrame([{"defense": r["defense"], "n": str(int(r["n"])), "seeds": r["seeds"],
+                          "clean mAP": pm(r, "clean_mAP"), "worst case mAP": pm(r, "worst_case_mAP"),
+                          "vs the best worst case": r["vs_best"]} for _, r in seeds.iterrows()])
+
+
 def readme_tables(text: str, leaderboard_dir: str | Path) -> str:
     """The README with every marked table regenerated from the boards."""
     def fill(match: re.Match) -> str:
         dataset, _, variant = match.group("key").partition(":")
-        frame = summary_frame(leaderboard_dir, dataset, variants=variant == "variants")
+        frame = (seeds_frame(leaderboard_dir, dataset) if variant == "seeds"
+                 else summary_frame(leaderboard_dir, dataset, variants=variant == "variants"))
         return match.group(1) + render(frame, "md") + match.group(4)
 
     return MARKER.sub(fill, text)

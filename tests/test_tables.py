@@ -27,8 +27,8 @@ def test_formats(tmp_path):
     assert list(frame["defense"]) == ["none"] and frame["FNA"].item() == 1.0
     assert list(summary_frame(tmp_path, "toy", variants=True)["defense"]) == ["ddid[ablate=fnes]"]
     md = render(frame, "md")
-    assert md.splitlines()[1].startswith("| ---") and "| none | 60.0 | - / - | - | 1.0 | 1.0 | 3.0 |" in md
+    assert md.splitlines()[1].startswith("| ---") and "| none | 0 | 60.0 | - / - | - | 1.0 | 1.0 | 3.0 |" in md
     latex = render(frame, "latex")
     assert latex.startswith(r"\begin{tabular}") and r"\bottomrule" in latex
     header = render(frame, "csv").splitlines()[0]
-    assert header.startswith("defense,clean mAP,worst case mAP / R1,2x iters,min of means,FNA")
+    assert header.startswith("defense,seed,clean mAP,worst case mAP / R1,2x iters,min of means,FNA")

@@ -68,6 +68,8 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
                label="identity: real images at generator resolution")
     ax.axhline(gen["cam_chance"], color="#999999", ls="--", lw=0.8, label="camera: chance")
     ax.set_xscale("log")
+    ax.set_xticks(list(res["sigma_start"]), [f"{v:g}" for v in res["sigma_start"]])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("sigma_start (EDM noise level the real image is noised to)")
     ax.set_ylabel("top-1 (%)")
     ax.set_ylim(0, 105)
