@@ -215,6 +215,19 @@ class ConditionalEDM:
         self.unet.eval()
         return losses
 
+    def _condition(self, pids: list[int], cams: list[int]) -> torch.Tensor:
+        """Conditioning vectors of (pid, camera) pairs."""
+        return self.conditioner(*self._indices(torch.tensor(pids), torch.tensor(cams)))
+
+    def _walk(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The EDM Euler sampler over the scheduler's current timesteps, from `x` at the first one."""
+        for i, t in enumerate(self.scheduler.timesteps):
+            sigma = self.scheduler.sigmas[i].to(self.device, torch.float32).expand(len(x))
+            model_in = self.scheduler.scale_model_input(x, t)
+            eps = self.unet(model_in, noise_timestep(sigma), class_labels=cond).sample
+            x = self.scheduler.step(eps, t, x).prev_sample
+        return x
+
     @torch.no_grad()
     def sample(self, pids: list[int], cams: list[int], out_size: tuple[int, int], seed: int,
                batch: int = 128) -> torch.Tensor:
@@ -224,18 +237,10 @@ class ConditionalEDM:
         out = []
         self.unet.eval()
         for start in tqdm(range(0, len(pids), batch), desc="DDID phase 1: generation", leave=False, disable=None):
-            p = torch.tensor(pids[start:start + batch])
-            c = torch.tensor(cams[start:start + batch])
-            cond = self.conditioner(*self._indices(p, c))
+            cond = self._condition(pids[start:start + batch], cams[start:start + batch])
             self.scheduler.set_timesteps(cfg.sample_steps)
-            x = torch.randn((len(p), 3, cfg.height, cfg.width), generator=g).to(self.device)
-            x = x * self.scheduler.init_noise_sigma
-            for i, t in enumerate(self.scheduler.timesteps):
-                sigma = self.scheduler.sigmas[i].to(self.device, torch.float32).expand(len(p))
-                model_in = self.scheduler.scale_model_input(x, t)
-                eps = self.unet(model_in, noise_timestep(sigma), class_labels=cond).sample
-                x = self.scheduler.step(eps, t, x).prev_sample
-            out.append(_to_uint8(x, out_size))
+            x = torch.randn((len(cond), 3, cfg.height, cfg.width), generator=g).to(self.device)
+            out.append(_to_uint8(self._walk(x * self.scheduler.init_noise_sigma, cond), out_size))
         return torch.cat(out) if out else torch.empty((0, 3, *out_size), dtype=torch.uint8)
 
     @torch.no_grad()
@@ -253,18 +258,11 @@ class ConditionalEDM:
         out = []
         self.unet.eval()
         for start in tqdm(range(0, len(pids), batch), desc="DDID phase 1: resampling", leave=False, disable=None):
-            p = torch.tensor(pids[start:start + batch])
-            c = torch.tensor(cams[start:start + batch])
-            cond = self.conditioner(*self._indices(p, c))
+            cond = self._condition(pids[start:start + batch], cams[start:start + batch])
             x0 = x_all[start:start + batch].to(self.device)
             x = x0 + cfg.sigma_start * torch.randn(x0.shape, generator=g).to(self.device)
             self.scheduler.set_timesteps(cfg.sample_steps, sigmas=ramp)
-            for i, t in enumerate(self.scheduler.timesteps):
-                sigma = self.scheduler.sigmas[i].to(self.device, torch.float32).expand(len(p))
-                model_in = self.scheduler.scale_model_input(x, t)
-                eps = self.unet(model_in, noise_timestep(sigma), class_labels=cond).sample
-                x = self.scheduler.step(eps, t, x).prev_sample
-            out.append(_to_uint8(x, out_size))
+            out.append(_to_uint8(self._walk(x, cond), out_size))
         return torch.cat(out) if out else torch.empty((0, 3, *out_size), dtype=torch.uint8)
 
     def save(self, folder: Path) -> None:
