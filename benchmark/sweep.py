@@ -83,7 +83,7 @@ def expand(args: argparse.Namespace, processes_per_cell: int = 1) -> list[Cell]:
     With `processes_per_cell` > 1 (a launcher running each cell under torch.distributed) the cells'
     checkpoints are trained with that many processes, and their specifications say so.
     """
-    from benchmark.arguments import build_parser, spec_from_args
+    from benchmark.arguments import build_parser, seeds_from_args, spec_from_args
 
     if processes_per_cell > 1:
         if args.train_processes not in (None, processes_per_cell):
@@ -93,9 +93,7 @@ def expand(args: argparse.Namespace, processes_per_cell: int = 1) -> list[Cell]:
 
     parser = build_parser()
     datasets, defenses = _split(args.dataset), _split(args.defense)
-    seeds = _split(args.seeds) if args.seeds else [str(args.seed)]
-    if not seeds or not all(s.isdigit() for s in seeds):
-        raise BenchmarkError(f"--seeds {args.seeds!r}: give non-negative integers, e.g. --seeds 0,1,2")
+    seeds = [str(s) for s in seeds_from_args(args)]
     roots = _roots(args.data_root, datasets)
     common = _common(args)
     attack_opts = [x for opt in args.attack_opt or [] for x in ("--attack-opt", opt)]
