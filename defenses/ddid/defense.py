@@ -118,10 +118,8 @@ class DDID(Defense):
         if self.uses("diffusion"):
             o = self.options
             balanced = balance(train, o.diffusion, cfg.seed, device, o.generator or None)
-            # judged by the warm-start model, before phase 2 changes it; on a forked RNG so that quality
-            # control changes nothing phase 2 draws
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                quality = phase1_quality(model, train, balanced.generated, o.diffusion, device, cfg.seed)
+            # judged by the warm-start model, before phase 2 changes it
+            quality = phase1_quality(model, train, balanced.generated, o.diffusion, device, cfg.seed)
             keep = quality.pop("_keep", None)
             generated = balanced.generated
             if o.diffusion.id_filter and keep is not None:

@@ -43,8 +43,7 @@ def study(dataset: str, data_root: str | None, sigmas: list[float], cfg: Diffusi
     for mode, sigma in variants:
         variant = dataclasses.replace(cfg, mode=mode, sigma_start=sigma if sigma is not None else cfg.sigma_start)
         balanced = balance(ws.train, variant, seed, device)
-        with torch.random.fork_rng(devices=[]):
-            quality = phase1_quality(warm, ws.train, balanced.generated, variant, device, seed)
+        quality = phase1_quality(warm, ws.train, balanced.generated, variant, device, seed)
         quality.pop("_keep", None)
         rows.append({"dataset": dataset, "mode": mode, "sigma_start": sigma, "height": variant.height,
                      "width": variant.width, "train_steps": variant.train_steps, "seed": seed,

@@ -65,17 +65,19 @@ def camera_classifier(train: SplitTensors, device: torch.device, seed: int) -> t
     cams = torch.unique(train.camids)
     labels = torch.searchsorted(cams, train.camids)
     height, width = train.images.shape[2:]
-    torch.manual_seed(seed)
-    model = HalfResolution(ReidModel(ModelConfig(CAMERA_BACKBONE, len(cams), height // 2, width // 2)))
-    model = model.to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(CAMERA_STEPS):
-        idx = fit[torch.randint(len(fit), (CAMERA_BATCH,), generator=g)]
-        x = augment(train.float_images(idx).to(device), g)
-        loss = F.cross_entropy(model(x).logits, labels[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    # seeded on a forked RNG: quality control must change nothing the caller draws afterwards (DDID's phase 2)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model = HalfResolution(ReidModel(ModelConfig(CAMERA_BACKBONE, len(cams), height // 2, width // 2)))
+        model = model.to(device).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(CAMERA_STEPS):
+            idx = fit[torch.randint(len(fit), (CAMERA_BATCH,), generator=g)]
+            x = augment(train.float_images(idx).to(device), g)
+            loss = F.cross_entropy(model(x).logits, labels[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     return model.eval(), held_out
 
 
