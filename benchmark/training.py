@@ -224,8 +224,11 @@ def _cached_checkpoint_ranks(key_payload: dict[str, Any], folder: Path,
     if lock is not None:
         lock.acquire()
     try:
-        hit = distributed.from_main(lambda: not retrain and _load_checkpoint(folder) is not None)
-        loaded = _load_checkpoint(folder) if hit else None
+        # rank 0 reads the checkpoint once and decides for all; the others read it only on a hit
+        loaded = _load_checkpoint(folder) if lock is not None and not retrain else None
+        hit = distributed.from_main(lambda: loaded is not None)
+        if hit and loaded is None:
+            loaded = _load_checkpoint(folder)
         if loaded is not None:
             return loaded[0], loaded[1], folder
         if hit:
