@@ -17,7 +17,7 @@ from benchmark.errors import BenchmarkError
 from benchmark.options import parse_kv
 from benchmark.precision import AMP_MODES
 from benchmark.provenance import package_version
-from benchmark.spec import RunSpec, make_spec
+from benchmark.spec import SPLITS, RunSpec, make_spec
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -76,6 +76,9 @@ def _add_run_args(p: argparse.ArgumentParser, attacks_default: str) -> None:
     p.add_argument("--amp", default=None, choices=AMP_MODES,
                    help="mixed precision for training and feature extraction (attacks stay float32); makes the "
                         "run custom")
+    p.add_argument("--split", default=None, choices=SPLITS,
+                   help="what is scored: test (the protocol's test identities; default) or validation (a fixed "
+                        "quarter of the training identities held out of training, for tuning; makes the run custom)")
     p.add_argument("--epochs", type=_positive_int, default=None,
                    help="training epochs (default: the defense's own; any other value makes the run custom)")
     p.add_argument("--height", type=_positive_int, default=128, help="input height (standard: 128)")
@@ -192,4 +195,4 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         dataset_options=parse_kv(args.dataset_opt, "--dataset-opt"), defense_options=defense_options,
         attack_options=attack_options(args.attack_opt), check_convergence=args.check_convergence,
         train_processes=args.train_processes if args.train_processes is not None else requested_world_size(),
-        amp=args.amp or "off")
+        amp=args.amp or "off", split=getattr(args, "split", None) or "test")

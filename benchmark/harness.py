@@ -31,6 +31,7 @@ from benchmark.distributed import from_main, gather_objects, sharded_attack, wor
 from benchmark.enums import Seen
 from benchmark.errors import AttackValidityError, BenchmarkError, RunInterrupted
 from benchmark.hashing import fingerprint, module_state_digest, sha256_file, source_digest, tensor_digest
+from benchmark.holdout import validation_dataset
 from benchmark.metrics import RetrievalMetrics, evaluate_features
 from benchmark.models import BACKBONES, ModelConfig, ReidModel, extract_embeddings
 from benchmark.paths import cache_dir
@@ -91,6 +92,11 @@ def load_workspace(spec: RunSpec) -> Workspace:
     else:
         train = SplitTensors.from_items(test_ds.train, size)
         train_name = spec.data.label
+    if spec.split == "validation":  # tuning: score held-out training identities, never the test set
+        if spec.train_data is not None:
+            raise BenchmarkError("--split validation holds identities out of the test data set's own training split: "
+                                 "drop --train-dataset")
+        test_ds, train, query, gallery = validation_dataset(test_ds, train)
     assert_identity_disjoint({int(p) for p in train.pids if p > 0},
                              {int(p) for p in torch.cat([query.pids, gallery.pids]) if p > 0},
                              f"run on '{spec.data.name}'")

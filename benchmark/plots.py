@@ -241,6 +241,39 @@ def plot_variants(board: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
     return paths
 
 
+def plot_ablations(leaderboard_dir: Path, dataset: str, out: Path) -> list[Path]:
+    """Each declared ablation study with rows on the board: clean and worst-case mAP per step, bars at the
+    mean over seeds with ±1 sd, every seed as a dot."""
+    from benchmark import ablation
+    from defenses.base import DEFENSES
+
+    paths: list[Path] = []
+    for name in DEFENSES.names():
+        if not DEFENSES.get(name).ablation:
+            continue
+        seeds = ablation.per_seed(leaderboard_dir, dataset, name)
+        if seeds.empty:
+            continue
+        stats = ablation.summary(leaderboard_dir, dataset, name)
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), sharey=False)
+        ys = np.arange(len(stats))[::-1]
+        for ax, metric, title in zip(axes, ("clean_mAP", "worst_case_mAP", "fna_mAP"),
+                                     ("clean mAP", "worst-case mAP (standard suite)", "FNA mAP"), strict=True):
+            ax.barh(ys, stats[f"{metric}_mean"], xerr=stats[f"{metric}_sd"].fillna(0), color="#9ecae1",
+                    edgecolor="#3182bd", capsize=3)
+            for y, step in zip(ys, stats["step"], strict=True):
+                values = seeds.loc[seeds["step"] == step, metric].dropna()
+                ax.plot(values, [y] * len(values), "o", color="black", ms=3)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("mAP (%)")
+            ax.set_yticks(ys, [f"{s} (n={n})" for s, n in zip(stats["step"], stats["n"], strict=True)]
+                          if ax is axes[0] else [])
+        fig.suptitle(f"{name} ablation on {dataset}: mean ± sd over seeds (dots: single seeds)", fontsize=10)
+        fig.tight_layout()
+        paths += _save(fig, out / f"{dataset}-{name}-ablation")
+    return paths
+
+
 def plot_all(leaderboard_dir: str | Path, results_dir: str | Path, out: str | Path) -> list[Path]:
     """Every figure from the boards in `leaderboard_dir` and the run folders."""
     leaderboard_dir, results_dir, out = Path(leaderboard_dir), Path(results_dir), Path(out)
@@ -261,6 +294,7 @@ def plot_all(leaderboard_dir: str | Path, results_dir: str | Path, out: str | Pa
         paths += figures.cmc(board, summary, name, out / f"{name}-cmc", _save)
         paths += figures.seen_unseen(summary, name, out / f"{name}-seen-unseen", _save)
         paths += plot_variants(board, name, out)
+        paths += plot_ablations(leaderboard_dir, name, out)
     for folder in sorted(p for p in results_dir.glob("*") if (p / "config.json").is_file()):
         paths += replot_run(folder)
     return paths

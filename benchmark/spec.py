@@ -26,6 +26,9 @@ from benchmark.options import build_options, changed_options, format_value
 from benchmark.precision import AMP_MODES
 from defenses import DEFENSES
 
+#: what a run scores: the test identities, or validation identities held out of the training split (tuning)
+SPLITS = ("test", "validation")
+
 #: the protocol's standard settings (design.md §1): official boards take only runs made with them
 STANDARD_METRIC = "euclidean"
 STANDARD_INPUT = (128, 64)
@@ -140,6 +143,7 @@ class RunSpec:
     check_convergence: bool = False         # rerun the suite's iterative members with doubled iterations
     train_processes: int = 1                # data-parallel processes the checkpoint is trained with (torchrun)
     amp: str = "off"                        # mixed precision of training and feature extraction (attacks: float32)
+    split: str = "test"                     # test, or validation: identities carved from the training split
 
     @property
     def eps(self) -> tuple[float, ...]:
@@ -178,6 +182,9 @@ class RunSpec:
             out["train-processes"] = str(self.train_processes)
         if self.amp != "off":
             out["amp"] = self.amp
+        # tuning runs score held-out training identities: they never land on an official board
+        if self.split != "test":
+            out["split"] = self.split
         return dict(sorted(out.items()))
 
     @property
@@ -199,7 +206,8 @@ class RunSpec:
                 "suite": self.suite, "check_convergence": self.check_convergence,
                 # only when set, so the digests of runs made before these existed stay what they were
                 **({"train_processes": self.train_processes} if self.train_processes != 1 else {}),
-                **({"amp": self.amp} if self.amp != "off" else {})}
+                **({"amp": self.amp} if self.amp != "off" else {}),
+                **({"split": self.split} if self.split != "test" else {})}
 
     @property
     def digest(self) -> str:
@@ -355,8 +363,12 @@ def make_spec(defense: str = "none", attacks: str = "none", dataset: str = "synt
               train_dataset_options: Mapping[str, str] | None = None,
               defense_options: Mapping[str, str] | None = None,
               attack_options: Mapping[str, Mapping[str, str]] | None = None,
-              check_convergence: bool = False, train_processes: int = 1, amp: str = "off") -> RunSpec:
+              check_convergence: bool = False, train_processes: int = 1, amp: str = "off",
+              split: str = "test") -> RunSpec:
     """Validate every value and build the canonical RunSpec; raises BenchmarkError (one line) on bad input."""
+    if split not in SPLITS:
+        raise BenchmarkError(f"--split {split!r}: use test (the protocol) or validation (held-out training "
+                             "identities, for tuning)")
     if not isinstance(train_processes, int) or train_processes < 1:
         raise BenchmarkError(f"--train-processes {train_processes}: give a positive integer (the torchrun "
                              "--nproc-per-node the checkpoint is trained with)")
@@ -385,4 +397,4 @@ def make_spec(defense: str = "none", attacks: str = "none", dataset: str = "synt
         model=ModelSpec(backbone, height, width, weights_sha, weights_path),
         defense=_defense_spec(defense, defense_options, epochs),
         attacks=_attack_specs(names, attack_options or {}), eps_units=parse_eps(eps), seed=seed, metric=metric,
-        suite=suite, check_convergence=check_convergence, train_processes=train_processes, amp=amp)
+        suite=suite, check_convergence=check_convergence, train_processes=train_processes, amp=amp, split=split)

@@ -26,7 +26,7 @@ from benchmark.options import parse_kv
 #: run options passed through to every cell as given on the sweep's command line
 PASS_THROUGH = ("--backbone", "--backbone-weights", "--epochs", "--height", "--width", "--metric", "--device",
                 "--results-dir", "--leaderboard-dir", "--threads", "--ablate", "--ddid-generator", "--amp",
-                "--train-processes")
+                "--train-processes", "--split")
 REPEATED = ("--dataset-opt", "--defense-opt")
 FLAGS = ("--retrain", "--no-write", "--allow-dirty")
 
@@ -77,6 +77,28 @@ def _common(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _recipes(args: argparse.Namespace) -> list[tuple[str, tuple[str, ...]]]:
+    """(defense, extra --defense-opt values) of every recipe: the --defense list, or the steps of the
+    ablation study named by --ablation."""
+    if getattr(args, "tune", None):
+        from benchmark.tuning import candidates
+
+        if args.ablation or args.ablate is not None or args.defense_opt:
+            raise BenchmarkError("--tune runs the search's own recipes: drop --ablation, --ablate and --defense-opt")
+        return [(d, opts) for d in _split(args.tune) for opts in candidates(d, args.budget)]
+    if not getattr(args, "ablation", None):
+        return [(d, ()) for d in _split(args.defense)]
+    from defenses.base import DEFENSES
+
+    steps = DEFENSES.get(args.ablation).ablation
+    if not steps:
+        raise BenchmarkError(f"defense '{args.ablation}' declares no ablation study; --ablation takes a defense "
+                             f"that does: {', '.join(n for n in DEFENSES.names() if DEFENSES.get(n).ablation)}")
+    if args.ablate is not None or args.defense_opt:
+        raise BenchmarkError("--ablation runs the study's own recipes: drop --ablate and --defense-opt")
+    return [(step.defense, step.options) for step in steps]
+
+
 def expand(args: argparse.Namespace, processes_per_cell: int = 1) -> list[Cell]:
     """Every cell of the grid, each validated as a full run specification (bad input fails here, in one line).
 
@@ -91,8 +113,13 @@ def expand(args: argparse.Namespace, processes_per_cell: int = 1) -> list[Cell]:
                                  f"processes_per_cell={processes_per_cell}; drop one of them")
         args = argparse.Namespace(**{**vars(args), "train_processes": processes_per_cell})
 
+    if getattr(args, "tune", None):
+        if args.split not in (None, "validation"):
+            raise BenchmarkError("--tune scores validation identities only: drop --split test")
+        args = argparse.Namespace(**{**vars(args), "split": "validation"})
     parser = build_parser()
-    datasets, defenses = _split(args.dataset), _split(args.defense)
+    datasets = _split(args.dataset)
+    recipes = _recipes(args)
     seeds = [str(s) for s in seeds_from_args(args)]
     roots = _roots(args.data_root, datasets)
     common = _common(args)
@@ -100,9 +127,10 @@ def expand(args: argparse.Namespace, processes_per_cell: int = 1) -> list[Cell]:
     cells: list[Cell] = []
     for dataset in datasets:
         data = ["--dataset", dataset] + (["--data-root", roots[dataset]] if dataset in roots else [])
-        for defense in defenses:
+        for defense, options in recipes:
             for seed in seeds:
-                base = [*data, "--defense", defense, "--seed", seed, *common]
+                base = [*data, "--defense", defense, "--seed", seed, *common,
+                        *(x for opt in options for x in ("--defense-opt", opt))]
                 train_argv = ["train", *base]
                 eval_argv = ["run", *base, "--attack", args.attack, "--eps", args.eps, *attack_opts]
                 train_spec = spec_from_args(parser.parse_args(train_argv))
@@ -209,7 +237,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     folders = {kind: [str(c.folder(sweep_dir)) for c in todo if c.kind == kind] for kind in ("train", "eval")}
     launcher.launch(folders["train"], folders["eval"], run_cell)
     print(format_status(cells, sweep_dir))
+    if args.tune:
+        _tuning_report(args)
     return 0 if all(state(c.folder(sweep_dir)) == "done" for c in cells) else 1
+
+
+def _tuning_report(args: argparse.Namespace) -> None:
+    """Write and print each data set's tuning table: every candidate and the chosen one per defense."""
+    from benchmark.tuning import report, write_report
+
+    for dataset in _split(args.dataset):
+        frame = report(args.leaderboard_dir or "leaderboards", dataset, _split(args.tune), args.budget)
+        if frame.empty:
+            print(f"tuning on {dataset}: no validation results yet")
+            continue
+        paths = write_report(frame, args.tune_out, dataset)
+        for _, r in frame[frame["chosen"]].iterrows():
+            print(f"tuning on {dataset}: {r['defense']} chooses candidate {r['candidate']} ({r['options']}): "
+                  f"validation worst case {r['val_worst_case_mAP']:.2f}, clean {r['val_clean_mAP']:.2f}")
+        print("wrote " + ", ".join(str(p) for p in paths))
 
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
@@ -218,5 +264,14 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--launcher-opt", action="append",
                    help="key=value for the launcher: workers=N (local); cluster, partition, gpus_per_task, "
                         "cpus_per_task, time_limit (minutes), array_parallelism, folder (submitit)")
+    p.add_argument("--ablation", default=None, metavar="DEFENSE",
+                   help="run DEFENSE's ablation study (DDID: the paper's Table 3) instead of --defense; "
+                        "`table` reports it")
+    p.add_argument("--tune", default=None, metavar="DEFENSE[,DEFENSE]",
+                   help="fair tuning: each defense's defaults plus --budget - 1 random draws from its search space, "
+                        "trained and scored on validation identities held out of the training split "
+                        "(--split validation); writes tuning-<dataset>.csv/.png to --tune-out")
+    p.add_argument("--budget", type=int, default=4, help="candidates per defense for --tune (defaults included)")
+    p.add_argument("--tune-out", default="leaderboards/studies", help="folder of the tuning tables and figures")
     p.add_argument("--sweep-dir", default="sweeps/default", help="folder of the sweep's cells")
     p.add_argument("--status", action="store_true", help="print done / running / failed / pending per cell")

@@ -1,7 +1,8 @@
 """Tables for papers and the README, printed from the official boards (`python -m benchmark table`).
 
 The README's result tables sit between `<!-- table:<dataset>[:<variant>] -->` and `<!-- /table -->`
-markers and are regenerated with `python -m benchmark table --readme`; a test checks they match.
+markers and are regenerated with `python -m benchmark table --readme`; a test checks they match. Variants:
+`seeds` (recipes over seeds), `variants` (labelled recipes), `ablation-<defense>` (a defense's ablation study).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark import ablation
 from benchmark.leaderboard import STANDARD_EPS, SUMMARY_TEXT, board_paths, read_board, seeds_path
 
 HEADLINE_ATTACKS = ("fna", "sma", "ifgsm")
@@ -120,8 +122,12 @@ def readme_tables(text: str, leaderboard_dir: str | Path) -> str:
     """The README with every marked table regenerated from the boards."""
     def fill(match: re.Match) -> str:
         dataset, _, variant = match.group("key").partition(":")
-        frame = (seeds_frame(leaderboard_dir, dataset) if variant == "seeds"
-                 else summary_frame(leaderboard_dir, dataset, variants=variant == "variants"))
+        if variant == "seeds":
+            frame = seeds_frame(leaderboard_dir, dataset)
+        elif variant.startswith("ablation-"):
+            frame = ablation.table(leaderboard_dir, dataset, variant.removeprefix("ablation-"))
+        else:
+            frame = summary_frame(leaderboard_dir, dataset, variants=variant == "variants")
         return match.group(1) + render(frame, "md") + match.group(4)
 
     return MARKER.sub(fill, text)

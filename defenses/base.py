@@ -24,6 +24,17 @@ from benchmark.training import TrainConfig, TrainContext, standard_step, train_m
 
 
 @dataclass(frozen=True)
+class AblationStep:
+    """One row of a defense's ablation study (its paper's ablation table): a recipe, named by a registered defense
+    and `key=value` options, and the label of the row it is judged against (None: the study's reference)."""
+
+    label: str
+    defense: str
+    options: tuple[str, ...] = ()
+    versus: str | None = None
+
+
+@dataclass(frozen=True)
 class NoOptions:
     """A defense without options."""
     pass
@@ -45,6 +56,10 @@ class Defense:
     default_epochs: ClassVar[int] = 30
     #: start from the trained checkpoint of this defense (adversarial fine-tuning), or from scratch
     warm_start: ClassVar[str | None] = None
+    #: the ablation study `sweep --ablation NAME` runs and `table` reports (empty: none)
+    ablation: ClassVar[tuple[AblationStep, ...]] = ()
+    #: options `sweep --tune NAME` may move, each with its candidate values as --defense-opt takes them
+    search_space: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, **options: Any) -> None:
         self.options = build_options(self.Options, f"defense '{self.name}'", options)

@@ -30,6 +30,8 @@ class MetricAT(Defense):
     Options = MetricATOptions
     default_epochs = 10
     warm_start = "none"
+    #: what `sweep --tune` may move: the training attack's budget
+    search_space = {"eps": ("4/255", "6/255", "8/255", "10/255"), "steps": ("3", "5", "7")}
 
     def train_step(self, model: ReidModel, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> dict[str, float]:
         o = self.options

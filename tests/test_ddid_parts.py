@@ -207,3 +207,63 @@ def test_a_cached_generator_depends_on_its_key_not_on_what_the_process_drew_befo
         again, _, _ = trained_generator(tiny_ws.train, cfg, 7, torch.device("cpu"), ids, cams)  # from the cache
         assert module_state_digest(again.unet) == digests[-1][0]
     assert digests[0] == digests[1]
+
+
+def test_training_drops_each_condition_to_its_null_row_independently():
+    from defenses.ddid.balancing import Conditioner
+
+    cond = Conditioner(num_ids=4, num_cams=3, dim=8)
+    ids, cams = torch.arange(4).repeat(500), torch.arange(3).repeat(667)[:2000]
+    g = torch.Generator().manual_seed(0)
+    kept = cond.dropped(ids, cams, 0.0, g)
+    assert torch.equal(kept[0], ids) and torch.equal(kept[1], cams)
+    gone = cond.dropped(ids, cams, 1.0, g)
+    assert (gone[0] == cond.null_id).all() and (gone[1] == cond.null_cam).all() and cond.null_id == 4
+    d_ids, d_cams = cond.dropped(ids, cams, 0.3, g)
+    id_off, cam_off = d_ids == cond.null_id, d_cams == cond.null_cam
+    assert 0.25 < id_off.float().mean() < 0.35 and 0.25 < cam_off.float().mean() < 0.35
+    assert 0.06 < (id_off & cam_off).float().mean() < 0.12  # independent: about 0.3 * 0.3
+
+
+def test_guided_sampler_combines_the_conditional_and_dropped_predictions():
+    """eps = eps(id, cam) + w_id (eps(id, cam) - eps(-, cam)) + w_cam (eps(id, cam) - eps(id, -)), in one call."""
+    from defenses.ddid.balancing import noise_timestep
+
+    cfg = DiffusionConfig(height=8, width=4, channels=(16, 16), sample_steps=3, id_guidance=2.0, cam_guidance=3.0)
+    torch.manual_seed(0)
+    edm = ConditionalEDM(cfg, [3, 7], [1, 2], torch.device("cpu"))
+    torch.nn.init.normal_(edm.conditioner.ids.weight)
+    torch.nn.init.normal_(edm.conditioner.cams.weight)
+    conds = edm._condition([3, 7], [2, 1])
+    assert conds.shape[0] == 3
+    x0 = torch.randn(2, 3, 8, 4)
+    edm.scheduler.set_timesteps(3)
+    with torch.no_grad():
+        out = edm._walk(x0 * edm.scheduler.init_noise_sigma, conds)
+        edm.scheduler.set_timesteps(3)
+        x = x0 * edm.scheduler.init_noise_sigma
+        ids, cams = torch.tensor([0, 1]), torch.tensor([1, 0])
+        rows = [edm.conditioner(ids, cams), edm.conditioner(torch.full_like(ids, 2), cams),
+                edm.conditioner(ids, torch.full_like(cams, 2))]
+        for i, t in enumerate(edm.scheduler.timesteps):
+            sigma = edm.scheduler.sigmas[i].float().expand(2)
+            model_in = edm.scheduler.scale_model_input(x, t)
+            e = [edm.unet(model_in, noise_timestep(sigma), class_labels=r).sample for r in rows]
+            x = edm.scheduler.step(e[0] + 2.0 * (e[0] - e[1]) + 3.0 * (e[0] - e[2]), t, x).prev_sample
+    assert torch.allclose(out, x, atol=1e-4)
+    unguided = ConditionalEDM(dataclasses.replace(cfg, id_guidance=0.0, cam_guidance=0.0), [3, 7], [1, 2],
+                              torch.device("cpu"))
+    assert unguided._condition([3, 7], [2, 1]).shape[0] == 1
+
+
+def test_a_generator_folder_without_unconditional_rows_is_refused_in_one_line(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    cfg = DiffusionConfig(height=8, width=4, channels=(16, 16), train_steps=1, batch_size=2, sample_steps=2)
+    edm = ConditionalEDM(cfg, [3, 7], [1, 2], torch.device("cpu"))
+    edm.save(tmp_path / "gen")
+    path = tmp_path / "gen" / "conditioning.safetensors"
+    old = {k: v[:-1].contiguous() for k, v in load_file(str(path)).items()}  # phase-1 version 3: no null rows
+    save_file(old, str(path))
+    with pytest.raises(BenchmarkError, match="older DDID phase 1"):
+        ConditionalEDM.load(tmp_path / "gen", torch.device("cpu"))

@@ -36,6 +36,36 @@ def test_grid_expands_into_training_and_dependent_evaluation_cells(tmp_path):
     assert [c.id for c in again] == [c.id for c in cells]  # names are hashes of the run specifications
 
 
+def test_ablation_expands_into_the_studys_recipes_with_their_options(tmp_path):
+    from benchmark.ablation import step_label
+    from benchmark.spec import make_spec
+    from defenses.base import DEFENSES
+
+    argv = [a for a in sweep_argv(tmp_path) if a != "none,metric-at"]
+    argv.remove("--defense")
+    cells = expand(build_parser().parse_args([*argv, "--ablation", "ddid"]))
+    steps = DEFENSES.get("ddid").ablation
+    assert len(cells) == 2 * 2 * len(steps) and len(steps) == 7
+    labels = set()
+    for cell in cells:
+        a = list(cell.argv)
+        opts = dict(o.split("=", 1) for o in (a[i + 1] for i, x in enumerate(a) if x == "--defense-opt"))
+        labels.add(make_spec(defense=a[a.index("--defense") + 1], defense_options=opts).defense.label)
+    assert labels == {step_label(s.defense, s.options) for s in steps}
+    assert "ddid" in labels and "metric-at" in labels
+    assert "ddid[ablate=adv-learning+diffusion+fnes+self-meta]" in labels
+
+
+@pytest.mark.parametrize("extra, message", [(("--ablation", "none"), "declares no ablation study"),
+                                            (("--ablation", "ddid", "--ablate", "fnes"), "drop --ablate")])
+def test_bad_ablation_fails_in_one_line(tmp_path, capsys, extra, message):
+    from benchmark.cli import main
+
+    assert main([*sweep_argv(tmp_path), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_bad_grid_fails_in_one_line_before_any_cell(tmp_path, capsys):
     from benchmark.cli import main
 

@@ -32,3 +32,39 @@ def test_formats(tmp_path):
     assert latex.startswith(r"\begin{tabular}") and r"\bottomrule" in latex
     header = render(frame, "csv").splitlines()[0]
     assert header.startswith("defense,seed,clean mAP,worst case mAP / R1,2x iters,min of means,FNA")
+
+
+def _ablation_rows(step_defense: str, seed: int, clean: float, worst: float, fna: float) -> list:
+    import dataclasses
+
+    suite = dataclasses.replace(make_row(step_defense, "standard-v1", "worst-case", worst, seed=seed),
+                                suite="standard-v1", run_id=f"{step_defense}-{seed}")
+    rows = [dataclasses.replace(clean_row(step_defense, seed), mAP=clean, suite="standard-v1"),
+            dataclasses.replace(make_row(step_defense, "fna", "seen", fna, seed=seed), suite="standard-v1"), suite]
+    return [dataclasses.replace(r, run_id=f"{step_defense}-{seed}") for r in rows]
+
+
+def test_ablation_table_gives_mean_sd_over_seeds_and_calls_differences_by_the_seed_spread(tmp_path):
+    import math
+
+    from benchmark import ablation
+
+    base, full = "ddid[ablate=adv-learning+diffusion+fnes+self-meta]", "ddid"
+    for seed, (wb, wf) in enumerate([(4.0, 9.0), (5.0, 10.0), (6.0, 11.0)]):  # one write per run
+        write_leaderboards(_ablation_rows("metric-at", seed, 70.0 + seed, 5.0 + 0.1 * seed, 20.0), tmp_path)
+        write_leaderboards(_ablation_rows(base, seed, 60.0, wb, 15.0), tmp_path)
+        write_leaderboards(_ablation_rows(full, seed, 55.0, wf, 18.0 + seed), tmp_path)
+    stats = ablation.summary(tmp_path, "toy", "ddid").set_index("step")
+    assert list(stats.index) == ["metric-at", "DDID base (all parts off)", "all parts (DDID)"]
+    assert stats.loc["DDID base (all parts off)", "worst_case_mAP_mean"] == 5.0
+    assert stats.loc["DDID base (all parts off)", "worst_case_mAP_sd"] == 1.0 and (stats["n"] == 3).all()
+    assert stats.loc["all parts (DDID)", "fna_mAP_mean"] == 19.0
+    assert math.isnan(stats.loc["metric-at", "worst_case_delta"])
+    # all parts vs metric-at: +4.9, sds 1.0 + 0.1 -> separated; base vs metric-at: -0.1 -> within the spread
+    assert stats.loc["all parts (DDID)", "verdict"] == "separated"
+    assert stats.loc["DDID base (all parts off)", "verdict"] == "within seed spread"
+    text = render(ablation.table(tmp_path, "toy", "ddid"), "md")
+    row = "| all parts (DDID) | 3 | 55.0 ± 0.0 | 10.0 ± 1.0 | 19.0 ± 1.0 | - | - | +4.9 vs metric-at: separated |"
+    assert row in text
+    readme = "<!-- table:toy:ablation-ddid -->\nold\n<!-- /table -->"
+    assert "all parts (DDID)" in readme_tables(readme, tmp_path)

@@ -44,9 +44,10 @@ log = logging.getLogger("benchmark")
 @dataclass(frozen=True)
 class DiffusionConfig:
     """The phase-1 generator and the balancing thresholds."""
-    height: int = 32
-    width: int = 16
-    channels: tuple[int, ...] = (32, 64, 64)
+    height: int = 64
+    width: int = 32
+    #: four levels down to 8x4; 16 channels at full resolution keep a training step at ~0.37 s on 2 CPU threads
+    channels: tuple[int, ...] = (16, 32, 64, 64)
     train_steps: int = 600
     batch_size: int = 32
     lr: float = 1e-3
@@ -60,8 +61,16 @@ class DiffusionConfig:
     #: image of the same identity, noised to sigma_start and denoised towards the target camera
     mode: str = "generate"
     sigma_start: float = 1.0
+    #: classifier-free guidance (Ho & Salimans 2022), one scale per condition (InstructPix2Pix-style):
+    #: eps = eps(id, cam) + id_guidance * (eps(id, cam) - eps(-, cam)) + cam_guidance * (eps(id, cam) - eps(id, -));
+    #: 0 = the conditional model alone
+    id_guidance: float = 0.0
+    cam_guidance: float = 0.0
+    #: training drops each condition (identity, camera) independently with this probability, so the model
+    #: also learns eps(-, cam) and eps(id, -) for guidance
+    cond_drop: float = 0.1
     id_filter: bool = False  # drop samples the warm-start model does not assign to their identity
-    version: ClassVar[int] = 3  # bump when phase 1 changes so cached generators and images are rebuilt
+    version: ClassVar[int] = 4  # bump when phase 1 changes so cached generators and images are rebuilt
 
 
 def balance_plan(pids: torch.Tensor, camids: torch.Tensor, delta1: int, delta2: float
@@ -91,15 +100,34 @@ def median_images_per_id(pids: torch.Tensor) -> int:
 
 
 class Conditioner(nn.Module):
-    """Identity embedding + camera embedding, in the UNet's time-embedding space."""
+    """Identity embedding + camera embedding, in the UNet's time-embedding space.
+
+    Each table has one extra row, the last: the "no condition" of classifier-free guidance.
+    """
 
     def __init__(self, num_ids: int, num_cams: int, dim: int) -> None:
         super().__init__()
-        self.ids = nn.Embedding(num_ids, dim)
-        self.cams = nn.Embedding(num_cams, dim)
+        self.ids = nn.Embedding(num_ids + 1, dim)
+        self.cams = nn.Embedding(num_cams + 1, dim)
+
+    @property
+    def null_id(self) -> int:
+        """Index of the unconditional identity."""
+        return self.ids.num_embeddings - 1
+
+    @property
+    def null_cam(self) -> int:
+        """Index of the unconditional camera."""
+        return self.cams.num_embeddings - 1
 
     def forward(self, id_index: torch.Tensor, cam_index: torch.Tensor) -> torch.Tensor:
         return self.ids(id_index) + self.cams(cam_index)
+
+    def dropped(self, id_index: torch.Tensor, cam_index: torch.Tensor, p: float, g: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each identity and each camera replaced by its null row with probability p (independently)."""
+        drop = torch.rand((2, len(id_index)), generator=g).to(id_index.device) < p
+        return (torch.where(drop[0], self.null_id, id_index), torch.where(drop[1], self.null_cam, cam_index))
 
 
 def sdedit_ramp(sigma_start: float, steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
@@ -203,7 +231,7 @@ class ConditionalEDM:
             x = x_all[idx].to(self.device)
             sigma = torch.exp(torch.randn(len(idx), generator=g) * cfg.p_std + cfg.p_mean).to(self.device)
             noise = torch.randn(x.shape, generator=g).to(self.device)
-            cond = self.conditioner(ids[idx], cs[idx])
+            cond = self.conditioner(*self.conditioner.dropped(ids[idx], cs[idx], cfg.cond_drop, g))
             denoised = self.denoise(x + sigma.view(-1, 1, 1, 1) * noise, sigma, cond)
             weight = (sigma ** 2 + cfg.sigma_data ** 2) / (sigma * cfg.sigma_data) ** 2
             loss = (weight.view(-1, 1, 1, 1) * (denoised - x) ** 2).mean()
@@ -212,20 +240,35 @@ class ConditionalEDM:
             opt.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", refresh=False)
+            if bar.disable and len(losses) % 100 == 0:  # no bar off a terminal: a line every 100 steps instead
+                log.info("DDID phase 1: diffusion step %d/%d, loss %.3f", len(losses), cfg.train_steps,
+                         np.mean(losses[-50:]))
         self.unet.eval()
         return losses
 
     def _condition(self, pids: list[int], cams: list[int]) -> torch.Tensor:
-        """Conditioning vectors of (pid, camera) pairs."""
-        return self.conditioner(*self._indices(torch.tensor(pids), torch.tensor(cams)))
+        """Conditioning vectors of (pid, camera) pairs, then (if guided) the same with the identity dropped,
+        then with the camera dropped: the rows `_walk` combines."""
+        ids, cs = self._indices(torch.tensor(pids), torch.tensor(cams))
+        conds = [self.conditioner(ids, cs)]
+        if self.cfg.id_guidance:
+            conds.append(self.conditioner(torch.full_like(ids, self.conditioner.null_id), cs))
+        if self.cfg.cam_guidance:
+            conds.append(self.conditioner(ids, torch.full_like(cs, self.conditioner.null_cam)))
+        return torch.stack(conds)
 
-    def _walk(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """The EDM Euler sampler over the scheduler's current timesteps, from `x` at the first one."""
+    def _walk(self, x: torch.Tensor, conds: torch.Tensor) -> torch.Tensor:
+        """The EDM Euler sampler over the scheduler's current timesteps, from `x` at the first one, with
+        classifier-free guidance over the rows of `conds` (one UNet call per step for all of them)."""
+        scales = [s for s in (self.cfg.id_guidance, self.cfg.cam_guidance) if s]
+        k = len(conds)
         for i, t in enumerate(self.scheduler.timesteps):
-            sigma = self.scheduler.sigmas[i].to(self.device, torch.float32).expand(len(x))
-            model_in = self.scheduler.scale_model_input(x, t)
-            eps = self.unet(model_in, noise_timestep(sigma), class_labels=cond).sample
-            x = self.scheduler.step(eps, t, x).prev_sample
+            sigma = self.scheduler.sigmas[i].to(self.device, torch.float32).expand(len(x) * k)
+            model_in = self.scheduler.scale_model_input(x, t).repeat(k, 1, 1, 1)
+            eps = self.unet(model_in, noise_timestep(sigma), class_labels=conds.flatten(0, 1)).sample.unflatten(
+                0, (k, len(x)))
+            guided = eps[0] + sum(s * (eps[0] - eps[j + 1]) for j, s in enumerate(scales))
+            x = self.scheduler.step(guided, t, x).prev_sample
         return x
 
     @torch.no_grad()
@@ -239,7 +282,7 @@ class ConditionalEDM:
         for start in tqdm(range(0, len(pids), batch), desc="DDID phase 1: generation", leave=False, disable=None):
             cond = self._condition(pids[start:start + batch], cams[start:start + batch])
             self.scheduler.set_timesteps(cfg.sample_steps)
-            x = torch.randn((len(cond), 3, cfg.height, cfg.width), generator=g).to(self.device)
+            x = torch.randn((cond.shape[1], 3, cfg.height, cfg.width), generator=g).to(self.device)
             out.append(_to_uint8(self._walk(x * self.scheduler.init_noise_sigma, cond), out_size))
         return torch.cat(out) if out else torch.empty((0, 3, *out_size), dtype=torch.uint8)
 
@@ -293,7 +336,12 @@ class ConditionalEDM:
         obj.unet = UNet2DModel.from_pretrained(folder / "unet").to(device).eval()
         dim = obj.unet.config.block_out_channels[0] * 4
         obj.conditioner = Conditioner(len(obj.id_values), len(obj.cam_values), dim).to(device)
-        obj.conditioner.load_state_dict(load_file(str(folder / "conditioning.safetensors")))
+        state = load_file(str(folder / "conditioning.safetensors"))
+        if state["ids.weight"].shape[0] != len(obj.id_values) + 1:
+            raise BenchmarkError(f"'{folder}' was written by an older DDID phase 1 (no unconditional rows for "
+                                 f"guidance); train a new generator (phase-1 version {DiffusionConfig.version}) by "
+                                 "running DDID without --ddid-generator")
+        obj.conditioner.load_state_dict(state)
         obj.scheduler = EDMEulerScheduler.from_pretrained(folder / "scheduler")
         obj.device = device
         return obj
@@ -363,7 +411,8 @@ def balance(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torch.
 
 
 #: the DiffusionConfig fields the generator's training depends on (the others only change how it is sampled)
-GENERATOR_FIELDS = ("height", "width", "channels", "train_steps", "batch_size", "lr", "p_mean", "p_std", "sigma_data")
+GENERATOR_FIELDS = ("height", "width", "channels", "train_steps", "batch_size", "lr", "p_mean", "p_std", "sigma_data",
+                    "cond_drop")
 
 
 def trained_generator(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torch.device,

@@ -26,7 +26,7 @@ from benchmark.models import ReidModel
 from benchmark.options import changed_options
 from benchmark.training import TrainConfig, TrainContext, optimize, train_model
 from defenses.adversarial import eval_mode, farthest_negative_centroids, metric_pgd, self_metric_pgd
-from defenses.base import Defense, register_defense
+from defenses.base import AblationStep, Defense, register_defense
 from defenses.ddid.adversarial_learning import FeatureDiscriminator, discriminator_loss, encoder_loss
 from defenses.ddid.balancing import DiffusionConfig, balance
 from defenses.ddid.fnes import FNESConfig, extend_and_mix, soft_targets
@@ -41,6 +41,25 @@ QUALITY_COLUMNS = ("id_fidelity", "id_top1_real_at_generator_res", "cam_fidelity
 MODES = ("generate", "resample")
 
 
+def _only(*parts: str) -> tuple[str, ...]:
+    """The --defense-opt that switches every part off but `parts`."""
+    off = [p for p in PARTS if p not in parts]
+    return (f"ablate={'+'.join(off)}",) if off else ()
+
+
+#: the paper's Table 3: each part added alone to DDID's base (metric PGD + soft targets), and all of them; the
+#: base row separates what the parts do from how DDID's base differs from the metric-at defense
+TABLE3 = (
+    AblationStep("metric-at", "metric-at"),
+    AblationStep("DDID base (all parts off)", "ddid", _only(), versus="metric-at"),
+    AblationStep("+ diffusion", "ddid", _only("diffusion"), versus="DDID base (all parts off)"),
+    AblationStep("+ adversarial learning", "ddid", _only("adv-learning"), versus="DDID base (all parts off)"),
+    AblationStep("+ self-meta", "ddid", _only("self-meta"), versus="DDID base (all parts off)"),
+    AblationStep("+ FNES", "ddid", _only("fnes"), versus="DDID base (all parts off)"),
+    AblationStep("all parts (DDID)", "ddid", _only(*PARTS), versus="metric-at"),
+)
+
+
 @dataclass(frozen=True)
 class DDIDOptions:
     """DDID's options; FNES and phase-1 settings are nested and set by their own names (gamma=2, delta2=0.7)."""
@@ -50,6 +69,7 @@ class DDIDOptions:
     steps: int = 5
     fnes: FNESConfig = field(default_factory=FNESConfig)
     lambda_e: float = 0.1
+    meta_split: float = 0.5  # share of a batch's identities in meta-train (the rest: meta-test)
     second_order: bool = False
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     generator: str = ""      # a DDID generator folder to use instead of training one (its content is hashed)
@@ -64,6 +84,12 @@ class DDID(Defense):
     Options = DDIDOptions
     default_epochs = 10
     warm_start = "none"
+    ablation = TABLE3
+    #: what `sweep --tune` may move (the paper leaves these open), values as --defense-opt takes them
+    search_space = {"gamma": ("1.5", "2", "3"), "a": ("0", "0.25"), "b": ("0.75", "1"),
+                    "lambda2": ("0.3", "0.5", "0.7"), "upsilon": ("0.1", "0.2", "0.3"),
+                    "delta1": ("0", "10"), "delta2": ("0.6", "0.7", "0.8"),
+                    "lambda_e": ("0.05", "0.1", "0.3"), "meta_split": ("0.33", "0.5", "0.67")}
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -79,6 +105,9 @@ class DDID(Defense):
         if d.mode not in MODES:
             raise BenchmarkError(f"DDID mode={d.mode!r}: use generate (sampling from noise) or resample (SDEdit from "
                                  "a real image of the same identity)")
+        if not 0 < self.options.meta_split < 1:
+            raise BenchmarkError(f"DDID meta_split={self.options.meta_split}: give the meta-train share of a batch's "
+                                 "identities, strictly between 0 and 1")
         if not 0 < d.sigma_start <= 80:
             raise BenchmarkError(f"DDID sigma_start={d.sigma_start}: give a noise level in (0, 80] (EDM's range)")
         self.fnes_cfg = self.options.fnes
@@ -176,7 +205,7 @@ class DDID(Defense):
         store: dict[str, Any] = {}
         logs: dict[str, float] = {}
         if self.uses("self-meta"):
-            mtr, mte = identity_split(y, ctx.generator)
+            mtr, mte = identity_split(y, ctx.generator, self.options.meta_split)
             xa_tr, t_tr = self.adversarial(model, x[mtr], y[mtr], ctx, "metric")
             xa_te, t_te = self.adversarial(model, x[mte], y[mte], ctx, "self")
             alpha = ctx.optimizer.param_groups[0]["lr"]

@@ -1,15 +1,17 @@
-"""How much identity and camera DDID's phase 1 keeps, per mode and noise level, on the training identities.
+"""How much identity and camera DDID's phase 1 keeps, per mode, noise level and guidance, on the training identities.
 
-`python -m defenses.ddid.phase1_study --sigmas 0.5,1,2,4,8` trains (or loads) the warm-start model
-and one generator, resamples the balancing plan at each sigma_start (and samples it from noise, as
-`generate` does), and writes `leaderboards/studies/ddid-phase1-<dataset>-<HxW>.csv` and `.png`. Only the
-training split is used: choosing sigma_start from this study never looks at a test identity.
+`python -m defenses.ddid.phase1_study --sigmas 1,1.5,2 --cam-guidance 0,3 --id-guidance 0,3` trains (or
+loads) the warm-start model and one generator, resamples the balancing plan at every sigma_start x guidance
+(and samples it from noise, as `generate` does, at every guidance), and writes
+`leaderboards/studies/ddid-phase1-<dataset>-<HxW>.csv` and `.png`. Only the training split is used:
+choosing phase 1's settings from this study never looks at a test identity.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import logging
 import sys
 from pathlib import Path
@@ -32,51 +34,72 @@ from defenses.ddid.quality import phase1_quality  # noqa: E402
 COLUMNS = ("id_fidelity", "id_top1_real_at_generator_res", "cam_fidelity", "cam_top1_real_held_out", "cam_chance")
 
 
-def study(dataset: str, data_root: str | None, sigmas: list[float], cfg: DiffusionConfig, seed: int,
-          device: torch.device) -> pd.DataFrame:
-    """One row per phase-1 variant: generate, then resample at each sigma_start."""
+def study(dataset: str, data_root: str | None, sigmas: list[float], id_guidance: list[float],
+          cam_guidance: list[float], cfg: DiffusionConfig, seed: int, device: torch.device) -> pd.DataFrame:
+    """One row per phase-1 variant: generate, then resample at each sigma_start, each at every guidance pair."""
     spec = make_spec(defense="ddid", dataset=dataset, data_root=data_root, seed=seed)
     ws = load_workspace(spec)
     warm, _ = train_or_load(spec.defense.parent, spec, ws, device)
     rows = []
-    variants = [("generate", None)] + [("resample", s) for s in sigmas]
-    for mode, sigma in variants:
-        variant = dataclasses.replace(cfg, mode=mode, sigma_start=sigma if sigma is not None else cfg.sigma_start)
+    guidance = list(itertools.product(id_guidance, cam_guidance))
+    variants = [("generate", None, *gd) for gd in guidance] + [("resample", s, *gd) for s in sigmas for gd in guidance]
+    for mode, sigma, gid, gcam in variants:
+        variant = dataclasses.replace(cfg, mode=mode, sigma_start=sigma if sigma is not None else cfg.sigma_start,
+                                      id_guidance=gid, cam_guidance=gcam)
         balanced = balance(ws.train, variant, seed, device)
         quality = phase1_quality(warm, ws.train, balanced.generated, variant, device, seed)
         quality.pop("_keep", None)
-        rows.append({"dataset": dataset, "mode": mode, "sigma_start": sigma, "height": variant.height,
-                     "width": variant.width, "train_steps": variant.train_steps, "seed": seed,
-                     **{k: quality.get(k) for k in ("generated", *COLUMNS, "kept_by_id_filter")},
+        rows.append({"dataset": dataset, "mode": mode, "sigma_start": sigma, "id_guidance": gid,
+                     "cam_guidance": gcam, "height": variant.height, "width": variant.width,
+                     "channels": "-".join(map(str, variant.channels)), "train_steps": variant.train_steps,
+                     "seed": seed, **{k: quality.get(k) for k in ("generated", *COLUMNS, "kept_by_id_filter")},
+                     "fit_seconds": balanced.info.get("fit_seconds"),
+                     "generate_seconds": balanced.info.get("generate_seconds"),
                      "samples": str(balanced.folder / "samples.png")})
-        logging.getLogger("benchmark").info("%s sigma %s: identity %.1f%%, camera %.1f%%", mode, sigma,
-                                            quality.get("id_fidelity", 0), quality.get("cam_fidelity", 0))
+        logging.getLogger("benchmark").info("%s sigma %s guidance id %g cam %g: identity %.1f%%, camera %.1f%%",
+                                            mode, sigma, gid, gcam, quality.get("id_fidelity", 0),
+                                            quality.get("cam_fidelity", 0))
     return pd.DataFrame(rows)
 
 
 def plot(frame: pd.DataFrame, path: Path) -> None:
-    """Identity and camera fidelity against sigma_start, with the real-image references and chance."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    res = frame[frame["mode"] == "resample"].sort_values("sigma_start")
-    gen = frame[frame["mode"] == "generate"].iloc[0]
-    ax.plot(res["sigma_start"], res["id_fidelity"], "o-", color="#0072B2", label="identity fidelity (resample)")
-    ax.plot(res["sigma_start"], res["cam_fidelity"], "s-", color="#D55E00", label="camera fidelity (resample)")
-    ax.axhline(gen["id_fidelity"], color="#0072B2", ls=":", label="identity fidelity (generate)")
-    ax.axhline(gen["cam_fidelity"], color="#D55E00", ls=":", label="camera fidelity (generate)")
-    ax.axhline(gen["id_top1_real_at_generator_res"], color="#0072B2", ls="--", lw=0.8,
+    """Identity against camera fidelity, one point per variant, with the target region, the real-image
+    reference and chance: the trade-off sigma_start and guidance move along."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    first = frame.iloc[0]
+    ax.axhspan(50, 105, xmin=first["cam_chance"] / 105, color="#009E73", alpha=0.08,
+               label="target: identity >= 50 %, camera above chance")
+    ax.axvline(first["cam_chance"], color="#999999", ls="--", lw=0.8, label="camera: chance")
+    ax.axhline(first["id_top1_real_at_generator_res"], color="#0072B2", ls="--", lw=0.8,
                label="identity: real images at generator resolution")
-    ax.axhline(gen["cam_chance"], color="#999999", ls="--", lw=0.8, label="camera: chance")
-    ax.set_xscale("log")
-    ax.set_xticks(list(res["sigma_start"]), [f"{v:g}" for v in res["sigma_start"]])
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    ax.set_xlabel("sigma_start (EDM noise level the real image is noised to)")
-    ax.set_ylabel("top-1 (%)")
+    markers = dict(zip(sorted(frame["sigma_start"].dropna().unique()), "osD^v<>p", strict=False))
+    colors = dict(zip(sorted({(r.id_guidance, r.cam_guidance) for r in frame.itertuples()}),
+                      ["#000000", "#D55E00", "#0072B2", "#CC79A7", "#E69F00", "#56B4E9"], strict=False))
+    for (gid, gcam), color in colors.items():
+        for r in frame[(frame["id_guidance"] == gid) & (frame["cam_guidance"] == gcam)].itertuples():
+            gen = r.mode == "generate"
+            ax.scatter(r.cam_fidelity, r.id_fidelity, color=color, marker="*" if gen else markers[r.sigma_start],
+                       s=80 if gen else 40)
+        ax.scatter([], [], color=color, marker="s", label=f"guidance id {gid:g}, camera {gcam:g}")
+    for sigma, m in markers.items():
+        ax.scatter([], [], color="#777777", marker=m, label=f"resample, sigma_start {sigma:g}")
+    ax.scatter([], [], color="#777777", marker="*", s=80, label="generate (from noise)")
+    ax.set_xlim(0, 105)
     ax.set_ylim(0, 105)
-    ax.set_title(f"DDID phase 1 on {gen['dataset']} training identities "
-                 f"({int(gen['height'])}x{int(gen['width'])} generator)", fontsize=10)
+    ax.set_xlabel("camera fidelity: camera classifier top-1 vs target camera (%)")
+    ax.set_ylabel("identity fidelity: warm-start top-1 vs identity (%)")
+    ax.set_title(f"DDID phase 1 on {first['dataset']} training identities ({int(first['height'])}x"
+                 f"{int(first['width'])} generator, {int(first['train_steps'])} steps)", fontsize=10)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def _floats(text: str, flag: str, low: float, high: float) -> list[float]:
+    values = [float(s) for s in text.split(",") if s.strip()]
+    if not values or any(not low <= v <= high for v in values):
+        raise BenchmarkError(f"{flag} {text!r}: give comma-separated values in [{low:g}, {high:g}]")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m defenses.ddid.phase1_study", description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="synthped")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--sigmas", default="0.5,1,2,4,8")
+    p.add_argument("--sigmas", default="1,1.5,2")
+    p.add_argument("--id-guidance", default="0,3", help="identity guidance scales to try")
+    p.add_argument("--cam-guidance", default="0,3", help="camera guidance scales to try")
     p.add_argument("--height", type=int, default=DiffusionConfig.height)
     p.add_argument("--width", type=int, default=DiffusionConfig.width)
     p.add_argument("--train-steps", type=int, default=DiffusionConfig.train_steps)
@@ -95,11 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("benchmark").setLevel(logging.INFO)
     try:
-        sigmas = [float(s) for s in args.sigmas.split(",") if s.strip()]
-        if not sigmas or any(not 0 < s <= 80 for s in sigmas):
-            raise BenchmarkError(f"--sigmas {args.sigmas!r}: give noise levels in (0, 80], e.g. 0.5,1,2,4,8")
+        sigmas = _floats(args.sigmas, "--sigmas", 1e-3, 80)
+        id_guidance = _floats(args.id_guidance, "--id-guidance", 0, 50)
+        cam_guidance = _floats(args.cam_guidance, "--cam-guidance", 0, 50)
         cfg = DiffusionConfig(height=args.height, width=args.width, train_steps=args.train_steps)
-        frame = study(args.dataset, args.data_root, sigmas, cfg, args.seed, resolve_device(args.device))
+        frame = study(args.dataset, args.data_root, sigmas, id_guidance, cam_guidance, cfg, args.seed,
+                      resolve_device(args.device))
     except (BenchmarkError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -108,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"ddid-phase1-{args.dataset}-{args.height}x{args.width}"
     atomic_write_text(out / f"{stem}.csv", frame.drop(columns=["samples"]).to_csv(index=False))
     plot(frame, out / f"{stem}.png")
-    print(frame[["mode", "sigma_start", "id_fidelity", "cam_fidelity", "cam_chance"]].to_string(index=False))
+    print(frame[["mode", "sigma_start", "id_guidance", "cam_guidance", "id_fidelity", "cam_fidelity",
+                 "cam_chance"]].to_string(index=False))
     print(f"{out / stem}.csv, .png")
     return 0
 

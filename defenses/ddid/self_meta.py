@@ -16,11 +16,13 @@ from torch.func import functional_call
 ModelCall = Callable[[torch.Tensor], object]
 
 
-def identity_split(labels: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Boolean masks of meta-train and meta-test samples; no identity is in both."""
+def identity_split(labels: torch.Tensor, generator: torch.Generator, fraction: float = 0.5
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean masks of meta-train (`fraction` of the batch's identities, at least one, never all) and
+    meta-test samples; no identity is in both."""
     ids = torch.unique(labels)
     order = ids[torch.randperm(len(ids), generator=generator).to(ids.device)]
-    train_ids = order[: max(1, len(ids) // 2)]
+    train_ids = order[: min(max(1, int(len(ids) * fraction)), max(1, len(ids) - 1))]
     meta_train = torch.isin(labels, train_ids)
     return meta_train, ~meta_train
 
