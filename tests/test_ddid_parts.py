@@ -185,6 +185,8 @@ def test_ddid_resample_mode_records_phase1_quality_filters_and_reports_it(tiny_w
     assert (paths["run folder"] / "phase1-samples.png").is_file()
     board = pd.read_csv(next((tmp_path / "boards").rglob("synthped.csv")))
     assert board["training_quality"].str.contains("id_fidelity=").all()
+    assert board["training_quality"].str.contains("mode=resample;resolution=64x32;").all()
+    assert board["training_quality"].str.contains("sigma_start=0.01").all()
     with pytest.raises(BenchmarkError, match="mode="):
         tiny_config(defense="ddid", defense_options={"mode": "sdedit"})
 
@@ -267,3 +269,20 @@ def test_a_generator_folder_without_unconditional_rows_is_refused_in_one_line(tm
     save_file(old, str(path))
     with pytest.raises(BenchmarkError, match="older DDID phase 1"):
         ConditionalEDM.load(tmp_path / "gen", torch.device("cpu"))
+
+
+def test_resampling_with_a_kept_centre_re_renders_only_the_background():
+    from defenses.ddid.balancing import center_mask
+
+    mask = center_mask(16, 8, 0.5)
+    assert mask.shape == (1, 1, 16, 8) and mask[0, 0, 8, 3:5].eq(1).all() and mask[0, 0, 8, [0, 7]].eq(0).all()
+    assert mask[0, 0, 0].eq(0).all()  # top and bottom margins are background too
+    cfg = DiffusionConfig(height=16, width=8, channels=(16, 16), mode="resample", sigma_start=40.0, sample_steps=8,
+                          keep_center=0.5)
+    torch.manual_seed(0)
+    edm = ConditionalEDM(cfg, [5, 6], [0, 1], torch.device("cpu"))
+    sources = torch.randint(0, 256, (4, 3, 32, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    out = edm.resample(sources, [5, 6, 5, 6], [1, 0, 0, 1], (32, 16), seed=0).float()
+    diff = (out - at_generator_resolution(sources, cfg).float()).abs().mean((0, 1))
+    big = torch.nn.functional.interpolate(mask, size=(32, 16))[0, 0].bool()
+    assert diff[big].mean() < 0.5 * diff[~big].mean()  # the person region stays closer to its source

@@ -59,16 +59,20 @@ class DiffusionConfig:
     delta2: float = 0.7
     #: generate: pure conditional sampling from noise; resample: SDEdit (Meng et al., ICLR 2022) from a real
     #: image of the same identity, noised to sigma_start and denoised towards the target camera
-    mode: str = "generate"
-    sigma_start: float = 1.0
+    mode: str = "resample"
+    sigma_start: float = 5.0
     #: classifier-free guidance (Ho & Salimans 2022), one scale per condition (InstructPix2Pix-style):
     #: eps = eps(id, cam) + id_guidance * (eps(id, cam) - eps(-, cam)) + cam_guidance * (eps(id, cam) - eps(id, -));
     #: 0 = the conditional model alone
     id_guidance: float = 0.0
-    cam_guidance: float = 0.0
+    cam_guidance: float = 4.0
     #: training drops each condition (identity, camera) independently with this probability, so the model
     #: also learns eps(-, cam) and eps(id, -) for guidance
     cond_drop: float = 0.1
+    #: resample only: width share of a centred box (0.9 of the height) where the person stands, re-imposed
+    #: from the noised source at every step but the last quarter (RePaint, Lugmayr et al. CVPR 2022), so the
+    #: background is re-rendered for the target camera from sigma_start while the person is kept; 0 = plain SDEdit
+    keep_center: float = 0.4
     id_filter: bool = False  # drop samples the warm-start model does not assign to their identity
     version: ClassVar[int] = 4  # bump when phase 1 changes so cached generators and images are rebuilt
 
@@ -137,6 +141,16 @@ def sdedit_ramp(sigma_start: float, steps: int, sigma_min: float = 0.002, sigma_
     hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
     start = (min(sigma_start, sigma_max) ** (1 / rho) - hi) / (lo - hi)
     return torch.linspace(start, 1.0, max(steps, 1), dtype=torch.float64)
+
+
+def center_mask(height: int, width: int, share: float) -> torch.Tensor:
+    """(1, 1, H, W) mask, 1 on a centred box `share` of the width and 0.9 of the height (a pedestrian crop's
+    person), 0 elsewhere."""
+    mask = torch.zeros(1, 1, height, width)
+    half_w = max(1, round(share * width / 2))
+    top = round(0.05 * height)
+    mask[..., top:height - top, max(0, width // 2 - half_w):width // 2 + half_w] = 1.0
+    return mask
 
 
 def _to_uint8(x: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
@@ -257,12 +271,22 @@ class ConditionalEDM:
             conds.append(self.conditioner(ids, torch.full_like(cs, self.conditioner.null_cam)))
         return torch.stack(conds)
 
-    def _walk(self, x: torch.Tensor, conds: torch.Tensor) -> torch.Tensor:
+    def _walk(self, x: torch.Tensor, conds: torch.Tensor, known: tuple[torch.Tensor, torch.Tensor, torch.Generator]
+              | None = None) -> torch.Tensor:
         """The EDM Euler sampler over the scheduler's current timesteps, from `x` at the first one, with
-        classifier-free guidance over the rows of `conds` (one UNet call per step for all of them)."""
+        classifier-free guidance over the rows of `conds` (one UNet call per step for all of them).
+
+        `known` = (x0, mask, generator): where mask is 1, x is replaced by x0 noised to the step's level
+        before each of the first three quarters of the steps (the last quarter blends the seams)."""
         scales = [s for s in (self.cfg.id_guidance, self.cfg.cam_guidance) if s]
         k = len(conds)
+        kept_steps = (3 * len(self.scheduler.timesteps)) // 4
         for i, t in enumerate(self.scheduler.timesteps):
+            if known is not None and i < kept_steps:
+                x0, mask, g = known
+                level = self.scheduler.sigmas[i].to(self.device, torch.float32)
+                noised = x0 + level * torch.randn(x0.shape, generator=g).to(self.device)
+                x = mask * noised + (1 - mask) * x
             sigma = self.scheduler.sigmas[i].to(self.device, torch.float32).expand(len(x) * k)
             model_in = self.scheduler.scale_model_input(x, t).repeat(k, 1, 1, 1)
             eps = self.unet(model_in, noise_timestep(sigma), class_labels=conds.flatten(0, 1)).sample.unflatten(
@@ -305,7 +329,9 @@ class ConditionalEDM:
             x0 = x_all[start:start + batch].to(self.device)
             x = x0 + cfg.sigma_start * torch.randn(x0.shape, generator=g).to(self.device)
             self.scheduler.set_timesteps(cfg.sample_steps, sigmas=ramp)
-            out.append(_to_uint8(self._walk(x, cond), out_size))
+            known = (x0, center_mask(cfg.height, cfg.width, cfg.keep_center).to(self.device), g) \
+                if cfg.keep_center > 0 else None
+            out.append(_to_uint8(self._walk(x, cond, known), out_size))
         return torch.cat(out) if out else torch.empty((0, 3, *out_size), dtype=torch.uint8)
 
     def save(self, folder: Path) -> None:
@@ -465,7 +491,8 @@ def _generate(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torc
     fit_seconds = time.perf_counter() - start
     log.info("DDID phase 1: %s %d images (delta1=%d, delta2=%.2f%s)",
              "resampling" if cfg.mode == "resample" else "generating", len(plan), delta1, cfg.delta2,
-             f", sigma_start={cfg.sigma_start:g}" if cfg.mode == "resample" else "")
+             (f", sigma_start={cfg.sigma_start:g}, kept centre {cfg.keep_center:g}" if cfg.mode == "resample" else "")
+             + f", guidance identity {cfg.id_guidance:g} / camera {cfg.cam_guidance:g}")
     pids, cams = [p for p, _, _ in plan], [c for _, c, _ in plan]
     if cfg.mode == "resample":
         images = edm.resample(source_images(train, plan, seed + 2), pids, cams, out_size, seed + 1)

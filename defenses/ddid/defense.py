@@ -108,6 +108,9 @@ class DDID(Defense):
         if not 0 < self.options.meta_split < 1:
             raise BenchmarkError(f"DDID meta_split={self.options.meta_split}: give the meta-train share of a batch's "
                                  "identities, strictly between 0 and 1")
+        if not 0 <= d.keep_center < 1:
+            raise BenchmarkError(f"DDID keep_center={d.keep_center}: give the kept centre box's share of the width, "
+                                 "in [0, 1) (0 = plain SDEdit)")
         if not 0 < d.sigma_start <= 80:
             raise BenchmarkError(f"DDID sigma_start={d.sigma_start}: give a noise level in (0, 80] (EDM's range)")
         self.fnes_cfg = self.options.fnes
@@ -162,7 +165,14 @@ class DDID(Defense):
             train = SplitTensors(torch.cat([train.images, generated.images]), torch.cat([train.pids, generated.pids]),
                                  torch.cat([train.camids, generated.camids]))
             history["phase1"] = {**balanced.info, **quality, "used": len(generated), "folder": str(balanced.folder)}
-            history["quality"] = {k: quality[k] for k in QUALITY_COLUMNS if k in quality} | {"used": len(generated)}
+            d = o.diffusion
+            # the phase-1 settings travel with its fidelity figures into every leaderboard row
+            settings = {"mode": d.mode, "resolution": f"{d.height}x{d.width}", "diffusion_steps": d.train_steps,
+                        "sample_steps": d.sample_steps, **({"sigma_start": d.sigma_start} if d.mode == "resample"
+                                                            else {}),
+                        "id_guidance": d.id_guidance, "cam_guidance": d.cam_guidance}
+            history["quality"] = settings | {k: quality[k] for k in QUALITY_COLUMNS if k in quality} | {
+                "used": len(generated)}
             history["artifacts"] = {"phase1-samples.png": str(balanced.folder / "samples.png")}
         history["phase2"] = train_model(model, train, cfg, self.train_step, device, desc="ddid",
                                         extra=self.training_extras(model, cfg.lr, device))

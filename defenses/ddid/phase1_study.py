@@ -1,8 +1,9 @@
 """How much identity and camera DDID's phase 1 keeps, per mode, noise level and guidance, on the training identities.
 
-`python -m defenses.ddid.phase1_study --sigmas 1,1.5,2 --cam-guidance 0,3 --id-guidance 0,3` trains (or
-loads) the warm-start model and one generator, resamples the balancing plan at every sigma_start x guidance
-(and samples it from noise, as `generate` does, at every guidance), and writes
+`python -m defenses.ddid.phase1_study --sigmas 1.5,5 --id-guidance 0 --cam-guidance 0,4 --keep-center 0,0.4`
+trains (or loads) the warm-start model and one generator, resamples the balancing plan at every
+sigma_start x guidance x kept centre (and samples it from noise, as `generate` does, at every guidance),
+and writes
 `leaderboards/studies/ddid-phase1-<dataset>-<HxW>.csv` and `.png`. Only the training split is used:
 choosing phase 1's settings from this study never looks at a test identity.
 """
@@ -35,29 +36,34 @@ COLUMNS = ("id_fidelity", "id_top1_real_at_generator_res", "cam_fidelity", "cam_
 
 
 def study(dataset: str, data_root: str | None, sigmas: list[float], id_guidance: list[float],
-          cam_guidance: list[float], cfg: DiffusionConfig, seed: int, device: torch.device) -> pd.DataFrame:
-    """One row per phase-1 variant: generate, then resample at each sigma_start, each at every guidance pair."""
+          cam_guidance: list[float], keep_center: list[float], cfg: DiffusionConfig, seed: int, device: torch.device,
+          with_generate: bool = True) -> pd.DataFrame:
+    """One row per phase-1 variant: generate at every guidance pair, then resample at every sigma_start x
+    guidance pair x kept centre."""
     spec = make_spec(defense="ddid", dataset=dataset, data_root=data_root, seed=seed)
     ws = load_workspace(spec)
     warm, _ = train_or_load(spec.defense.parent, spec, ws, device)
     rows = []
     guidance = list(itertools.product(id_guidance, cam_guidance))
-    variants = [("generate", None, *gd) for gd in guidance] + [("resample", s, *gd) for s in sigmas for gd in guidance]
-    for mode, sigma, gid, gcam in variants:
+    variants = [("generate", None, *gd, 0.0) for gd in guidance] * with_generate + [
+        ("resample", s, *gd, k) for k in keep_center for s in sigmas for gd in guidance]
+    for mode, sigma, gid, gcam, keep in variants:
         variant = dataclasses.replace(cfg, mode=mode, sigma_start=sigma if sigma is not None else cfg.sigma_start,
-                                      id_guidance=gid, cam_guidance=gcam)
+                                      id_guidance=gid, cam_guidance=gcam, keep_center=keep)
         balanced = balance(ws.train, variant, seed, device)
         quality = phase1_quality(warm, ws.train, balanced.generated, variant, device, seed)
         quality.pop("_keep", None)
         rows.append({"dataset": dataset, "mode": mode, "sigma_start": sigma, "id_guidance": gid,
-                     "cam_guidance": gcam, "height": variant.height, "width": variant.width,
+                     "cam_guidance": gcam, "keep_center": variant.keep_center, "height": variant.height,
+                     "width": variant.width,
                      "channels": "-".join(map(str, variant.channels)), "train_steps": variant.train_steps,
                      "seed": seed, **{k: quality.get(k) for k in ("generated", *COLUMNS, "kept_by_id_filter")},
                      "fit_seconds": balanced.info.get("fit_seconds"),
                      "generate_seconds": balanced.info.get("generate_seconds"),
                      "samples": str(balanced.folder / "samples.png")})
-        logging.getLogger("benchmark").info("%s sigma %s guidance id %g cam %g: identity %.1f%%, camera %.1f%%",
-                                            mode, sigma, gid, gcam, quality.get("id_fidelity", 0),
+        logging.getLogger("benchmark").info("%s sigma %s guidance id %g cam %g kept centre %g: identity %.1f%%, "
+                                            "camera %.1f%%", mode, sigma, gid, gcam, keep,
+                                            quality.get("id_fidelity", 0),
                                             quality.get("cam_fidelity", 0))
     return pd.DataFrame(rows)
 
@@ -78,12 +84,14 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
     for (gid, gcam), color in colors.items():
         for r in frame[(frame["id_guidance"] == gid) & (frame["cam_guidance"] == gcam)].itertuples():
             gen = r.mode == "generate"
-            ax.scatter(r.cam_fidelity, r.id_fidelity, color=color, marker="*" if gen else markers[r.sigma_start],
-                       s=80 if gen else 40)
+            kept = r.keep_center > 0
+            ax.scatter(r.cam_fidelity, r.id_fidelity, marker="*" if gen else markers[r.sigma_start],
+                       s=80 if gen else 40, color=color if gen or kept else "none", edgecolors=color)
         ax.scatter([], [], color=color, marker="s", label=f"guidance id {gid:g}, camera {gcam:g}")
     for sigma, m in markers.items():
         ax.scatter([], [], color="#777777", marker=m, label=f"resample, sigma_start {sigma:g}")
     ax.scatter([], [], color="#777777", marker="*", s=80, label="generate (from noise)")
+    ax.scatter([], [], color="#777777", marker="o", label="filled: centre kept (RePaint); hollow: plain SDEdit")
     ax.set_xlim(0, 105)
     ax.set_ylim(0, 105)
     ax.set_xlabel("camera fidelity: camera classifier top-1 vs target camera (%)")
@@ -107,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m defenses.ddid.phase1_study", description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="synthped")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--sigmas", default="1,1.5,2")
-    p.add_argument("--id-guidance", default="0,3", help="identity guidance scales to try")
-    p.add_argument("--cam-guidance", default="0,3", help="camera guidance scales to try")
+    p.add_argument("--sigmas", default="1.5,5")
+    p.add_argument("--id-guidance", default="0", help="identity guidance scales to try")
+    p.add_argument("--cam-guidance", default="0,4", help="camera guidance scales to try")
+    p.add_argument("--no-generate", action="store_true", help="resample variants only (no sampling from noise)")
+    p.add_argument("--keep-center", default="0,0.4", help="resample: width shares of the kept centre box to try")
     p.add_argument("--height", type=int, default=DiffusionConfig.height)
     p.add_argument("--width", type=int, default=DiffusionConfig.width)
     p.add_argument("--train-steps", type=int, default=DiffusionConfig.train_steps)
@@ -123,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         sigmas = _floats(args.sigmas, "--sigmas", 1e-3, 80)
         id_guidance = _floats(args.id_guidance, "--id-guidance", 0, 50)
         cam_guidance = _floats(args.cam_guidance, "--cam-guidance", 0, 50)
+        keep_center = _floats(args.keep_center, "--keep-center", 0, 0.99)
         cfg = DiffusionConfig(height=args.height, width=args.width, train_steps=args.train_steps)
-        frame = study(args.dataset, args.data_root, sigmas, id_guidance, cam_guidance, cfg, args.seed,
-                      resolve_device(args.device))
+        frame = study(args.dataset, args.data_root, sigmas, id_guidance, cam_guidance, keep_center, cfg, args.seed,
+                      resolve_device(args.device), with_generate=not args.no_generate)
     except (BenchmarkError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -134,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"ddid-phase1-{args.dataset}-{args.height}x{args.width}"
     atomic_write_text(out / f"{stem}.csv", frame.drop(columns=["samples"]).to_csv(index=False))
     plot(frame, out / f"{stem}.png")
-    print(frame[["mode", "sigma_start", "id_guidance", "cam_guidance", "id_fidelity", "cam_fidelity",
+    print(frame[["mode", "sigma_start", "id_guidance", "cam_guidance", "keep_center", "id_fidelity", "cam_fidelity",
                  "cam_chance"]].to_string(index=False))
     print(f"{out / stem}.csv, .png")
     return 0
