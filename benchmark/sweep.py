@@ -228,6 +228,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cells = expand(args, launcher.processes_per_cell)
     if args.status:
         print(format_status(cells, sweep_dir))
+        if args.tune:  # the tuning table from whatever has finished, wherever it ran
+            _tuning_report(args)
         return 0
     prepare(cells, sweep_dir)
     todo = [c for c in cells if state(c.folder(sweep_dir)) != "done"]
