@@ -98,8 +98,8 @@ def test_eps_units_and_canonical_order():
 
 
 def test_spellings_of_one_configuration_are_one_spec():
-    a = make_spec(defense="ddid", defense_options={"ablate": "fnes+self-meta", "gamma": "2"})
-    b = make_spec(defense="ddid", defense_options={"ablate": "self-meta+fnes", "gamma": "2.0"})
+    a = make_spec(defense="ddid", defense_options={"ablate": "fnes+self-meta", "gamma": "3"})
+    b = make_spec(defense="ddid", defense_options={"ablate": "self-meta+fnes", "gamma": "3.0"})
     c = make_spec(defense="ddid", defense_options={"ablate": "self-meta+fnes"})
     assert a == b == c and a.digest == b.digest
     assert a.defense.label == "ddid[ablate=fnes+self-meta]"
