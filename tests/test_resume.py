@@ -32,7 +32,10 @@ def _env(cache: Path) -> dict[str, str]:
 
 
 def _kill_after_first_cell(cmd: list[str], env: dict[str, str], cells: Path, sig: int) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell's background job inherits SIGINT ignored, and Python then never raises KeyboardInterrupt:
+    # give the run the default disposition, as a terminal would
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if cells.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in cells.iterdir()):
