@@ -15,18 +15,11 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.leaderboard import STANDARD_EPS, SUMMARY_TEXT, board_paths, read_board
+from benchmark.spec import defense_label
 
 #: the single attacks reported next to the worst case (the paper's Table 3 columns)
 ATTACKS = ("fna", "sma", "ifgsm")
 METRICS = ("clean_mAP", "worst_case_mAP", *(f"{a}_mAP" for a in ATTACKS))
-
-
-def step_label(defense: str, options: tuple[str, ...]) -> str:
-    """The canonical defense label of an ablation step (how its rows are keyed on the boards)."""
-    from benchmark.options import parse_kv
-    from benchmark.spec import make_spec
-
-    return make_spec(defense=defense, defense_options=parse_kv(list(options), "--defense-opt")).defense.label
 
 
 def per_seed(leaderboard_dir: str | Path, dataset: str, defense: str) -> pd.DataFrame:
@@ -42,7 +35,7 @@ def per_seed(leaderboard_dir: str | Path, dataset: str, defense: str) -> pd.Data
     at8 = board[board["eps"] == STANDARD_EPS]
     rows = []
     for order, step in enumerate(steps):
-        label = step_label(step.defense, step.options)
+        label = defense_label(step.defense, step.options)
         for _, s in summary[summary["defense"] == label].iterrows():
             row = {"order": order, "step": step.label, "defense": label, "versus": step.versus or "",
                    "seed": int(s["seed"]), "run_id": s["run_id"], "clean_mAP": float(s["clean_mAP"]),

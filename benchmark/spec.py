@@ -22,7 +22,7 @@ from benchmark.enums import Norm
 from benchmark.errors import BenchmarkError
 from benchmark.hashing import fingerprint, sha256_file
 from benchmark.models import BACKBONES, build_backbone
-from benchmark.options import build_options, changed_options, format_value
+from benchmark.options import build_options, changed_options, format_value, parse_kv
 from benchmark.precision import AMP_MODES
 from defenses import DEFENSES
 
@@ -342,6 +342,15 @@ def _defense_spec(name: str, options: Mapping[str, str], epochs: int | None) -> 
         raise BenchmarkError(f"--epochs {epochs}: give at least 1 epoch")
     parent = _defense_spec(trained.warm_start, {}, None) if trained.warm_start else None
     return DefenseSpec(name, _items(opts), epochs if epochs is not None else trained.default_epochs, parent)
+
+
+def defense_label(defense: str, options: tuple[str, ...] | list[str] = ()) -> str:
+    """The canonical label of a defense recipe ('name[opt=value,...]', defaults left out): how its rows are keyed.
+
+    `options` are --defense-opt strings (key=value). The label depends on today's defaults: a recipe
+    that sets an option to its new default loses that option from its label.
+    """
+    return _defense_spec(defense, parse_kv(list(options), "--defense-opt"), None).label
 
 
 def _weights(path: str | None, backbone: str) -> tuple[str | None, str | None]:

@@ -40,6 +40,11 @@ class Cell:
     argv: tuple[str, ...]
     label: str
     depends: str | None = None
+    #: the defense recipe's canonical label when the sweep was expanded (labels drop options equal to
+    #: today's defaults, so a later change of defaults must not rename what this cell ran)
+    recipe_label: str = ""
+    #: index of the tuning candidate this cell runs (0 = the defaults at the time), None outside --tune
+    candidate: int | None = None
 
     def folder(self, sweep_dir: Path) -> Path:
         """The cell's folder in a sweep."""
@@ -77,17 +82,17 @@ def _common(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _recipes(args: argparse.Namespace) -> list[tuple[str, tuple[str, ...]]]:
-    """(defense, extra --defense-opt values) of every recipe: the --defense list, or the steps of the
-    ablation study named by --ablation."""
+def _recipes(args: argparse.Namespace) -> list[tuple[str, tuple[str, ...], int | None]]:
+    """(defense, extra --defense-opt values, tuning candidate index or None) of every recipe: the
+    --defense list, the steps of the ablation study named by --ablation, or the candidates of --tune."""
     if getattr(args, "tune", None):
         from benchmark.tuning import candidates
 
         if args.ablation or args.ablate is not None or args.defense_opt:
             raise BenchmarkError("--tune runs the search's own recipes: drop --ablation, --ablate and --defense-opt")
-        return [(d, opts) for d in _split(args.tune) for opts in candidates(d, args.budget)]
+        return [(d, opts, i) for d in _split(args.tune) for i, opts in enumerate(candidates(d, args.budget))]
     if not getattr(args, "ablation", None):
-        return [(d, ()) for d in _split(args.defense)]
+        return [(d, (), None) for d in _split(args.defense)]
     from defenses.base import DEFENSES
 
     steps = DEFENSES.get(args.ablation).ablation
@@ -96,7 +101,7 @@ def _recipes(args: argparse.Namespace) -> list[tuple[str, tuple[str, ...]]]:
                              f"that does: {', '.join(n for n in DEFENSES.names() if DEFENSES.get(n).ablation)}")
     if args.ablate is not None or args.defense_opt:
         raise BenchmarkError("--ablation runs the study's own recipes: drop --ablate and --defense-opt")
-    return [(step.defense, step.options) for step in steps]
+    return [(step.defense, step.options, None) for step in steps]
 
 
 def expand(args: argparse.Namespace, processes_per_cell: int = 1) -> list[Cell]:
@@ -127,7 +132,7 @@ def expand(args: argparse.Namespace, processes_per_cell: int = 1) -> list[Cell]:
     cells: list[Cell] = []
     for dataset in datasets:
         data = ["--dataset", dataset] + (["--data-root", roots[dataset]] if dataset in roots else [])
-        for defense, options in recipes:
+        for defense, options, candidate in recipes:
             for seed in seeds:
                 base = [*data, "--defense", defense, "--seed", seed, *common,
                         *(x for opt in options for x in ("--defense-opt", opt))]
@@ -136,9 +141,11 @@ def expand(args: argparse.Namespace, processes_per_cell: int = 1) -> list[Cell]:
                 train_spec = spec_from_args(parser.parse_args(train_argv))
                 eval_spec = spec_from_args(parser.parse_args(eval_argv))
                 label = f"{dataset} / {train_spec.defense.label} / seed {seed}"
-                train = Cell(f"train-{train_spec.digest[:12]}", "train", tuple(train_argv), label)
+                recipe = {"recipe_label": train_spec.defense.label, "candidate": candidate}
+                train = Cell(f"train-{train_spec.digest[:12]}", "train", tuple(train_argv), label, **recipe)
                 cells.append(train)
-                cells.append(Cell(f"eval-{eval_spec.digest[:12]}", "eval", tuple(eval_argv), label, train.id))
+                cells.append(Cell(f"eval-{eval_spec.digest[:12]}", "eval", tuple(eval_argv), label, train.id,
+                                  **recipe))
     return cells
 
 
@@ -201,7 +208,7 @@ def prepare(cells: list[Cell], sweep_dir: Path) -> None:
         folder = cell.folder(sweep_dir)
         folder.mkdir(parents=True, exist_ok=True)
         record = {"id": cell.id, "kind": cell.kind, "argv": list(cell.argv), "label": cell.label,
-                  "depends": cell.depends}
+                  "depends": cell.depends, "recipe_label": cell.recipe_label, "candidate": cell.candidate}
         if not (folder / "cell.json").is_file():
             atomic_write_text(folder / "cell.json", json.dumps(record, indent=1))
 
@@ -249,7 +256,8 @@ def _tuning_report(args: argparse.Namespace) -> None:
     from benchmark.tuning import report, write_report
 
     for dataset in _split(args.dataset):
-        frame = report(args.leaderboard_dir or "leaderboards", dataset, _split(args.tune), args.budget)
+        frame = report(args.leaderboard_dir or "leaderboards", dataset, _split(args.tune), args.budget,
+                       sweep_dir=args.sweep_dir)
         if frame.empty:
             print(f"tuning on {dataset}: no validation results yet")
             continue

@@ -10,6 +10,7 @@ worst case; clean mAP breaks ties) is the choice; `tuning-<dataset>.csv` records
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -18,6 +19,7 @@ import pandas as pd
 
 from benchmark.errors import BenchmarkError
 from benchmark.leaderboard import SUMMARY_TEXT, board_paths, read_board, write_csv
+from benchmark.spec import defense_label
 
 SEARCH_SEED = 0
 
@@ -32,36 +34,63 @@ def candidates(defense: str, budget: int, seed: int = SEARCH_SEED) -> list[tuple
                              f"{', '.join(n for n in DEFENSES.names() if DEFENSES.get(n).search_space)}")
     if budget < 1:
         raise BenchmarkError(f"--budget {budget}: give at least 1 (the defaults)")
-    from benchmark.ablation import step_label
-
     rng = random.Random(f"{seed}:{defense}")
     total = math.prod(len(v) for v in space.values())
     out: list[tuple[str, ...]] = [()]
-    labels = {step_label(defense, ())}  # a draw equal to the defaults is the same recipe: not a new candidate
+    labels = {defense_label(defense, ())}  # a draw equal to the defaults is the same recipe: not a new candidate
     while len(out) < min(budget, total):
         draw = tuple(f"{k}={rng.choice(list(v))}" for k, v in sorted(space.items()))
-        label = step_label(defense, draw)
+        label = defense_label(defense, draw)
         if label not in labels:
             labels.add(label)
             out.append(draw)
     return out
 
 
-def report(leaderboard_dir: str | Path, dataset: str, defenses: list[str], budget: int) -> pd.DataFrame:
-    """One row per candidate found on the validation board, with `chosen` marking each defense's best."""
-    from benchmark.ablation import step_label
+def _argv_value(argv: list[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv else None
 
+
+def recorded_candidates(sweep_dir: str | Path, dataset: str, defense: str) -> list[tuple[int, str, str]]:
+    """(index, options, label) of each candidate the sweep ran, as its cells recorded them when expanded.
+
+    The label a candidate's rows carry depends on the defaults when it ran, so it is read from the
+    cells, never recomputed; empty for a sweep folder whose cells predate recorded labels.
+    """
+    found: dict[int, tuple[int, str, str]] = {}
+    for path in sorted(Path(sweep_dir).glob("cells/eval-*/cell.json")):
+        cell = json.loads(path.read_text())
+        argv = cell["argv"]
+        if cell.get("candidate") is None or not cell.get("recipe_label"):
+            continue
+        if _argv_value(argv, "--dataset") != dataset or _argv_value(argv, "--defense") != defense:
+            continue
+        options = " ".join(argv[i + 1] for i, a in enumerate(argv) if a == "--defense-opt") or "(defaults)"
+        found[int(cell["candidate"])] = (int(cell["candidate"]), options, cell["recipe_label"])
+    return [found[i] for i in sorted(found)]
+
+
+def report(leaderboard_dir: str | Path, dataset: str, defenses: list[str], budget: int,
+           sweep_dir: str | Path | None = None) -> pd.DataFrame:
+    """One row per candidate found on the validation board, with `chosen` marking each defense's best.
+
+    Candidates and their labels come from the sweep's cells (`sweep_dir`); without recorded ones they
+    are recomputed from today's defaults, and `labels` says so.
+    """
     _, summary_path = board_paths(leaderboard_dir, dataset, official=False)
     summary = read_board(summary_path, SUMMARY_TEXT)
     rows = []
     for defense in defenses:
-        for i, options in enumerate(candidates(defense, budget)):
-            label = step_label(defense, options)
+        recorded = recorded_candidates(sweep_dir, dataset, defense) if sweep_dir else []
+        source = "recorded" if recorded else "recomputed"
+        searched = recorded or [(i, " ".join(o) or "(defaults)", defense_label(defense, o))
+                                for i, o in enumerate(candidates(defense, budget))]
+        for i, options, label in searched:
             hit = summary[(summary["defense"] == label) & summary["settings"].str.contains("split=validation")] \
                 if not summary.empty else summary
             for _, s in hit.iterrows():
-                rows.append({"dataset": dataset, "defense": defense, "candidate": i,
-                             "options": " ".join(options) or "(defaults)", "label": label, "seed": int(s["seed"]),
+                rows.append({"dataset": dataset, "defense": defense, "candidate": i, "options": options,
+                             "label": label, "labels": source, "seed": int(s["seed"]),
                              "settings": s["settings"], "val_clean_mAP": float(s["clean_mAP"]),
                              "val_worst_case_mAP": float(s.get("worst_case_mAP", math.nan)),
                              "run_id": s["run_id"]})

@@ -37,8 +37,7 @@ def test_grid_expands_into_training_and_dependent_evaluation_cells(tmp_path):
 
 
 def test_ablation_expands_into_the_studys_recipes_with_their_options(tmp_path):
-    from benchmark.ablation import step_label
-    from benchmark.spec import make_spec
+    from benchmark.spec import defense_label, make_spec
     from defenses.base import DEFENSES
 
     argv = [a for a in sweep_argv(tmp_path) if a != "none,metric-at"]
@@ -51,7 +50,7 @@ def test_ablation_expands_into_the_studys_recipes_with_their_options(tmp_path):
         a = list(cell.argv)
         opts = dict(o.split("=", 1) for o in (a[i + 1] for i, x in enumerate(a) if x == "--defense-opt"))
         labels.add(make_spec(defense=a[a.index("--defense") + 1], defense_options=opts).defense.label)
-    assert labels == {step_label(s.defense, s.options) for s in steps}
+    assert labels == {defense_label(s.defense, s.options) for s in steps}
     assert "ddid" in labels and "metric-at" in labels
     assert "ddid[ablate=adv-learning+diffusion+fnes+self-meta]" in labels
 

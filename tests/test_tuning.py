@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
-from benchmark.ablation import step_label
 from benchmark.arguments import build_parser
 from benchmark.errors import BenchmarkError
 from benchmark.leaderboard import write_leaderboards
+from benchmark.spec import defense_label
 from benchmark.sweep import expand
 from benchmark.tuning import candidates, report
 from tests.test_leaderboard import clean_row, make_row
@@ -22,7 +22,7 @@ def test_candidates_are_the_defaults_then_distinct_seeded_draws_from_the_space(d
 
     picks = candidates(defense, 4)
     assert picks[0] == () and len(picks) == 4 and picks == candidates(defense, 4)
-    assert len({step_label(defense, p) for p in picks}) == 4
+    assert len({defense_label(defense, p) for p in picks}) == 4
     space = DEFENSES.get(defense).search_space
     for draw in picks[1:]:
         options = dict(o.split("=", 1) for o in draw)
@@ -41,18 +41,47 @@ def test_tune_expands_into_validation_cells_for_every_candidate(tmp_path):
         expand(build_parser().parse_args([*argv, "--tune", "metric-at", "--split", "test"]))
 
 
-def _validation_run(label: str, worst: float, clean: float) -> list:
+def _validation_run(label: str, worst: float, clean: float, dataset: str = "toy") -> list:
     settings = "split=validation"
     rows = [dataclasses.replace(clean_row(label), mAP=clean, clean_mAP=clean),
             dataclasses.replace(make_row(label, "standard-v1", "worst-case", worst), suite="standard-v1")]
-    return [dataclasses.replace(r, settings=settings, run_id=f"{label}-val", suite="standard-v1") for r in rows]
+    return [dataclasses.replace(r, settings=settings, run_id=f"{label}-val", suite="standard-v1", dataset=dataset,
+                                train_dataset=dataset) for r in rows]
 
 
 def test_report_chooses_the_best_validation_worst_case_per_defense(tmp_path):
     picks = candidates("metric-at", 3)
     for draw, worst in zip(picks, (5.0, 7.5, 6.0), strict=True):
-        write_leaderboards(_validation_run(step_label("metric-at", draw), worst, 60.0), tmp_path, official=False)
+        write_leaderboards(_validation_run(defense_label("metric-at", draw), worst, 60.0), tmp_path, official=False)
     frame = report(tmp_path, "toy", ["metric-at"], 3)
     assert len(frame) == 3 and frame["chosen"].sum() == 1
     chosen = frame[frame["chosen"]].iloc[0]
     assert chosen["candidate"] == 1 and chosen["val_worst_case_mAP"] == 7.5
+
+
+def test_report_reads_candidate_labels_the_sweep_recorded_not_todays_defaults(tmp_path):
+    """A change of defaults renames recipes; the report finds each candidate by the label it ran under."""
+    import json
+
+    from benchmark.sweep import prepare
+
+    sweep_dir, boards = tmp_path / "sweep", tmp_path / "boards"
+    argv = [a for a in sweep_argv(tmp_path) if a not in ("--defense", "none,metric-at")]
+    cells = expand(build_parser().parse_args([*argv, "--tune", "metric-at", "--budget", "2"]))
+    prepare(cells, sweep_dir)
+    evals = [c for c in cells if c.kind == "eval"]
+    assert {c.candidate for c in evals} == {0, 1} and all(c.recipe_label for c in evals)
+    # the defaults candidate ran when the defaults were different: its cells recorded that label
+    old = "metric-at[steps=3]"
+    for cell in evals:
+        if cell.candidate == 0:
+            path = cell.folder(sweep_dir) / "cell.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "recipe_label": old}))
+    drawn = defense_label("metric-at", candidates("metric-at", 2)[1])
+    write_leaderboards(_validation_run(old, 9.0, 60.0, "synthped"), boards, official=False)
+    write_leaderboards(_validation_run(drawn, 4.0, 60.0, "synthped"), boards, official=False)
+    frame = report(boards, "synthped", ["metric-at"], 2, sweep_dir=sweep_dir)
+    assert list(frame["label"]) == [old, drawn]
+    assert (frame["labels"] == "recorded").all() and frame[frame["chosen"]].iloc[0]["candidate"] == 0
+    # without the sweep's cells the labels are today's, and the old run is not found
+    assert old not in set(report(boards, "synthped", ["metric-at"], 2)["label"])
