@@ -132,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_table.add_argument("--leaderboard-dir", default="leaderboards")
     p_table.add_argument("--readme", default=None, metavar="PATH",
                          help="rewrite the tables between <!-- table:... --> markers in this file instead")
+    p_merge = sub.add_parser("merge", help="upsert the runs on another folder's boards into the leaderboards",
+                             formatter_class=fmt)
+    p_merge.add_argument("source", help="the --leaderboard-dir the runs wrote to (e.g. a sweep's on a cluster)")
+    p_merge.add_argument("--leaderboard-dir", default="leaderboards", help="the boards to merge into")
+    p_merge.add_argument("--dataset", default=None, help="only these data sets (comma list); default all found")
     p_plots = sub.add_parser("plots", help="draw every figure from the leaderboards and the latest runs",
                              formatter_class=fmt)
     p_plots.add_argument("--leaderboard-dir", default="leaderboards")

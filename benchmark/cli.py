@@ -1,4 +1,4 @@
-"""Command line entry point: `python -m benchmark {list,train,eval,run,plots,throughput}`."""
+"""Command line entry point: `python -m benchmark <command>` (list, run, sweep, merge, table, plots, ...)."""
 
 from __future__ import annotations
 

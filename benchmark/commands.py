@@ -181,6 +181,16 @@ def cmd_table(args: argparse.Namespace) -> int:
     return table(args)
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Upsert the runs on another folder's boards into --leaderboard-dir, by the boards' own rules."""
+    from benchmark.merge import merge_boards
+
+    merged = merge_boards(args.source, args.leaderboard_dir, args.dataset.split(",") if args.dataset else None)
+    for board, runs in merged.items():
+        print(f"merged {runs} runs into {board} ({args.leaderboard_dir})")
+    return 0
+
+
 def cmd_site(args: argparse.Namespace) -> int:
     """Render the static site from the boards and run folders."""
     from benchmark.site import build_site
@@ -221,7 +231,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "list": cmd_list, "run": _per_seed(cmd_run), "eval": _per_seed(cmd_run), "train": _per_seed(cmd_train),
     "plots": cmd_plots,
-    "throughput": cmd_throughput, "sweep": cmd_sweep, "table": cmd_table,
+    "throughput": cmd_throughput, "sweep": cmd_sweep, "table": cmd_table, "merge": cmd_merge,
     "validate": cmd_validate, "site": cmd_site}
 
 

@@ -313,17 +313,26 @@ def _keeps_suite_worst_case(old: pd.Series, new: pd.Series) -> bool:
     return str(old.get("attack")) == "worst-case" and has_suite(old) and not has_suite(new)
 
 
+def upsert_rows(board_path: Path, records: list[dict]) -> None:
+    """Upsert result rows into a board: same key replaces, except a suite's worst case is never lost."""
+    upsert(board_path, records, ROW_KEY, keep_old=_keeps_suite_worst_case)
+
+
+def upsert_summaries(summary_path: Path, summaries: list[dict]) -> None:
+    """Upsert per-run summary rows (the one covering more attacks wins) and rebuild the seeds board beside."""
+    upsert(summary_path, summaries, SUMMARY_KEY, keep_old=_covers_more, text=SUMMARY_TEXT,
+           order=("worst_case_mAP", True),
+           then=lambda merged, path=summary_path: write_csv(seed_summary(merged), seeds_path(path)))
+
+
 def write_leaderboards(rows: list[LeaderboardRow], directory: str | Path, official: bool = True) -> dict[str, Path]:
     """Upsert one run's rows into its board and its summary row into the summary board."""
     out: dict[str, Path] = {}
     for dataset in sorted({r.dataset for r in rows}):
         board_path, summary_path = board_paths(directory, dataset, official)
         records = [dataclasses.asdict(r) for r in rows if r.dataset == dataset]
-        upsert(board_path, records, ROW_KEY, keep_old=_keeps_suite_worst_case)
-        summary = summarise_run(pd.DataFrame(records).fillna({"flags": ""}))
-        upsert(summary_path, [summary], SUMMARY_KEY, keep_old=_covers_more, text=SUMMARY_TEXT,
-               order=("worst_case_mAP", True),
-               then=lambda merged, path=summary_path: write_csv(seed_summary(merged), seeds_path(path)))
+        upsert_rows(board_path, records)
+        upsert_summaries(summary_path, [summarise_run(pd.DataFrame(records).fillna({"flags": ""}))])
         kind = "leaderboard" if official else "custom leaderboard"
         out[f"{kind} {dataset}"] = board_path
         out[f"summary {dataset}"] = summary_path

@@ -1,0 +1,62 @@
+"""`benchmark merge`: runs written elsewhere land on the boards exactly as if they had been written there."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import pytest
+
+from benchmark.cli import main
+from benchmark.leaderboard import write_leaderboards
+from benchmark.merge import merge_boards
+from tests.test_leaderboard import clean_row, make_row
+
+
+def _run(defense: str, run_id: str, date: str, fna: float, seed: int = 0, settings: str = "") -> list:
+    rows = [clean_row(defense, seed), make_row(defense, "fna", mAP=fna, seed=seed),
+            make_row(defense, "sma", mAP=fna + 5, seed=seed)]
+    return [dataclasses.replace(r, run_id=run_id, date=date, settings=settings, allow_dirty=False,
+                                training_quality="id_fidelity=0.79;cam_fidelity=0.83") for r in rows]
+
+
+def _files(folder) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): p.read_text() for p in sorted(folder.rglob("*.csv"))}
+
+
+def test_merging_into_an_empty_folder_reproduces_the_boards_byte_for_byte(tmp_path):
+    source, direct, target = tmp_path / "source", tmp_path / "direct", tmp_path / "target"
+    runs = [_run("ddid", "a", "2026-01-01T00:00:00Z", 10.0), _run("ddid", "b", "2026-01-02T00:00:00Z", 12.0, seed=1),
+            _run("metric-at", "c", "2026-01-03T00:00:00Z", 9.0),
+            _run("ddid", "d", "2026-01-04T00:00:00Z", 3.0, settings="split=validation")]
+    for rows in runs:
+        official = not rows[0].settings
+        write_leaderboards(rows, source, official=official)
+        write_leaderboards(rows, direct, official=official)
+    assert merge_boards(source, target) == {"toy": 3, "toy (custom)": 1}
+    assert _files(target) == _files(direct)
+    merge_boards(source, target)  # idempotent
+    assert _files(target) == _files(direct)
+
+
+def test_a_merged_run_replaces_the_older_row_with_the_same_specification(tmp_path):
+    source, target = tmp_path / "source", tmp_path / "target"
+    write_leaderboards(_run("ddid", "old", "2026-01-01T00:00:00Z", 10.0), target)
+    write_leaderboards(_run("metric-at", "kept", "2026-01-01T00:00:00Z", 8.0), target)
+    write_leaderboards(_run("ddid", "new", "2026-02-01T00:00:00Z", 4.0), source)
+    merge_boards(source, target)
+    board = pd.read_csv(target / "toy.csv")
+    assert set(board["run_id"]) == {"new", "kept"} and len(board) == 6
+    assert board.loc[(board["defense"] == "ddid") & (board["attack"] == "fna"), "mAP"].item() == 4.0
+
+
+def test_merge_refuses_bad_input_in_one_line(tmp_path, capsys):
+    assert main(["merge", str(tmp_path / "nowhere"), "--leaderboard-dir", str(tmp_path / "t")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    (tmp_path / "empty").mkdir()
+    assert main(["merge", str(tmp_path / "empty"), "--leaderboard-dir", str(tmp_path / "t")]) == 2
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "toy.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(Exception, match="not a leaderboard"):
+        merge_boards(tmp_path / "junk", tmp_path / "t")
+    assert not (tmp_path / "t").exists()  # nothing written on a refusal
