@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.leaderboard import STANDARD_EPS, SUMMARY_TEXT, board_paths, read_board
+from benchmark.leaderboard import STANDARD_EPS, SUMMARY_TEXT, board_paths, read_board, rows_of_model
 from benchmark.spec import defense_label
 
 #: the single attacks reported next to the worst case (the paper's Table 3 columns)
@@ -40,7 +40,7 @@ def per_seed(leaderboard_dir: str | Path, dataset: str, defense: str) -> pd.Data
             row = {"order": order, "step": step.label, "defense": label, "versus": step.versus or "",
                    "seed": int(s["seed"]), "run_id": s["run_id"], "clean_mAP": float(s["clean_mAP"]),
                    "worst_case_mAP": float(s.get("worst_case_mAP", math.nan))}
-            run = at8[at8["run_id"] == s["run_id"]]
+            run = rows_of_model(at8, s)
             for a in ATTACKS:
                 hit = run[run["attack"] == a]
                 row[f"{a}_mAP"] = float(hit["mAP"].iloc[0]) if len(hit) else math.nan

@@ -244,6 +244,22 @@ def _at(frame: pd.DataFrame, column: str, default: float = math.nan) -> float:
     return float(frame[column].iloc[0]) if len(frame) and column in frame else default
 
 
+def rows_of_model(board: pd.DataFrame, summary_row: pd.Series) -> pd.DataFrame:
+    """The board's rows for the trained model a summary row describes, whichever run wrote them.
+
+    A row's key is its full specification, so a single attack rerun later on the same checkpoint (an
+    ε sweep) is the board's result for that model; rows are matched by checkpoint, or by run when a
+    row has none.
+    """
+    same = (board["defense"] == summary_row["defense"]) & (board["seed"] == summary_row["seed"]) \
+        & (board["backbone"] == summary_row["backbone"]) & (board["settings"] == summary_row["settings"]) \
+        & (board["train_dataset"] == summary_row["train_dataset"])
+    checkpoint = summary_row.get("checkpoint", "")
+    if isinstance(checkpoint, str) and checkpoint and "checkpoint" in board:
+        return board[same & (board["checkpoint"] == checkpoint)]
+    return board[same & (board["run_id"] == summary_row["run_id"])]
+
+
 def summarise_run(run: pd.DataFrame) -> dict[str, Any]:
     """The summary row of ONE run: clean scores, the suite's per-query worst case (the headline), robust
     mAP over all, seen and unseen attacks, flags.

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark import ablation
-from benchmark.leaderboard import STANDARD_EPS, SUMMARY_TEXT, board_paths, read_board, seeds_path
+from benchmark.leaderboard import STANDARD_EPS, SUMMARY_TEXT, board_paths, read_board, rows_of_model, seeds_path
 
 HEADLINE_ATTACKS = ("fna", "sma", "ifgsm")
 NAMES = {"fna": "FNA", "sma": "SMA", "ifgsm": "I-FGSM"}
@@ -47,7 +47,7 @@ def summary_frame(leaderboard_dir: str | Path, dataset: str, variants: bool = Fa
     summary = summary.assign(_worst=-worst.fillna(-1), _order=-summary["robust_mAP_mean"].fillna(-1))
     summary = summary.sort_values(["_worst", "_order", "defense", "seed"])
     for _, s in summary.iterrows():
-        attacks = at8[(at8["defense"] == s["defense"]) & (at8["seed"] == s["seed"]) & (at8["run_id"] == s["run_id"])]
+        attacks = rows_of_model(at8, s)
         row = {"defense": s["defense"], "seed": str(int(s["seed"])), "clean mAP": s["clean_mAP"]}
         if not variants:
             row["worst case mAP / R1"] = f"{_fmt(s.get('worst_case_mAP', math.nan))} / " \

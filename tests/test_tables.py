@@ -34,6 +34,21 @@ def test_formats(tmp_path):
     assert header.startswith("defense,seed,clean mAP,worst case mAP / R1,2x iters,min of means,FNA")
 
 
+def test_single_attacks_rerun_on_the_same_checkpoint_fill_the_table_and_others_do_not(tmp_path):
+    import dataclasses
+
+    def run(run_id, checkpoint, *rows):
+        return [dataclasses.replace(r, run_id=run_id, checkpoint=checkpoint) for r in rows]
+
+    write_leaderboards(run("all", "ck1", clean_row("none"), make_row("none", "sma", mAP=3.0),
+                           make_row("none", "mifgsm", mAP=2.0), make_row("none", "odfa", mAP=4.0)), tmp_path)
+    write_leaderboards(run("eps-sweep", "ck1", make_row("none", "fna", mAP=1.0)), tmp_path)  # same model, later
+    frame = summary_frame(tmp_path, "toy")
+    assert frame["FNA"].item() == 1.0 and frame["SMA"].item() == 3.0
+    write_leaderboards(run("retrained", "ck2", make_row("none", "ifgsm", mAP=9.0)), tmp_path)  # another model
+    assert summary_frame(tmp_path, "toy")["I-FGSM"].isna().all()
+
+
 def _ablation_rows(step_defense: str, seed: int, clean: float, worst: float, fna: float) -> list:
     import dataclasses
 
