@@ -6,12 +6,19 @@ x attack x eps x seed (x train set x settings). `summary-<dataset>.csv` beside e
 defense x backbone x seed (x train set x settings), built from ONE run, the one that covered the most
 attacks at the standard ε, so its `command` reproduces every number in it. Columns are documented in
 `leaderboards/README.md`.
+
+A model is (data set, train set, defense label, backbone, seed, settings); its checkpoint key hashes
+the full training specification and code. When a board would hold rows of one model from two
+checkpoints (changed defaults, which a label leaves out, or changed training code), the most recently
+trained checkpoint keeps the model and the other's rows go, whichever side of an upsert they are on:
+rows of two trainings never mix under one model, and none outlive the recipe they measured.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
@@ -24,8 +31,12 @@ from filelock import FileLock
 from benchmark.atomic import atomic_write_text
 from benchmark.enums import Seen
 
+log = logging.getLogger("benchmark.leaderboard")
+
 ROW_KEY = ("dataset", "train_dataset", "defense", "backbone", "attack", "eps", "seed", "settings")
 SUMMARY_KEY = ("dataset", "train_dataset", "defense", "backbone", "seed", "settings")
+#: one trained model (its rows may come from several runs of one checkpoint)
+MODEL_KEY = SUMMARY_KEY
 STANDARD_EPS = "8/255"
 #: what the `images_per_second` column of a throughput board counts, by row kind
 THROUGHPUT_UNITS = {"extract": "images / s (one forward pass each)",
@@ -197,9 +208,12 @@ def _keys(frame: pd.DataFrame, key: tuple[str, ...]) -> pd.Series:
 def upsert(path: Path, records: Iterable[dict], key: tuple[str, ...],
            then: Callable[[pd.DataFrame], None] | None = None,
            keep_old: Callable[[pd.Series, pd.Series], bool] | None = None,
-           text: Iterable[str] = TEXT_COLUMNS, order: tuple[str, bool] | None = None) -> pd.DataFrame:
+           text: Iterable[str] = TEXT_COLUMNS, order: tuple[str, bool] | None = None,
+           resolve: Callable[[pd.DataFrame, pd.DataFrame], tuple[pd.DataFrame, pd.DataFrame]] | None = None,
+           ) -> pd.DataFrame:
     """Replace rows with the same key and add new ones; safe against concurrent writers.
 
+    `resolve(old, new)` drops rows of either side before keys are compared (a superseded training);
     `keep_old(old, new)` may veto a replacement; `then` runs on the merged board while the lock
     is still held (derived files stay consistent); `order` = (column, descending) sorts rows by a
     score within each data set instead of by key.
@@ -214,6 +228,12 @@ def upsert(path: Path, records: Iterable[dict], key: tuple[str, ...],
                 new[col] = ""
             if not old.empty and col not in old:
                 old[col] = ""
+        if resolve is not None and not old.empty and not new.empty:
+            kept_old, kept_new = resolve(old, new)
+            if len(kept_old) < len(old) or len(kept_new) < len(new):
+                log.info("%s: rows of a superseded checkpoint dropped (%d on the board, %d incoming)", path.name,
+                         len(old) - len(kept_old), len(new) - len(kept_new))
+            old, new = kept_old, kept_new
         if not old.empty and not new.empty:
             old_keys, new_keys = _keys(old, key), _keys(new, key)
             if keep_old is not None:
@@ -329,15 +349,51 @@ def _keeps_suite_worst_case(old: pd.Series, new: pd.Series) -> bool:
     return str(old.get("attack")) == "worst-case" and has_suite(old) and not has_suite(new)
 
 
+def _trained_at(frame: pd.DataFrame) -> pd.Series:
+    """When each row's checkpoint was trained (`train_date`; a summary row has only its run's `date`)."""
+    for col in ("train_date", "date"):
+        if col in frame:
+            return frame[col].fillna("").astype(str)
+    return pd.Series("", index=frame.index)
+
+
+def newest_training(old: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep, per model, only the rows of its most recently trained checkpoint (ties: the incoming one).
+
+    Rows without a checkpoint (older boards) are left alone. Either side can lose rows: a run on a new
+    training supersedes the board's, and merging an older run never overwrites a newer training.
+    """
+    if "checkpoint" not in old or "checkpoint" not in new:
+        return old, new
+    both = pd.concat([old.assign(_side=0), new.assign(_side=1)], ignore_index=True)
+    both["_model"] = _keys(both, MODEL_KEY)
+    both["_ckpt"] = both["checkpoint"].fillna("").astype(str)
+    both["_when"] = _trained_at(both)
+    known = both[both["_ckpt"] != ""]
+    latest = known.groupby(["_model", "_ckpt"], sort=False).agg(when=("_when", "max"), side=("_side", "max"))
+    winner = latest.reset_index().sort_values(["when", "side"], kind="stable").groupby("_model").tail(1)
+    wins = dict(zip(winner["_model"], winner["_ckpt"], strict=True))
+
+    def kept(frame: pd.DataFrame) -> pd.DataFrame:
+        ckpt = frame["checkpoint"].fillna("").astype(str)
+        best = _keys(frame, MODEL_KEY).map(wins)
+        return frame[(ckpt == "") | best.isna() | (ckpt == best)]
+
+    return kept(old), kept(new)
+
+
 def upsert_rows(board_path: Path, records: list[dict]) -> None:
-    """Upsert result rows into a board: same key replaces, except a suite's worst case is never lost."""
-    upsert(board_path, records, ROW_KEY, keep_old=_keeps_suite_worst_case)
+    """Upsert result rows into a board: same key replaces, except a suite's worst case is never lost;
+    a model keeps only the rows of its newest training."""
+    upsert(board_path, records, ROW_KEY, keep_old=_keeps_suite_worst_case,
+           resolve=newest_training)
 
 
 def upsert_summaries(summary_path: Path, summaries: list[dict]) -> None:
-    """Upsert per-run summary rows (the one covering more attacks wins) and rebuild the seeds board beside."""
+    """Upsert per-run summary rows (the newest training of a model wins; among runs of one checkpoint the
+    one covering more attacks) and rebuild the seeds board beside."""
     upsert(summary_path, summaries, SUMMARY_KEY, keep_old=_covers_more, text=SUMMARY_TEXT,
-           order=("worst_case_mAP", True),
+           order=("worst_case_mAP", True), resolve=newest_training,
            then=lambda merged, path=summary_path: write_csv(seed_summary(merged), seeds_path(path)))
 
 

@@ -119,3 +119,38 @@ def test_a_sweep_never_replaces_the_suite_worst_case(tmp_path):
     rerun = dataclasses.replace(full, mAP=4.0)  # a later suite run does replace it
     write_leaderboards([clean_row("ddid"), rerun], tmp_path)
     assert list(pd.read_csv(tmp_path / "toy.csv").query("attack == 'worst-case'")["mAP"]) == [4.0]
+
+
+def _trained(row, checkpoint, when):
+    return dataclasses.replace(row, checkpoint=checkpoint, train_date=when, run_id=f"run-{checkpoint}")
+
+
+def test_a_new_training_of_a_model_supersedes_every_row_of_the_old_one(tmp_path):
+    """Changed defaults keep the label: the old checkpoint's rows (even of attacks the new run skipped) go."""
+    old = [_trained(r, "aaa", "2026-01-01T00:00:00Z") for r in
+           (clean_row("metric-at"), make_row("metric-at", "fna", mAP=30.0), make_row("metric-at", "sma", mAP=40.0))]
+    other_seed = _trained(make_row("metric-at", "fna", mAP=33.0, seed=1), "ccc", "2026-01-01T00:00:00Z")
+    legacy = make_row("none", "fna", mAP=1.0)  # no checkpoint recorded: left alone
+    write_leaderboards([*old, other_seed, legacy], tmp_path)
+    new = [_trained(r, "bbb", "2026-02-01T00:00:00Z") for r in (clean_row("metric-at"),
+                                                                 make_row("metric-at", "fna", mAP=25.0))]
+    write_leaderboards(new, tmp_path)
+    board = pd.read_csv(tmp_path / "toy.csv", dtype={"checkpoint": str})
+    seed0 = board[(board["defense"] == "metric-at") & (board["seed"] == 0)]
+    assert set(seed0["checkpoint"]) == {"bbb"} and set(seed0["attack"]) == {"clean", "fna"}
+    assert board.loc[board["seed"] == 1, "mAP"].tolist() == [33.0]
+    assert board.loc[board["defense"] == "none", "mAP"].tolist() == [1.0]
+    summary = pd.read_csv(tmp_path / "summary-toy.csv")
+    assert summary.loc[(summary["defense"] == "metric-at") & (summary["seed"] == 0), "checkpoint"].tolist() == ["bbb"]
+
+
+def test_an_older_training_never_overwrites_a_newer_one(tmp_path):
+    """Merging a run made earlier elsewhere (an older checkpoint of the same model) leaves the board as it was."""
+    newer = [_trained(r, "bbb", "2026-02-01T00:00:00Z") for r in (clean_row("ddid"), make_row("ddid", "fna", mAP=25.0))]
+    write_leaderboards(newer, tmp_path)
+    older = [_trained(r, "aaa", "2026-01-01T00:00:00Z") for r in (clean_row("ddid"), make_row("ddid", "fna", mAP=9.0),
+                                                                   make_row("ddid", "sma", mAP=9.0))]
+    write_leaderboards(older, tmp_path)
+    board = pd.read_csv(tmp_path / "toy.csv")
+    assert set(board["checkpoint"]) == {"bbb"} and board.loc[board["attack"] == "fna", "mAP"].tolist() == [25.0]
+    assert "sma" not in set(board["attack"])
