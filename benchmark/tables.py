@@ -58,7 +58,8 @@ def summary_frame(leaderboard_dir: str | Path, dataset: str, variants: bool = Fa
             hit = attacks[attacks["attack"] == a]
             row[NAMES[a]] = float(hit["mAP"].iloc[0]) if len(hit) else math.nan
         if not variants:
-            row[f"mean, {int(s['attacks'])} attacks"] = s["robust_mAP_mean"]
+            # one column whatever a run covered: the count travels with the mean, not in the header
+            row["mean of single attacks (n)"] = f"{_fmt(s['robust_mAP_mean'])} ({int(s['attacks'])})"
             row["unseen mean / worst"] = f"{_fmt(s['unseen_mAP_mean'])} / {_fmt(s['unseen_mAP_worst'])}"
         row["attacked with"] = s["attacked_with"]
         if not variants:
