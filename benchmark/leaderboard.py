@@ -372,14 +372,9 @@ def newest_training(old: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame,
     known = both[both["_ckpt"] != ""]
     latest = known.groupby(["_model", "_ckpt"], sort=False).agg(when=("_when", "max"), side=("_side", "max"))
     winner = latest.reset_index().sort_values(["when", "side"], kind="stable").groupby("_model").tail(1)
-    wins = dict(zip(winner["_model"], winner["_ckpt"], strict=True))
-
-    def kept(frame: pd.DataFrame) -> pd.DataFrame:
-        ckpt = frame["checkpoint"].fillna("").astype(str)
-        best = _keys(frame, MODEL_KEY).map(wins)
-        return frame[(ckpt == "") | best.isna() | (ckpt == best)]
-
-    return kept(old), kept(new)
+    best = both["_model"].map(dict(zip(winner["_model"], winner["_ckpt"], strict=True)))
+    keep = ((both["_ckpt"] == "") | (both["_ckpt"] == best)).to_numpy()
+    return old[keep[:len(old)]], new[keep[len(old):]]
 
 
 def upsert_rows(board_path: Path, records: list[dict]) -> None:
