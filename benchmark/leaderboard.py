@@ -271,9 +271,9 @@ def rows_of_model(board: pd.DataFrame, summary_row: pd.Series) -> pd.DataFrame:
     ε sweep) is the board's result for that model; rows are matched by checkpoint, or by run when a
     row has none.
     """
-    same = (board["defense"] == summary_row["defense"]) & (board["seed"] == summary_row["seed"]) \
-        & (board["backbone"] == summary_row["backbone"]) & (board["settings"] == summary_row["settings"]) \
-        & (board["train_dataset"] == summary_row["train_dataset"])
+    same = pd.Series(True, index=board.index)
+    for column in MODEL_KEY:  # compared per column, not as joined text: a seed may be 0 on one side, 0.0 on the other
+        same &= board[column] == summary_row[column]
     checkpoint = summary_row.get("checkpoint", "")
     if isinstance(checkpoint, str) and checkpoint and "checkpoint" in board:
         return board[same & (board["checkpoint"] == checkpoint)]
