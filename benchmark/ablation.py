@@ -4,7 +4,9 @@
 rows on the boards by each step's canonical defense label, and gives per step the mean, sample standard
 deviation and n over seeds of clean mAP, the suite's per-query worst-case mAP and the headline attacks'
 mAP at the standard ε. A step's difference from the step it is judged against counts as real only when
-it exceeds the two seed spreads added (the rule of the seeds board).
+it exceeds the two seed spreads added (the rule of the seeds board). Beside it, the paired view: the
+worst-case difference within each shared seed and its 95 % Student-t interval, which is blind to a seed
+that moves both steps alike (on synthped the seed also draws the data set).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+from scipy import stats
 
 from benchmark.leaderboard import STANDARD_EPS, SUMMARY_TEXT, board_paths, read_board, rows_of_model
 from benchmark.spec import defense_label
@@ -50,7 +53,8 @@ def per_seed(leaderboard_dir: str | Path, dataset: str, defense: str) -> pd.Data
 
 def summary(leaderboard_dir: str | Path, dataset: str, defense: str) -> pd.DataFrame:
     """One row per ablation step with rows on the board: n, seeds, mean and sd of every metric, and the
-    worst-case difference from the step it is judged against with the verdict."""
+    worst-case difference from the step it is judged against with the verdict, and the paired view
+    (per-seed differences, their interval and verdict)."""
     seeds = per_seed(leaderboard_dir, dataset, defense)
     if seeds.empty:
         return pd.DataFrame()
@@ -65,15 +69,46 @@ def summary(leaderboard_dir: str | Path, dataset: str, defense: str) -> pd.DataF
         rows.append(row)
     out = pd.DataFrame(rows)
     by_step = out.set_index("step")
+    worst = seeds.pivot_table(index="seed", columns="step", values="worst_case_mAP")
     out["worst_case_delta"] = math.nan
     out["verdict"] = ""
+    out["paired_deltas"] = ""
+    out["paired_ci_low"] = out["paired_ci_high"] = math.nan
+    out["paired_verdict"] = ""
     for i, r in out.iterrows():
         if r["versus"] and r["versus"] in by_step.index:
             ref = by_step.loc[r["versus"]]
             delta = r["worst_case_mAP_mean"] - ref["worst_case_mAP_mean"]
             out.at[i, "worst_case_delta"] = delta
             out.at[i, "verdict"] = verdict(delta, r["worst_case_mAP_sd"], ref["worst_case_mAP_sd"])
+            paired = (worst[r["step"]] - worst[r["versus"]]).dropna()
+            low, high = paired_interval(paired)
+            out.at[i, "paired_deltas"] = ", ".join(f"{d:+.1f}" for d in paired)
+            out.at[i, "paired_ci_low"], out.at[i, "paired_ci_high"] = low, high
+            out.at[i, "paired_verdict"] = paired_verdict(low, high)
     return out
+
+
+def paired_interval(deltas: pd.Series, level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of per-seed differences (NaNs below two seeds).
+
+    A step and the step it is judged against share each seed, and on synthped the seed also draws the
+    data set: a seed that is easier for both moves both means together. The sd rule of `verdict` counts
+    that shared shift as noise; the differences within a seed do not contain it.
+    """
+    n = len(deltas)
+    if n < 2:
+        return math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * deltas.std(ddof=1) / math.sqrt(n))
+    mean = float(deltas.mean())
+    return mean - half, mean + half
+
+
+def paired_verdict(low: float, high: float) -> str:
+    """'separated' when the paired interval excludes 0, 'within seed spread' when it holds 0."""
+    if math.isnan(low):
+        return "one shared seed: not separable"
+    return "separated" if low > 0 or high < 0 else "within seed spread"
 
 
 def verdict(delta: float, sd_a: float, sd_b: float) -> str:
@@ -106,5 +141,9 @@ def table(leaderboard_dir: str | Path, dataset: str, defense: str) -> pd.DataFra
         row.update({names[m]: _pm(r[f"{m}_mean"], r[f"{m}_sd"]) for m in METRICS})
         delta = r["worst_case_delta"]
         row["worst case vs"] = "-" if math.isnan(delta) else f"{delta:+.1f} vs {r['versus']}: {r['verdict']}"
+        row["paired, per seed (95 % CI)"] = "-" if not r["paired_deltas"] else (
+            f"{r['paired_deltas']}" + ("" if math.isnan(r["paired_ci_low"]) else
+                                       f" ({r['paired_ci_low']:+.1f} to {r['paired_ci_high']:+.1f})")
+            + f": {r['paired_verdict']}")
         rows.append(row)
     return pd.DataFrame(rows)

@@ -81,7 +81,21 @@ def test_ablation_table_gives_mean_sd_over_seeds_and_calls_differences_by_the_se
     assert stats.loc["all parts (DDID)", "verdict"] == "separated"
     assert stats.loc["DDID base (all parts off)", "verdict"] == "within seed spread"
     text = render(ablation.table(tmp_path, "toy", "ddid"), "md")
-    row = "| all parts (DDID) | 3 | 55.0 ± 0.0 | 10.0 ± 1.0 | 19.0 ± 1.0 | - | - | +4.9 vs metric-at: separated |"
+    assert stats.loc["DDID base (all parts off)", "paired_verdict"] == "within seed spread"
+    row = ("| all parts (DDID) | 3 | 55.0 ± 0.0 | 10.0 ± 1.0 | 19.0 ± 1.0 | - | - | +4.9 vs metric-at: separated "
+           "| +4.0, +4.9, +5.8 (+2.7 to +7.1): separated |")
     assert row in text
     readme = "<!-- table:toy:ablation-ddid -->\nold\n<!-- /table -->"
     assert "all parts (DDID)" in readme_tables(readme, tmp_path)
+
+
+def test_ablation_paired_view_separates_a_steady_gain_that_a_seed_wide_shift_hides(tmp_path):
+    from benchmark import ablation
+
+    for seed, worst in enumerate([5.0, 8.0, 11.0]):  # each seed is easier for both steps alike
+        write_leaderboards(_ablation_rows("metric-at", seed, 70.0, worst, 20.0), tmp_path)
+        write_leaderboards(_ablation_rows("ddid", seed, 70.0, worst + 1.0 + 0.1 * (seed - 1), 20.0), tmp_path)
+    row = ablation.summary(tmp_path, "toy", "ddid").set_index("step").loc["all parts (DDID)"]
+    assert row["verdict"] == "within seed spread"  # +1.0 against sds of 3.0 and 3.1
+    assert row["paired_deltas"] == "+0.9, +1.0, +1.1" and row["paired_verdict"] == "separated"
+    assert 0.7 < row["paired_ci_low"] < 1.0 < row["paired_ci_high"] < 1.3
