@@ -136,16 +136,18 @@ def seed_summary(summary: pd.DataFrame) -> pd.DataFrame:
 
     `vs_best` compares each recipe's worst-case mean with the best one on the same data set and calls
     a difference real only when it exceeds the two seed spreads added (±1 sd bars that do not
-    touch); with one seed there is no spread, and nothing is called.
+    touch); with one seed there is no spread, and nothing is called. Where the two seed sets differ, the
+    gap on the seeds both have follows.
     """
     if summary.empty or "worst_case_mAP" not in summary:
         return pd.DataFrame()
     frame = summary.copy()
     for col in SEED_GROUP:
         frame[col] = frame[col].fillna("").astype(str) if col in frame else ""
-    rows = []
+    rows, worst_by_seed = [], []
     for key, group in frame.groupby(list(SEED_GROUP), sort=True, dropna=False):
         row: dict[str, Any] = dict(zip(SEED_GROUP, key, strict=True))
+        worst_by_seed.append(group.set_index(group["seed"].astype(int))["worst_case_mAP"].astype(float))
         row["n"] = len(group)
         row["seeds"] = ",".join(str(int(s)) for s in sorted(group["seed"]))
         for metric in SEED_METRICS:
@@ -161,10 +163,24 @@ def seed_summary(summary: pd.DataFrame) -> pd.DataFrame:
         if ranked.empty:
             continue
         best = block.loc[ranked.idxmax()]
+        best_seeds = worst_by_seed[ranked.idxmax()]
         for i in idx:
-            out.at[i, "vs_best"] = _versus(out.loc[i], best)
+            out.at[i, "vs_best"] = _versus(out.loc[i], best) + _on_shared_seeds(worst_by_seed[i], best_seeds)
     return out.sort_values(["dataset", "worst_case_mAP_mean"], ascending=[True, False], na_position="last"
                            ).reset_index(drop=True)
+
+
+def _on_shared_seeds(row: pd.Series, best: pd.Series) -> str:
+    """The gap on the seeds both recipes have, when their seed sets differ: a seed may also draw the data
+    set (synthped), so means over different seeds compare different data."""
+    if set(row.index) == set(best.index):
+        return ""
+    shared = sorted(set(row.index) & set(best.index))
+    if not shared:
+        return "; no seed in common with the best"
+    gap = float(best[shared].mean() - row[shared].mean())
+    seeds = ",".join(str(s) for s in shared)
+    return f"; on the seeds both have ({seeds}): {abs(gap):.2f} {'below' if gap >= 0 else 'above'}"
 
 
 def _versus(row: pd.Series, best: pd.Series) -> str:

@@ -28,6 +28,8 @@ def test_seed_summary_reports_mean_sd_n_and_calls_only_gaps_beyond_the_spread():
     assert out.loc["b", "vs_best"].endswith("within seed spread")
     assert out.loc["c", "vs_best"].endswith(": separated")
     assert "one seed" in out.loc["d", "vs_best"] and math.isnan(out.loc["d", "worst_case_mAP_sd"])
+    assert out.loc["d", "vs_best"].endswith("; on the seeds both have (0): 5.00 below")  # 10 vs 5 on seed 0
+    assert "seeds both have" not in out.loc["b", "vs_best"]  # same seeds: the means already compare
     assert list(out.index) == ["a", "b", "d", "c"]  # ordered by the worst-case mean
 
 
