@@ -200,7 +200,9 @@ def worst_case_ap(summary: pd.DataFrame, results_dir: Path, dataset: str, stem: 
     styles = defense_styles(summary["defense"])
     fig, ax = plt.subplots(figsize=(ONE_COLUMN, 2.6))
     drawn = 0
-    for _, run in _main_defenses(summary).sort_values("defense").iterrows():
+    runs = _main_defenses(summary).sort_values(["defense", "seed"])
+    seeds_of = runs.groupby("defense")["seed"].nunique()
+    for _, run in runs.iterrows():
         csv = results_dir / str(run["run_id"]) / "per_query.csv"
         column = f"worst-case@{EPS}_ap"
         if not csv.is_file():
@@ -211,7 +213,12 @@ def worst_case_ap(summary: pd.DataFrame, results_dir: Path, dataset: str, stem: 
         ap = np.sort(table[column].dropna().to_numpy() * 100)
         share = np.arange(1, len(ap) + 1) / len(ap)
         style = styles[run["defense"]]
-        ax.step(ap, share, where="post", color=style["color"], linewidth=1.2, label=run["defense"])
+        # one line per run: a defense with several seeds tells them apart by dash and label
+        several = seeds_of[run["defense"]] > 1
+        seed_rank = int((runs[runs["defense"] == run["defense"]]["seed"] < run["seed"]).sum())
+        ax.step(ap, share, where="post", color=style["color"], linewidth=1.2,
+                linestyle=("-", "--", ":", "-.")[seed_rank % 4] if several else "-",
+                label=f"{run['defense']} (seed {int(run['seed'])})" if several else run["defense"])
         drawn += 1
     if not drawn:
         plt.close(fig)
