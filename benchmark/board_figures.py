@@ -201,7 +201,8 @@ def worst_case_ap(summary: pd.DataFrame, results_dir: Path, dataset: str, stem: 
     fig, ax = plt.subplots(figsize=(ONE_COLUMN, 2.6))
     drawn = 0
     runs = _main_defenses(summary).sort_values(["defense", "seed"])
-    seeds_of = runs.groupby("defense")["seed"].nunique()
+    runs = runs.assign(_rank=runs.groupby("defense").cumcount(),
+                       _several=runs.groupby("defense")["seed"].transform("nunique") > 1)
     for _, run in runs.iterrows():
         csv = results_dir / str(run["run_id"]) / "per_query.csv"
         column = f"worst-case@{EPS}_ap"
@@ -214,10 +215,9 @@ def worst_case_ap(summary: pd.DataFrame, results_dir: Path, dataset: str, stem: 
         share = np.arange(1, len(ap) + 1) / len(ap)
         style = styles[run["defense"]]
         # one line per run: a defense with several seeds tells them apart by dash and label
-        several = seeds_of[run["defense"]] > 1
-        seed_rank = int((runs[runs["defense"] == run["defense"]]["seed"] < run["seed"]).sum())
+        several = bool(run["_several"])
         ax.step(ap, share, where="post", color=style["color"], linewidth=1.2,
-                linestyle=("-", "--", ":", "-.")[seed_rank % 4] if several else "-",
+                linestyle=("-", "--", ":", "-.")[run["_rank"] % 4] if several else "-",
                 label=f"{run['defense']} (seed {int(run['seed'])})" if several else run["defense"])
         drawn += 1
     if not drawn:

@@ -162,10 +162,10 @@ def seed_summary(summary: pd.DataFrame) -> pd.DataFrame:
         ranked = block["worst_case_mAP_mean"].dropna()
         if ranked.empty:
             continue
-        best = block.loc[ranked.idxmax()]
-        best_seeds = worst_by_seed[ranked.idxmax()]
+        top = ranked.idxmax()
         for i in idx:
-            out.at[i, "vs_best"] = _versus(out.loc[i], best) + _on_shared_seeds(worst_by_seed[i], best_seeds)
+            out.at[i, "vs_best"] = _versus(out.loc[i], out.loc[top]) + _on_shared_seeds(worst_by_seed[i],
+                                                                                       worst_by_seed[top])
     return out.sort_values(["dataset", "worst_case_mAP_mean"], ascending=[True, False], na_position="last"
                            ).reset_index(drop=True)
 
