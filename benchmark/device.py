@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from benchmark.errors import BenchmarkError
@@ -17,6 +19,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise BenchmarkError(f"unknown device '{name}'; use auto, cpu or cuda[:N]")
     return torch.device(name)
+
+
+def numerics(device: torch.device) -> dict[str, Any]:
+    """What changes floating-point results at the bit level: torch version, device kind, CPU thread count."""
+    return {"torch": torch.__version__, "device": device.type,
+            "threads": torch.get_num_threads() if device.type == "cpu" else None}
 
 
 def synchronize(device: torch.device) -> None:

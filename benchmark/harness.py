@@ -26,7 +26,7 @@ from tqdm import tqdm
 from attacks import ATTACKS, AttackContext, build_attack
 from benchmark.atomic import atomic_folder, atomic_write_text, remove_folder
 from benchmark.data import ReidDataset, SplitTensors, assert_identity_disjoint, build_dataset
-from benchmark.device import resolve_device
+from benchmark.device import numerics, resolve_device
 from benchmark.distributed import from_main, gather_objects, sharded_attack, world
 from benchmark.enums import Seen
 from benchmark.errors import AttackValidityError, BenchmarkError, RunInterrupted
@@ -112,12 +112,6 @@ def training_recipe(recipe: DefenseSpec) -> DefenseSpec:
     if not defense.trains_like:
         return recipe
     return DefenseSpec(defense.trains_like, (), recipe.epochs, recipe.parent)
-
-
-def numerics(device: torch.device) -> dict[str, Any]:
-    """What changes floating-point results at the bit level: torch version, device kind, CPU thread count."""
-    return {"torch": torch.__version__, "device": device.type,
-            "threads": torch.get_num_threads() if device.type == "cpu" else None}
 
 
 def checkpoint_payload(recipe: DefenseSpec, defense: Defense, model_spec: ModelSpec, num_classes: int, seed: int,

@@ -211,6 +211,29 @@ def test_a_cached_generator_depends_on_its_key_not_on_what_the_process_drew_befo
     assert digests[0] == digests[1]
 
 
+def test_phase1_caches_are_keyed_by_thread_count(tiny_ws, tmp_path, monkeypatch):
+    """A generator trained at one thread count sums floats differently from one trained at another: a run at
+    2 threads must not reuse 1-thread images, or its result would depend on what ran before it."""
+    from defenses.ddid.balancing import balance
+
+    monkeypatch.setenv("RRB_CACHE_DIR", str(tmp_path))
+    cfg = DiffusionConfig(height=16, width=8, channels=(16, 16), train_steps=2, sample_steps=2)
+    threads = torch.get_num_threads()
+    folders = []
+    try:
+        for n in (1, 2, 1):
+            torch.set_num_threads(n)
+            folders.append(balance(tiny_ws.train, cfg, 7, torch.device("cpu")))
+    finally:
+        torch.set_num_threads(threads)
+    one, two, one_again = folders
+    assert one.folder != two.folder
+    assert not one.info["cached"] and not two.info["cached"] and one_again.info["cached"]
+    assert one_again.folder == one.folder
+    generators = sorted(p.name for p in (tmp_path / "ddid-generators").iterdir() if p.is_dir())
+    assert len(generators) == 2
+
+
 def test_training_drops_each_condition_to_its_null_row_independently():
     from defenses.ddid.balancing import Conditioner
 

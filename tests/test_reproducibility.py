@@ -92,7 +92,7 @@ def test_changed_defense_code_retrains(tmp_path, monkeypatch, tiny_ws):
 
 
 def test_numerics_are_part_of_every_cache_key():
-    from benchmark.harness import numerics
+    from benchmark.device import numerics
 
     threads = torch.get_num_threads()
     try:

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from benchmark.atomic import atomic_folder, atomic_write_text, remove_folder
 from benchmark.data import SplitTensors
+from benchmark.device import numerics
 from benchmark.errors import BenchmarkError
 from benchmark.hashing import file_digests, fingerprint, manifest_intact, sha256_tree
 from benchmark.paths import cache_dir
@@ -409,8 +410,10 @@ def balance(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torch.
     """
     delta1 = cfg.delta1 or median_images_per_id(train.pids)
     plan = balance_plan(train.pids, train.camids, delta1, cfg.delta2)
+    # the thread count changes the generator's float sums, hence its images: a cache made at another count
+    # would make a run's result depend on what ran before it
     key_src = {"data": split_fingerprint(train), "cfg": asdict(cfg), "version": cfg.version, "seed": seed,
-               "generator": sha256_tree(generator_path) if generator_path else None}
+               "generator": sha256_tree(generator_path) if generator_path else None, "numerics": numerics(device)}
     key = fingerprint(key_src)
     folder = cache_dir() / "ddid" / key
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -449,7 +452,7 @@ def trained_generator(train: SplitTensors, cfg: DiffusionConfig, seed: int, devi
     share one trained generator; its files are verified against their manifest on load.
     """
     key = fingerprint({"data": split_fingerprint(train), "seed": seed, "version": cfg.version,
-                       **{f: getattr(cfg, f) for f in GENERATOR_FIELDS}})
+                       "numerics": numerics(device), **{f: getattr(cfg, f) for f in GENERATOR_FIELDS}})
     folder = cache_dir() / "ddid-generators" / key
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder.parent / f"{key}.lock")):
