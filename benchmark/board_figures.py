@@ -88,6 +88,23 @@ def _ranked(summary: pd.DataFrame) -> list[str]:
     return list(summary.groupby("defense")[key].mean().sort_values(ascending=False).index)
 
 
+def seed_labels(summary: pd.DataFrame) -> dict[str, str]:
+    """Each defense's label with its seeds, e.g. 'ddid (seeds 0-2)', when the defenses' seed sets differ.
+
+    A cell is a mean over a defense's runs; on a data set the seed also draws (synthped), means over
+    different seed sets are over different data, so the label says which seeds each row holds."""
+    seeds = summary.groupby("defense")["seed"].agg(lambda s: tuple(sorted({int(v) for v in s.dropna()})))
+    if seeds.nunique() <= 1:
+        return {d: d for d in seeds.index}
+
+    def spell(values: tuple[int, ...]) -> str:
+        run = len(values) > 2 and values == tuple(range(values[0], values[-1] + 1))
+        text = f"{values[0]}-{values[-1]}" if run else ",".join(map(str, values))
+        return f"seed{'s' if len(values) > 1 else ''} {text}"
+
+    return {d: f"{d} ({spell(v)})" if v else d for d, v in seeds.items()}
+
+
 def heatmap(board: pd.DataFrame, summary: pd.DataFrame, dataset: str, stem: Path,
             save: Saver) -> list[Path]:
     """Defense x attack mAP at 8/255; attacks a defense trained with are boxed."""
@@ -114,7 +131,8 @@ def heatmap(board: pd.DataFrame, summary: pd.DataFrame, dataset: str, stem: Path
             if (defense, attack) in seen.index:
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#D55E00", linewidth=1.8))
     ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right", fontsize=7)
-    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    labels = seed_labels(_main_defenses(summary))
+    ax.set_yticks(range(len(rows)), [labels.get(d, d) for d in rows], fontsize=7)
     ax.grid(False)
     for boundary in (0.5, len(columns) - 0.5 - len(suites) - ("worst-case" in columns)):
         ax.axvline(boundary, color="white", linewidth=2)

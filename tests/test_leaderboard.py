@@ -87,6 +87,17 @@ def test_board_figures_draw_sweeps_per_attack_and_variants_apart(tmp_path):
     assert figures.eps_curves(board[board["defense"] != "none"], "e", tmp_path / "e", _save) == []
 
 
+def test_heatmap_rows_name_their_seeds_when_seed_sets_differ():
+    from benchmark.board_figures import seed_labels
+
+    mixed = pd.DataFrame({"defense": ["ddid"] * 3 + ["metric-at"] * 2 + ["none"],
+                          "seed": [0, 1, 2, 0, 2, 0]})
+    assert seed_labels(mixed) == {"ddid": "ddid (seeds 0-2)", "metric-at": "metric-at (seeds 0,2)",
+                                  "none": "none (seed 0)"}
+    same = pd.DataFrame({"defense": ["ddid", "ddid", "none", "none"], "seed": [0, 1, 0, 1]})
+    assert seed_labels(same) == {"ddid": "ddid", "none": "none"}
+
+
 def test_spread_labels_keeps_the_gap_and_stays_near():
     from benchmark.board_figures import spread_labels
 
