@@ -30,6 +30,7 @@ from filelock import FileLock
 
 from benchmark.atomic import atomic_write_text
 from benchmark.enums import Seen
+from benchmark.seed_stats import paired_interval, paired_verdict
 
 log = logging.getLogger("benchmark.leaderboard")
 
@@ -164,22 +165,29 @@ def seed_summary(summary: pd.DataFrame) -> pd.DataFrame:
             continue
         top = ranked.idxmax()
         for i in idx:
-            out.at[i, "vs_best"] = _versus(out.loc[i], out.loc[top]) + _on_shared_seeds(worst_by_seed[i],
-                                                                                       worst_by_seed[top])
+            out.at[i, "vs_best"] = _versus(out.loc[i], out.loc[top]) + (
+                "" if i == top else _on_shared_seeds(worst_by_seed[i], worst_by_seed[top]))
     return out.sort_values(["dataset", "worst_case_mAP_mean"], ascending=[True, False], na_position="last"
                            ).reset_index(drop=True)
 
 
 def _on_shared_seeds(row: pd.Series, best: pd.Series) -> str:
-    """The gap on the seeds both recipes have, when their seed sets differ: a seed may also draw the data
-    set (synthped), so means over different seeds compare different data."""
-    if set(row.index) == set(best.index):
-        return ""
+    """The gap within the seeds both recipes have: on two or more, its paired 95 % interval and verdict;
+    on one, the plain gap where the seed sets differ. A seed may also draw the data set (synthped), so a
+    seed easier for both moves both means together: the sd rule counts that as noise, the differences
+    within a seed do not contain it."""
     shared = sorted(set(row.index) & set(best.index))
     if not shared:
         return "; no seed in common with the best"
-    gap = float(best[shared].mean() - row[shared].mean())
+    gaps = best[shared] - row[shared]
     seeds = ",".join(str(s) for s in shared)
+    if len(shared) >= 2:
+        low, high = paired_interval(gaps)
+        return (f"; paired on seeds {seeds}: best - this {float(gaps.mean()):.2f} (95 % CI {low:.2f} to "
+                f"{high:.2f}): {paired_verdict(low, high)}")
+    if set(row.index) == set(best.index):
+        return ""
+    gap = float(gaps.mean())
     return f"; on the seeds both have ({seeds}): {abs(gap):.2f} {'below' if gap >= 0 else 'above'}"
 
 

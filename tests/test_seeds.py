@@ -30,7 +30,20 @@ def test_seed_summary_reports_mean_sd_n_and_calls_only_gaps_beyond_the_spread():
     assert "one seed" in out.loc["d", "vs_best"] and math.isnan(out.loc["d", "worst_case_mAP_sd"])
     assert out.loc["d", "vs_best"].endswith("; on the seeds both have (0): 5.00 below")  # 10 vs 5 on seed 0
     assert "seeds both have" not in out.loc["b", "vs_best"]  # same seeds: the means already compare
+    # b vs a per seed: +1, 0, -1 -> mean 0, t(2) interval 0 +- 4.30 * 1 / sqrt(3)
+    assert out.loc["b", "vs_best"].endswith("; paired on seeds 0,1,2: best - this 0.00 (95 % CI -2.48 to 2.48): "
+                                            "within seed spread")
+    assert "paired" not in out.loc["a", "vs_best"]
     assert list(out.index) == ["a", "b", "d", "c"]  # ordered by the worst-case mean
+
+
+def test_the_seeds_board_pairs_a_steady_gap_that_a_seed_wide_shift_hides():
+    """Seeds that move both recipes alike (synthped draws its data from the seed) blow up the sds; the
+    gap within each seed is steady, and the paired interval calls it where the sd rule cannot."""
+    frame = pd.DataFrame(_summary("best", [10.0, 20.0, 30.0]) + _summary("other", [9.0, 19.1, 28.9]))
+    out = seed_summary(frame).set_index("defense")
+    assert "within seed spread; paired on seeds 0,1,2" in out.loc["other", "vs_best"]
+    assert out.loc["other", "vs_best"].endswith(": separated")
 
 
 def test_run_with_seeds_trains_and_scores_each_and_writes_the_seeds_board(tmp_path):
