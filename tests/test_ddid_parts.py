@@ -234,6 +234,23 @@ def test_phase1_caches_are_keyed_by_thread_count(tiny_ws, tmp_path, monkeypatch)
     assert len(generators) == 2
 
 
+def test_balanced_data_train_no_generator(tmp_path, monkeypatch):
+    """Every identity at the median count and no camera above the delta2 share (PKU-Reid's layout): the plan
+    is empty, so phase 1 adds nothing and trains no generator."""
+    from defenses.ddid.balancing import balance
+
+    monkeypatch.setenv("RRB_CACHE_DIR", str(tmp_path))
+    pids = torch.arange(4).repeat_interleave(4)
+    train = SplitTensors(torch.zeros((16, 3, 16, 8), dtype=torch.uint8), pids, torch.tensor([0, 1] * 8))
+    out = balance(train, DiffusionConfig(height=16, width=8, channels=(16, 16), train_steps=2), 0,
+                  torch.device("cpu"))
+    assert len(out.generated) == 0 and len(out.train) == 16 and out.info["generated"] == 0
+    assert not (tmp_path / "ddid-generators").exists() or not any((tmp_path / "ddid-generators").iterdir())
+    again = balance(train, DiffusionConfig(height=16, width=8, channels=(16, 16), train_steps=2), 0,
+                    torch.device("cpu"))
+    assert again.info["cached"] and len(again.generated) == 0
+
+
 def test_training_drops_each_condition_to_its_null_row_independently():
     from defenses.ddid.balancing import Conditioner
 

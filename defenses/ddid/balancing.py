@@ -480,6 +480,18 @@ def _generate(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torc
               generator_path: str | None, plan: list[tuple[int, int, str]], delta1: int,
               out_size: tuple[int, ...], tmp: Path) -> tuple[SplitTensors, dict[str, Any]]:
     start = time.perf_counter()
+    if not plan:
+        # already balanced (PKU-Reid: 16 images per identity, 8 per camera): no generator to train. Phase 2
+        # sees the same data either way, and the generator draws only from its own seeded RNGs
+        log.info("DDID phase 1: the training data are already balanced (delta1=%d, delta2=%.2f): no image to "
+                 "generate, no generator trained", delta1, cfg.delta2)
+        empty = SplitTensors(torch.empty((0, 3, *out_size), dtype=torch.uint8), torch.empty(0, dtype=torch.long),
+                             torch.empty(0, dtype=torch.long))
+        save_file({"images": empty.images, "pids": empty.pids, "camids": empty.camids},
+                  str(tmp / "generated.safetensors"))
+        return empty, {"delta1": delta1, "delta2": cfg.delta2, "generated": 0, "inter_id": 0, "intra_id": 0,
+                       "train_images": len(train), "fit_seconds": 0.0, "generate_seconds": 0.0,
+                       "final_loss": None, "generator": None}
     ids = sorted(set(train.pids.tolist()))
     cams = sorted(set(train.camids.tolist()))
     if generator_path:
