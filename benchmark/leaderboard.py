@@ -30,7 +30,7 @@ from filelock import FileLock
 
 from benchmark.atomic import atomic_write_text
 from benchmark.enums import Seen
-from benchmark.seed_stats import paired_interval, paired_verdict
+from benchmark.seed_stats import paired_interval, paired_verdict, verdict
 
 log = logging.getLogger("benchmark.leaderboard")
 
@@ -201,8 +201,8 @@ def _versus(row: pd.Series, best: pd.Series) -> str:
     if math.isnan(spread):
         which = "this recipe" if math.isnan(row["worst_case_mAP_sd"]) else "the best"
         return f"{gap:.2f} below the best; not separable ({which} has one seed)"
-    verdict = "separated" if gap > spread else "within seed spread"
-    return f"{gap:.2f} below the best, seed sds add to {spread:.2f}: {verdict}"
+    called = verdict(gap, row["worst_case_mAP_sd"], best["worst_case_mAP_sd"])
+    return f"{gap:.2f} below the best, seed sds add to {spread:.2f}: {called}"
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
