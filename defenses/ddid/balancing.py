@@ -480,18 +480,35 @@ def _generate(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torc
               generator_path: str | None, plan: list[tuple[int, int, str]], delta1: int,
               out_size: tuple[int, ...], tmp: Path) -> tuple[SplitTensors, dict[str, Any]]:
     start = time.perf_counter()
-    if not plan:
+    if plan:
+        images, losses, source, fit_seconds = _run_generator(train, cfg, seed, device, generator_path, plan, delta1,
+                                                             out_size, start)
+    else:
         # already balanced (PKU-Reid: 16 images per identity, 8 per camera): no generator to train. Phase 2
         # sees the same data either way, and the generator draws only from its own seeded RNGs
         log.info("DDID phase 1: the training data are already balanced (delta1=%d, delta2=%.2f): no image to "
                  "generate, no generator trained", delta1, cfg.delta2)
-        empty = SplitTensors(torch.empty((0, 3, *out_size), dtype=torch.uint8), torch.empty(0, dtype=torch.long),
-                             torch.empty(0, dtype=torch.long))
-        save_file({"images": empty.images, "pids": empty.pids, "camids": empty.camids},
-                  str(tmp / "generated.safetensors"))
-        return empty, {"delta1": delta1, "delta2": cfg.delta2, "generated": 0, "inter_id": 0, "intra_id": 0,
-                       "train_images": len(train), "fit_seconds": 0.0, "generate_seconds": 0.0,
-                       "final_loss": None, "generator": None}
+        images, losses, source, fit_seconds = torch.empty((0, 3, *out_size), dtype=torch.uint8), [], None, 0.0
+    generated = SplitTensors(images, torch.tensor([p for p, _, _ in plan], dtype=torch.long),
+                             torch.tensor([c for _, c, _ in plan], dtype=torch.long))
+    save_file({"images": generated.images.contiguous(), "pids": generated.pids, "camids": generated.camids},
+              str(tmp / "generated.safetensors"))
+    _save_grid(generated, train, tmp / "samples.png")
+    manifest = {
+        "delta1": delta1, "delta2": cfg.delta2, "generated": len(plan),
+        "inter_id": sum(r == "inter-id" for *_, r in plan), "intra_id": sum(r == "intra-id" for *_, r in plan),
+        "train_images": len(train), "fit_seconds": fit_seconds,
+        "generate_seconds": time.perf_counter() - start - fit_seconds,
+        "final_loss": float(np.mean(losses[-50:])) if losses else None,
+        "generator": str(source) if source else None,
+    }
+    return generated, manifest
+
+
+def _run_generator(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torch.device,
+                   generator_path: str | None, plan: list[tuple[int, int, str]], delta1: int,
+                   out_size: tuple[int, ...], start: float) -> tuple[torch.Tensor, list[float], Path, float]:
+    """Train (or load) the generator and make the planned images: (images, losses, generator folder, fit s)."""
     ids = sorted(set(train.pids.tolist()))
     cams = sorted(set(train.camids.tolist()))
     if generator_path:
@@ -513,16 +530,4 @@ def _generate(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torc
         images = edm.resample(source_images(train, plan, seed + 2), pids, cams, out_size, seed + 1)
     else:
         images = edm.sample(pids, cams, out_size, seed + 1)
-    generated = SplitTensors(images, torch.tensor([p for p, _, _ in plan], dtype=torch.long),
-                             torch.tensor([c for _, c, _ in plan], dtype=torch.long))
-    save_file({"images": generated.images.contiguous(), "pids": generated.pids, "camids": generated.camids},
-              str(tmp / "generated.safetensors"))
-    _save_grid(generated, train, tmp / "samples.png")
-    manifest = {
-        "delta1": delta1, "delta2": cfg.delta2, "generated": len(plan),
-        "inter_id": sum(r == "inter-id" for *_, r in plan), "intra_id": sum(r == "intra-id" for *_, r in plan),
-        "train_images": len(train), "fit_seconds": fit_seconds,
-        "generate_seconds": time.perf_counter() - start - fit_seconds,
-        "final_loss": float(np.mean(losses[-50:])) if losses else None, "generator": str(source),
-    }
-    return generated, manifest
+    return images, losses, source, fit_seconds
