@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing as mp
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,9 +83,19 @@ class LocalLauncher(Launcher):
     def launch(self, train: Sequence[str], evaluate: Sequence[str], run_cell: CellRunner) -> None:
         if self.options.workers < 1:
             raise BenchmarkError("launcher 'local': workers must be at least 1")
-        with mp.get_context("spawn").Pool(self.options.workers, maxtasksperchild=1) as pool:
-            for stage in (train, evaluate):
-                pool.map(run_cell, list(stage), chunksize=1)
+        # A plain `kill` of the sweep would otherwise leave its workers running as orphans, computing cells
+        # that the next sweep starts again; leaving the pool's block terminates them instead.
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        try:
+            with mp.get_context("spawn").Pool(self.options.workers, maxtasksperchild=1) as pool:
+                for stage in (train, evaluate):
+                    pool.map(run_cell, list(stage), chunksize=1)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 @register_launcher("submitit")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -107,6 +109,43 @@ def test_local_sweep_killed_midway_resumes_without_redoing_done_cells(tmp_path):
 
     board = pd.read_csv(tmp_path / "boards" / "custom" / "synthped.csv")
     assert set(board["defense"]) == {"none", "metric-at"} and set(board["seed"]) == {0, 1}
+
+
+@pytest.mark.slow
+def test_terminating_a_local_sweep_stops_its_workers(tmp_path):
+    argv = sweep_argv(tmp_path, "--launcher-opt", "workers=1")
+    argv[argv.index("--epochs") + 1] = "500"  # a cell that outlasts the test unless its worker is stopped
+    cmd = [sys.executable, "-m", "benchmark", *argv]
+    proc = subprocess.Popen(cmd, env=_env(tmp_path), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        markers: list[Path] = []
+        while time.time() < deadline and not markers and proc.poll() is None:
+            markers = list((tmp_path / "sweep" / "cells").glob("*/running"))
+            time.sleep(0.1)
+        assert markers, "no cell started"
+        worker = json.loads(markers[0].read_text())["pid"]
+        proc.send_signal(signal.SIGTERM)  # the sweep alone, as `kill <pid>` would: not its process group
+        proc.wait(timeout=120)
+        deadline = time.time() + 20
+        while time.time() < deadline and _alive(worker):
+            time.sleep(0.2)
+        assert not _alive(worker), "the worker outlived its sweep"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    status = subprocess.run([*cmd, "--status"], env=_env(tmp_path), cwd=REPO, capture_output=True, text=True)
+    assert "running" not in status.stdout.splitlines()[-1]  # the cell it held is redone by the next sweep
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"  # a zombie has exited
 
 
 @pytest.mark.slow
