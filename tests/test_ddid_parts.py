@@ -164,6 +164,25 @@ def test_phase1_quality_reports_identity_and_camera_fidelity(tiny_ws):
         assert 0.0 <= q[key] <= 100.0
 
 
+def test_phase1_quality_reports_camera_fidelity_after_the_identity_filter(tiny_ws):
+    train = tiny_ws.train
+    copies = SplitTensors(train.images[:30].clone(), train.pids[:30].clone(), train.camids[:30].clone())
+    q = phase1_quality(_PixelClassifier(), train, copies, DiffusionConfig(), torch.device("cpu"), seed=0)
+    keep = q["_keep"]
+    assert 0 < int(keep.sum()) < 30, "the check needs images both kept and dropped"
+    # the camera fidelity of the kept subset, recomputed from the unfiltered figure on a relabelled copy:
+    # give the dropped images a camera they are never predicted as, so they count as misses
+    wrong = copies.camids.clone()
+    wrong[~keep] = -1
+    q_wrong = phase1_quality(_PixelClassifier(), train, SplitTensors(copies.images, copies.pids, wrong),
+                             DiffusionConfig(), torch.device("cpu"), seed=0)
+    hits_kept = q["cam_fidelity_kept"] * int(keep.sum()) / 100.0
+    assert q_wrong["cam_fidelity"] * 30 / 100.0 == pytest.approx(hits_kept)
+    nothing = SplitTensors(copies.images[:0], copies.pids[:0], copies.camids[:0])
+    assert "cam_fidelity_kept" not in phase1_quality(_PixelClassifier(), train, nothing, DiffusionConfig(),
+                                                     torch.device("cpu"), seed=0)
+
+
 def test_ddid_resample_mode_records_phase1_quality_filters_and_reports_it(tiny_ws, tmp_path):
     import pandas as pd
 

@@ -157,10 +157,12 @@ class DDID(Defense):
             if o.diffusion.id_filter and keep is not None:
                 generated = SplitTensors(generated.images[keep], generated.pids[keep], generated.camids[keep])
             log.info("DDID phase 1 (%s): identity fidelity %.1f%% (real images %.1f%%, at the generator's "
-                     "resolution %.1f%%), camera fidelity %.1f%% (real %.1f%%, chance %.1f%%); %d of %d images "
-                     "used%s", o.diffusion.mode, quality.get("id_fidelity", 0.0), quality.get("id_top1_real", 0.0),
+                     "resolution %.1f%%), camera fidelity %.1f%% (real %.1f%%, chance %.1f%%; %.1f%% on the %d "
+                     "images the identity filter keeps); %d of %d images used%s", o.diffusion.mode,
+                     quality.get("id_fidelity", 0.0), quality.get("id_top1_real", 0.0),
                      quality.get("id_top1_real_at_generator_res", 0.0), quality.get("cam_fidelity", 0.0),
-                     quality.get("cam_top1_real_held_out", 0.0), quality.get("cam_chance", 0.0), len(generated),
+                     quality.get("cam_top1_real_held_out", 0.0), quality.get("cam_chance", 0.0),
+                     quality.get("cam_fidelity_kept", 0.0), quality.get("kept_by_id_filter", 0), len(generated),
                      len(balanced.generated), " (identity filter)" if o.diffusion.id_filter else "")
             train = SplitTensors(torch.cat([train.images, generated.images]), torch.cat([train.pids, generated.pids]),
                                  torch.cat([train.camids, generated.camids]))

@@ -33,6 +33,7 @@ from defenses.ddid.balancing import DiffusionConfig, balance  # noqa: E402
 from defenses.ddid.quality import phase1_quality  # noqa: E402
 
 COLUMNS = ("id_fidelity", "id_top1_real_at_generator_res", "cam_fidelity", "cam_top1_real_held_out", "cam_chance")
+FILTER_COLUMNS = ("kept_by_id_filter", "cam_fidelity_kept")  # what the identity filter would keep
 
 
 def study(dataset: str, data_root: str | None, sigmas: list[float], id_guidance: list[float],
@@ -57,7 +58,7 @@ def study(dataset: str, data_root: str | None, sigmas: list[float], id_guidance:
                      "cam_guidance": gcam, "keep_center": variant.keep_center, "height": variant.height,
                      "width": variant.width,
                      "channels": "-".join(map(str, variant.channels)), "train_steps": variant.train_steps,
-                     "seed": seed, **{k: quality.get(k) for k in ("generated", *COLUMNS, "kept_by_id_filter")},
+                     "seed": seed, **{k: quality.get(k) for k in ("generated", *COLUMNS, *FILTER_COLUMNS)},
                      "fit_seconds": balanced.info.get("fit_seconds"),
                      "generate_seconds": balanced.info.get("generate_seconds"),
                      "samples": str(balanced.folder / "samples.png")})

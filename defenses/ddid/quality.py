@@ -96,14 +96,20 @@ def phase1_quality(warm_model: nn.Module, train: SplitTensors, generated: SplitT
     cam_model, held_out = camera_classifier(train, device, seed)
     cams = torch.unique(train.camids)
 
-    def cam_top1(images: torch.Tensor, camids: torch.Tensor) -> float:
-        return 100.0 * float((cams[predictions(cam_model, images, device)] == camids).float().mean())
+    def cam_hits(images: torch.Tensor, camids: torch.Tensor) -> torch.Tensor:
+        return cams[predictions(cam_model, images, device)] == camids
 
+    def cam_top1(images: torch.Tensor, camids: torch.Tensor) -> float:
+        return 100.0 * float(cam_hits(images, camids).float().mean())
+
+    generated_hits = cam_hits(generated.images, generated.camids)
+    # what the identity filter would leave: its identity fidelity is 100 % by construction, its camera's is not
+    kept = {"cam_fidelity_kept": 100.0 * float(generated_hits[keep].float().mean())} if keep.any() else {}
     return {"generated": len(generated), "id_fidelity": 100.0 * float(keep.float().mean()),
             "id_top1_real": id_top1(train.images[real], train.pids[real]),
             "id_top1_real_at_generator_res": id_top1(at_generator_resolution(train.images[real], cfg),
                                                      train.pids[real]),
-            "cam_fidelity": cam_top1(generated.images, generated.camids),
+            "cam_fidelity": 100.0 * float(generated_hits.float().mean()), **kept,
             "cam_top1_real_held_out": cam_top1(train.images[held_out], train.camids[held_out]),
             "cam_chance": 100.0 / len(cams), "kept_by_id_filter": int(keep.sum()),
             "_keep": keep}
