@@ -484,7 +484,7 @@ def _generate(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torc
         images, losses, source, fit_seconds = _run_generator(train, cfg, seed, device, generator_path, plan, delta1,
                                                              out_size, start)
     else:
-        # already balanced (PKU-Reid: 16 images per identity, 8 per camera): no generator to train. Phase 2
+        # already balanced (PKU-Reid on most splits: 16 images per identity, 8 per camera): no generator. Phase 2
         # sees the same data either way, and the generator draws only from its own seeded RNGs
         log.info("DDID phase 1: the training data are already balanced (delta1=%d, delta2=%.2f): no image to "
                  "generate, no generator trained", delta1, cfg.delta2)
