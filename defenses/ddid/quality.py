@@ -81,6 +81,11 @@ def camera_classifier(train: SplitTensors, device: torch.device, seed: int) -> t
     return model.eval(), held_out
 
 
+def percent(hits: torch.Tensor) -> float:
+    """The share of True in a boolean tensor, in percent."""
+    return 100.0 * float(hits.float().mean())
+
+
 def phase1_quality(warm_model: nn.Module, train: SplitTensors, generated: SplitTensors, cfg: DiffusionConfig,
                    device: torch.device, seed: int) -> dict[str, Any]:
     """Identity and camera fidelity of generated images (percent), with their real-image references."""
@@ -91,7 +96,7 @@ def phase1_quality(warm_model: nn.Module, train: SplitTensors, generated: SplitT
     keep = assigned_to_identity(warm_model, train, generated.images, generated.pids, device)
 
     def id_top1(images: torch.Tensor, pids: torch.Tensor) -> float:
-        return 100.0 * float(assigned_to_identity(warm_model, train, images, pids, device).float().mean())
+        return percent(assigned_to_identity(warm_model, train, images, pids, device))
 
     cam_model, held_out = camera_classifier(train, device, seed)
     cams = torch.unique(train.camids)
@@ -99,17 +104,14 @@ def phase1_quality(warm_model: nn.Module, train: SplitTensors, generated: SplitT
     def cam_hits(images: torch.Tensor, camids: torch.Tensor) -> torch.Tensor:
         return cams[predictions(cam_model, images, device)] == camids
 
-    def cam_top1(images: torch.Tensor, camids: torch.Tensor) -> float:
-        return 100.0 * float(cam_hits(images, camids).float().mean())
-
     generated_hits = cam_hits(generated.images, generated.camids)
     # what the identity filter would leave: its identity fidelity is 100 % by construction, its camera's is not
-    kept = {"cam_fidelity_kept": 100.0 * float(generated_hits[keep].float().mean())} if keep.any() else {}
-    return {"generated": len(generated), "id_fidelity": 100.0 * float(keep.float().mean()),
+    kept = {"cam_fidelity_kept": percent(generated_hits[keep])} if keep.any() else {}
+    return {"generated": len(generated), "id_fidelity": percent(keep),
             "id_top1_real": id_top1(train.images[real], train.pids[real]),
             "id_top1_real_at_generator_res": id_top1(at_generator_resolution(train.images[real], cfg),
                                                      train.pids[real]),
-            "cam_fidelity": 100.0 * float(generated_hits.float().mean()), **kept,
-            "cam_top1_real_held_out": cam_top1(train.images[held_out], train.camids[held_out]),
+            "cam_fidelity": percent(generated_hits), **kept,
+            "cam_top1_real_held_out": percent(cam_hits(train.images[held_out], train.camids[held_out])),
             "cam_chance": 100.0 / len(cams), "kept_by_id_filter": int(keep.sum()),
             "_keep": keep}
