@@ -23,14 +23,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-from attacks.base import AttackContext, AttackOptions
-
-if TYPE_CHECKING:
-    from attacks.base import Attack
+from attacks.context import Ascender, AttackContext, AttackOptions
 
 
 @dataclass(frozen=True)
@@ -56,7 +52,7 @@ def checkpoints(steps: int) -> list[int]:
     return sorted({m for m in marks if m < steps} | {steps})
 
 
-def _scores(attack: Attack, ctx: AttackContext, emb: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def _scores(attack: Ascender, ctx: AttackContext, emb: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """AP per sample where the context can score retrieval, else +inf (selection falls back to the loss)."""
     if not ctx.can_score():
         return torch.full((len(emb),), math.inf, dtype=torch.float64)
@@ -64,7 +60,7 @@ def _scores(attack: Attack, ctx: AttackContext, emb: torch.Tensor, index: torch.
     return torch.where(torch.isnan(ap), torch.full_like(ap, math.inf), ap)
 
 
-def _one_run(attack: Attack, x: torch.Tensor, x0: torch.Tensor, ctx: AttackContext, index: torch.Tensor
+def _one_run(attack: Ascender, x: torch.Tensor, x0: torch.Tensor, ctx: AttackContext, index: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """One APGD run from `x0`; returns (selected iterate, its AP or +inf)."""
     o = attack.options
@@ -127,12 +123,12 @@ def _one_run(attack: Attack, x: torch.Tensor, x0: torch.Tensor, ctx: AttackConte
     return x_sel, ap_sel
 
 
-def _direction(attack: Attack, grad: torch.Tensor) -> torch.Tensor:
+def _direction(attack: Ascender, grad: torch.Tensor) -> torch.Tensor:
     """Signed (L-inf) or unit-L2 gradient."""
     return attack.ascend(torch.zeros_like(grad), grad, 1.0)
 
 
-def apgd_ascent(attack: Attack, x: torch.Tensor, ctx: AttackContext, index: torch.Tensor,
+def apgd_ascent(attack: Ascender, x: torch.Tensor, ctx: AttackContext, index: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:
     """APGD with `restarts` runs; per query, the run with the lowest AP (or, unscored, the last run's)."""
     o = attack.options

@@ -23,7 +23,7 @@ from attacks.fna import FurthestNegativeAttack
 from attacks.ifgsm import MetricIFGSM
 from attacks.objectives import centroid_cross_entropy, retrieval_margin
 from attacks.sma import SelfMetricAttack
-from benchmark.enums import AttackFamily
+from benchmark.core.enums import AttackFamily
 
 PAPER = "Croce & Hein ICML 2020 (APGD)"
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from attacks.base import Attack, AttackContext, attack_embed, register_attack
 from attacks.guides import _id_centroids, centroid_labels, centroid_logits, farthest_negative_centroid
-from benchmark.enums import AttackFamily
+from benchmark.core.enums import AttackFamily
 
 
 class NearestCentroidReid(nn.Module):

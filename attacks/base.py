@@ -14,76 +14,23 @@ only, so nothing accumulates in model parameters.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from benchmark.enums import AttackFamily, Knowledge, Norm, Side
-from benchmark.errors import BenchmarkError
+from attacks.apgd import apgd_ascent
+from attacks.context import AttackContext, AttackOptions
+from benchmark.core.enums import AttackFamily, Knowledge, Norm, Side
+from benchmark.core.errors import BenchmarkError
+from benchmark.core.options import build_options
+from benchmark.core.registry import Registry
 from benchmark.models import eval_mode
-from benchmark.options import build_options
-from benchmark.registry import Registry
 
 # Without a random start the self-distance loss d(f(x_hat), f(x)) has a zero gradient at x_hat = x;
 # a start this small (far below one grey level) only breaks that symmetry.
 SYMMETRY_BREAK = 1e-4
-
-
-@dataclass(frozen=True)
-class AttackOptions:
-    """Threat model and schedule shared by iterative attacks (ε and norm are set by the run)."""
-    eps: float = 8 / 255
-    step: float = 1 / 255
-    steps: int = 16
-    random_start: bool = False
-    norm: str = Norm.LINF.value
-
-
-@dataclass
-class AttackContext:
-    """What a ReID attacker may know about the queries it perturbs.
-
-    `query_feats` are the target model's clean query embeddings (white-box attackers compute them,
-    black-box ones are given their own surrogate's); guides are derived from them.
-    """
-
-    query_pids: torch.Tensor
-    query_feats: torch.Tensor
-    seed: int = 0
-    gallery_feats: torch.Tensor | None = None
-    gallery_pids: torch.Tensor | None = None
-    #: training split (images uint8, pids) for attacks that learn on training identities only
-    train_images: torch.Tensor | None = None
-    train_pids: torch.Tensor | None = None
-    #: builds an undefended surrogate model of a given backbone (cached) for transfer attacks
-    surrogate: Callable[[str], nn.Module] | None = None
-    target_backbone: str | None = None
-    #: cameras of the queries and the gallery and the distance: what scoring a query needs (see `query_ap`)
-    query_camids: torch.Tensor | None = None
-    gallery_camids: torch.Tensor | None = None
-    metric: str = "euclidean"
-    #: filled by attacks that report extra numbers (queries used, surrogate name, ...)
-    report: dict[str, Any] = dataclasses.field(default_factory=dict)
-    #: guide tensors computed once per query set (see attacks.guides)
-    cache: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
-
-
-    def can_score(self) -> bool:
-        """True when the context holds what scoring a query's retrieval needs (the clean gallery)."""
-        return self.gallery_feats is not None and self.query_camids is not None and self.gallery_camids is not None
-
-    def query_ap(self, emb: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """AP (fraction) of each query `index` given its embedding `emb`; NaN where it has no valid positive."""
-        from benchmark.metrics import QueryScorer
-
-        if "scorer" not in self.cache:
-            self.cache["scorer"] = QueryScorer(self.gallery_feats, self.gallery_pids, self.gallery_camids, self.metric)
-        idx = index.cpu()
-        return self.cache["scorer"](emb, self.query_pids[idx], self.query_camids[idx])[0]
 
 
 def attack_embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -98,6 +45,8 @@ class Attack:
     family: ClassVar[AttackFamily] = AttackFamily.GRADIENT
     knowledge: ClassVar[Knowledge] = Knowledge.WHITE_BOX
     side: ClassVar[Side] = Side.QUERY
+    #: True for attacks that learn on the training identities (the harness then passes a copy of that split)
+    uses_training_split: ClassVar[bool] = False
     Options: ClassVar[type] = AttackOptions
     #: batch size used when the harness runs the attack over a whole query set
     batch_size: ClassVar[int] = 128
@@ -159,8 +108,6 @@ class Attack:
                 generator: torch.Generator) -> torch.Tensor:
         """Gradient ascent on `loss` with the options' schedule: PGD / I-FGSM (fixed step) or APGD."""
         if getattr(self.options, "schedule", "pgd") == "apgd":
-            from attacks.apgd import apgd_ascent
-
             return apgd_ascent(self, x, ctx, index, generator)
         o = self.options
         x_adv = self.start(x, generator)

@@ -11,7 +11,7 @@ import torch
 
 from attacks.base import Attack, AttackContext, register_attack, sq_dist
 from attacks.guides import farthest_negative_centroid, push_guides
-from benchmark.enums import AttackFamily
+from benchmark.core.enums import AttackFamily
 
 
 @register_attack("fna", paper="Bouniot et al. CVPRW 2020", objective="fna")

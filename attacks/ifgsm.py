@@ -11,7 +11,7 @@ import torch
 
 from attacks.base import Attack, AttackContext, register_attack, sq_dist
 from attacks.guides import push_guides
-from benchmark.enums import AttackFamily
+from benchmark.core.enums import AttackFamily
 
 
 def push_loss(emb: torch.Tensor, ctx: AttackContext, index: torch.Tensor) -> torch.Tensor:

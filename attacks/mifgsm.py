@@ -12,7 +12,7 @@ import torch
 
 from attacks.base import Attack, AttackContext, AttackOptions, register_attack
 from attacks.ifgsm import push_loss
-from benchmark.enums import AttackFamily
+from benchmark.core.enums import AttackFamily
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from attacks.base import Attack, AttackContext, AttackOptions, attack_embed, register_attack, sq_dist
+from benchmark.core.enums import AttackFamily
+from benchmark.core.errors import BenchmarkError
 from benchmark.data import assert_identity_disjoint
-from benchmark.enums import AttackFamily
-from benchmark.errors import BenchmarkError
 from benchmark.models import eval_mode
 
 
@@ -32,6 +32,8 @@ class MUAPOptions(AttackOptions):
                  paper="Li et al. 2019; Ding et al. 2021 (universal ReID perturbations)")
 class UniversalPerturbation(Attack):
     """One image-agnostic perturbation learned on training IDs, applied to unseen test queries."""
+
+    uses_training_split = True
 
     @classmethod
     def throughput_options(cls, iterations: int, batch: int) -> dict | None:

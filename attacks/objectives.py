@@ -11,8 +11,8 @@ from torch.nn import functional as F
 
 from attacks.base import AttackContext
 from attacks.guides import centroid_labels, centroid_logits
-from benchmark.errors import BenchmarkError
-from benchmark.metrics import JUNK_PID, pairwise_distance
+from benchmark.core.errors import BenchmarkError
+from benchmark.core.metrics import JUNK_PID, pairwise_distance
 
 
 def centroid_cross_entropy(emb: torch.Tensor, ctx: AttackContext, index: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from attacks.base import Attack, AttackContext, register_attack, sq_dist
-from benchmark.enums import AttackFamily
+from benchmark.core.enums import AttackFamily
 
 
 @register_attack("odfa", paper="Zheng et al. 2018 (ODFA)", objective="opposite-direction")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from attacks.base import Attack, AttackContext, AttackOptions, register_attack, sq_dist
-from benchmark.enums import AttackFamily, Knowledge
+from benchmark.core.enums import AttackFamily, Knowledge
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from attacks.base import Attack, AttackContext, AttackOptions, register_attack, sq_dist
-from benchmark.enums import AttackFamily
+from benchmark.core.enums import AttackFamily
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from benchmark.registry import Registry
+from benchmark.core.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import torch
 
 from attacks.base import Attack, AttackContext, register_attack, sq_dist
 from attacks.guides import target_centroid
-from benchmark.enums import AttackFamily
+from benchmark.core.enums import AttackFamily
 
 
 @register_attack("tma", paper="Bai et al. TPAMI 2020 (targeted)", objective="targeted")

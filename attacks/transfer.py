@@ -20,8 +20,8 @@ from torch.nn import functional as F
 
 from attacks.base import Attack, AttackContext, AttackOptions, register_attack
 from attacks.ifgsm import push_loss
-from benchmark.enums import AttackFamily, Knowledge
-from benchmark.errors import BenchmarkError
+from benchmark.core.enums import AttackFamily, Knowledge
+from benchmark.core.errors import BenchmarkError
 from benchmark.models import extract_embeddings
 
 SURROGATE_CHOICES = ("reidnet-t", "reidnet-s")

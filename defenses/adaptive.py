@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchmark.errors import BenchmarkError
+from benchmark.core.errors import BenchmarkError
 from defenses.base import DefendedModel, Defense
 
 
@@ -92,12 +92,12 @@ class AttackView(nn.Module):
         """The defense's true output, with the gradient of the declared surrogate."""
         transform = self.deployed.transform
         if transform is None:
-            return self.deployed.model.embed(x)
+            return self.deployed.model.attack_embed(x)
         out = transform(x)
         if self.surrogate is not None:
             approx = self.surrogate(x)
             out = out.detach() + approx - approx.detach()
-        return self.deployed.model.embed(out)
+        return self.deployed.model.attack_embed(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(x)

@@ -16,11 +16,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from benchmark.core.options import build_options
+from benchmark.core.registry import Registry
+from benchmark.core.training import TrainConfig, TrainContext, standard_step, train_model
 from benchmark.data import SplitTensors
 from benchmark.models import ReidModel
-from benchmark.options import build_options
-from benchmark.registry import Registry
-from benchmark.training import TrainConfig, TrainContext, standard_step, train_model
 
 
 @dataclass(frozen=True)

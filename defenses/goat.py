@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from benchmark.core.training import TrainContext, id_loss_and_triplet, optimize
 from benchmark.models import ReidModel
-from benchmark.training import TrainContext, id_loss_and_triplet, optimize
 from defenses.adversarial import metric_pgd
 from defenses.base import Defense, register_defense
 

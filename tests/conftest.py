@@ -31,7 +31,7 @@ DEFAULT_DATA = {"dataset_options": {}, "height": 128, "width": 64}  # synthped a
 
 def tiny_config(**overrides):
     """A RunSpec on the tiny synthped (64x32), built through the same validation as the command line."""
-    from benchmark.spec import make_spec
+    from benchmark.run.spec import make_spec
 
     base = dict(dataset_options=dict(TINY_SYNTHPED), height=64, width=32)
     base.update(overrides)
@@ -40,14 +40,14 @@ def tiny_config(**overrides):
 
 def cpu_runtime():
     """Runtime for tests: CPU, no progress bars."""
-    from benchmark.harness import Runtime
+    from benchmark.run.outcome import Runtime
 
     return Runtime(device="cpu", progress=False)
 
 
 @pytest.fixture(scope="session")
 def tiny_ws():
-    from benchmark.harness import load_workspace
+    from benchmark.run.workspace import load_workspace
 
     return load_workspace(tiny_config())
 
@@ -55,7 +55,7 @@ def tiny_ws():
 @pytest.fixture(scope="session")
 def trained_ws():
     """The default synthped at 128x64, the data set the benchmark's claims are made on."""
-    from benchmark.harness import load_workspace
+    from benchmark.run.workspace import load_workspace
 
     return load_workspace(tiny_config(**DEFAULT_DATA))
 
@@ -63,7 +63,7 @@ def trained_ws():
 @pytest.fixture(scope="session")
 def trained_none(trained_ws):
     """The default undefended reidnet-s (30 epochs, ~2 minutes on 2 cores)."""
-    from benchmark.harness import train_or_load
+    from benchmark.run.checkpoints import train_or_load
 
     spec = tiny_config(**DEFAULT_DATA)
     model, info = train_or_load(spec.defense, spec, trained_ws, torch.device("cpu"))

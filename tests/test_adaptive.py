@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from attacks import build_attack
-from benchmark.errors import BenchmarkError
+from benchmark.core.errors import BenchmarkError
 from benchmark.models import ModelConfig, ReidModel
 from defenses import DefendedModel, build_defense
 from defenses.adaptive import AdaptiveForward, AttackView, declared_forwards, select_forwards

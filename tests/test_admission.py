@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.admission import RULES, SMALL_SYNTHPED, validate_defense
+from benchmark.run.admission import RULES, SMALL_SYNTHPED, validate_defense
 from defenses import DEFENSES, Defense, build_defense
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,8 +76,8 @@ class PeeksAtTest(Defense):
     """Loads the test split during training (and then trains normally)."""
 
     def fit(self, model, train, cfg, device):  # noqa: ANN001, ANN201 - the Defense signature
-        from benchmark.harness import load_workspace
-        from benchmark.spec import make_spec
+        from benchmark.run.spec import make_spec
+        from benchmark.run.workspace import load_workspace
 
         load_workspace(make_spec(dataset_options=SMALL_SYNTHPED, height=64, width=32))
         return super().fit(model, train, cfg, device)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from attacks import ATTACKS, AttackContext, build_attack
-from benchmark.enums import Knowledge
-from benchmark.metrics import evaluate_features
+from benchmark.core.enums import Knowledge
+from benchmark.core.metrics import evaluate_features
 from benchmark.models import ModelConfig, ReidModel, extract_embeddings
-from benchmark.validity import check_adversarial
+from benchmark.run.validity import check_adversarial
 from defenses import DefendedModel
 
 APGD = {name: {"steps": 5} for name in ATTACKS.names("apgd-*")}
@@ -64,7 +64,7 @@ def test_attack_contract(name, tiny_ws, small_model):
 
 
 def test_unknown_attack_lists_valid_names_and_closest():
-    from benchmark.registry import UnknownNameError
+    from benchmark.core.registry import UnknownNameError
 
     with pytest.raises(UnknownNameError, match="Did you mean 'fna'.*Valid attacks: .*sma"):
         ATTACKS.resolve("fnaa")
@@ -92,8 +92,8 @@ def test_white_box_attacks_halve_map_of_trained_model(trained_ws, trained_none):
     def surrogate(backbone, seed_offset=0):  # shortly trained undefended surrogates keep the test inside CI's budget
         import dataclasses
 
-        from benchmark.harness import train_or_load
-        from benchmark.spec import ModelSpec
+        from benchmark.run.checkpoints import train_or_load
+        from benchmark.run.spec import ModelSpec
         from tests.conftest import DEFAULT_DATA, tiny_config
 
         spec = tiny_config(**DEFAULT_DATA, epochs=10)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmark.cli import main
-from benchmark.leaderboard import write_leaderboards
+from benchmark.cli.main import main
+from benchmark.report.boards import write_leaderboards
 from tests.test_leaderboard import clean_row, make_row
 from tests.test_spec import no_work  # noqa: F401 - fixture
 
@@ -20,9 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_official_rows_need_a_clean_tree(monkeypatch, no_work, capsys):  # noqa: F811
-    import benchmark.commands as commands
+    import benchmark.report.runs as runs
 
-    monkeypatch.setattr(commands, "tree_dirty", lambda: True)
+    monkeypatch.setattr(runs, "tree_dirty", lambda: True)
     assert main(["run", "--defense", "none", "--attack", "fgsm"]) == 2
     err = capsys.readouterr().err
     assert "uncommitted changes" in err and "--allow-dirty" in err and len(err.strip().splitlines()) == 1
@@ -75,8 +75,8 @@ def test_a_short_training_run_leaves_the_committed_official_board_byte_identical
 
 
 def test_the_spec_is_the_source_of_the_row_key():
-    from benchmark.leaderboard import ROW_KEY
-    from benchmark.spec import make_spec
+    from benchmark.report.boards import ROW_KEY
+    from benchmark.run.spec import make_spec
 
     spec = make_spec(defense="ddid", defense_options={"ablate": "self-meta+fnes"}, epochs=2)
     key = spec.row_key("fna", "8/255")

@@ -14,10 +14,10 @@ import pytest
 import torch
 import torchvision
 
-from benchmark.atomic import atomic_folder, atomic_write_text
-from benchmark.errors import BenchmarkError
+from benchmark.core.atomic import atomic_folder, atomic_write_text
+from benchmark.core.errors import BenchmarkError
+from benchmark.core.training import cached_checkpoint
 from benchmark.models import ModelConfig, ReidModel
-from benchmark.training import cached_checkpoint
 from tests.conftest import TINY_SYNTHPED
 
 
@@ -150,7 +150,7 @@ def test_written_files_keep_normal_permissions(tmp_path):
 
 
 def test_text_columns_stay_text_across_rewrites(tmp_path):
-    from benchmark.leaderboard import read_board
+    from benchmark.report.boards import read_board
     from tests.test_leaderboard import make_row, write_leaderboards
 
     row = make_row()
@@ -182,7 +182,7 @@ def test_standard_torchvision_state_dicts_load(name, builder, tmp_path, caplog):
 
 
 def test_weight_files_are_keyed_by_content(tmp_path):
-    from benchmark.spec import make_spec
+    from benchmark.run.spec import make_spec
 
     path = tmp_path / "w.pth"
     torch.manual_seed(0)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from benchmark.core.errors import DataError
 from benchmark.data import DATASETS, build_dataset, load_image
 from benchmark.data.market import parse_market_name
 from benchmark.data.synthped import SynthPedConfig, ensure_synthped
-from benchmark.errors import DataError
 from tests.conftest import TINY_SYNTHPED, shared_data
 
 

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from benchmark.core.errors import BenchmarkError
 from benchmark.data import SplitTensors
-from benchmark.errors import BenchmarkError
 from benchmark.models import ModelConfig, ReidModel
 from defenses.ddid.balancing import (
     ConditionalEDM,
@@ -186,13 +186,13 @@ def test_phase1_quality_reports_camera_fidelity_after_the_identity_filter(tiny_w
 def test_ddid_resample_mode_records_phase1_quality_filters_and_reports_it(tiny_ws, tmp_path):
     import pandas as pd
 
-    from benchmark.harness import run_benchmark
-    from benchmark.reporting import write_run
+    from benchmark.report.runs import write_run
+    from benchmark.run.execute import execute
     from tests.conftest import cpu_runtime, tiny_config
 
     spec = tiny_config(defense="ddid", epochs=1, attacks="fgsm", defense_options={
         "train_steps": "2", "sample_steps": "2", "mode": "resample", "sigma_start": "0.01", "id_filter": "true"})
-    outcome = run_benchmark(spec, cpu_runtime(), tiny_ws)
+    outcome = execute(spec, cpu_runtime(), workspace=tiny_ws)
     history = outcome.train_info["history"]
     phase1, quality = history["phase1"], history["quality"]
     assert phase1["used"] == phase1["kept_by_id_filter"] <= phase1["generated"]
@@ -211,7 +211,7 @@ def test_ddid_resample_mode_records_phase1_quality_filters_and_reports_it(tiny_w
 
 
 def test_a_cached_generator_depends_on_its_key_not_on_what_the_process_drew_before(tiny_ws, tmp_path, monkeypatch):
-    from benchmark.hashing import module_state_digest
+    from benchmark.core.hashing import module_state_digest
     from defenses.ddid.balancing import trained_generator
 
     cfg = DiffusionConfig(height=16, width=8, channels=(16, 16), train_steps=2)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from attacks import ATTACKS
+from benchmark.core.training import TrainConfig
 from benchmark.models import ModelConfig, ReidModel
-from benchmark.training import TrainConfig
 from defenses import DEFENSES, DefendedModel, build_defense
 from defenses.adaptive import AttackView, declared_forwards
 
@@ -50,7 +50,7 @@ def test_defense_contract(name, tiny_ws, tmp_path):
 
 
 def test_unknown_defense_option_names_valid_ones():
-    from benchmark.errors import BenchmarkError
+    from benchmark.core.errors import BenchmarkError
 
     with pytest.raises(BenchmarkError, match="valid options: .*eps"):
         build_defense("metric-at", epz="1")

@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from benchmark import distributed
-from benchmark.errors import BenchmarkError
+from benchmark.core import distributed
+from benchmark.core.errors import BenchmarkError
 from tests.conftest import TINY_SYNTHPED, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,10 +71,10 @@ def _one_step(rank: int, size: int, rendezvous: str, out: str) -> None:
 
 
 def _train_tiny(rank: int, size: int, rendezvous: str, out: str) -> None:
+    from benchmark.core.hashing import module_state_digest
+    from benchmark.core.training import TrainConfig, standard_step, train_model
     from benchmark.data import SplitTensors
-    from benchmark.hashing import module_state_digest
     from benchmark.models import ModelConfig, ReidModel
-    from benchmark.training import TrainConfig, standard_step, train_model
 
     _join(rank, size, rendezvous)
     g = torch.Generator().manual_seed(1)
@@ -127,7 +127,7 @@ def test_a_batch_too_small_to_split_is_one_clear_error(monkeypatch):
 
 
 def test_a_checkpoint_is_trained_only_in_the_world_its_key_names():
-    from benchmark.harness import check_training_world
+    from benchmark.run.checkpoints import check_training_world
 
     with pytest.raises(BenchmarkError, match="torchrun --nproc-per-node 2 -m benchmark train"):
         check_training_world(tiny_config(train_processes=2), {"defense": "none"})
@@ -135,7 +135,7 @@ def test_a_checkpoint_is_trained_only_in_the_world_its_key_names():
 
 
 def test_only_cell_commands_run_under_torchrun(monkeypatch):
-    from benchmark.cli import main
+    from benchmark.cli.main import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["table"]) == 2
@@ -187,12 +187,14 @@ def test_torchrun_sharded_evaluation_equals_one_process_and_training_writes_one_
 
 # -- mixed precision ---------------------------------------------------------------------------------
 def test_amp_trains_and_extracts_in_bf16_but_attacks_in_float32(tiny_ws):
-    from benchmark.harness import attack_context, embed, run_attack, run_benchmark
-    from benchmark.precision import mixed_precision
+    from benchmark.core.precision import mixed_precision
+    from benchmark.run.cells import attack_context, run_attack
+    from benchmark.run.checkpoints import embed
+    from benchmark.run.execute import execute
     from tests.conftest import cpu_runtime
 
     spec = tiny_config(amp="bf16", epochs=1, attacks="ifgsm", attack_options={"ifgsm": {"steps": "2"}})
-    outcome = run_benchmark(spec, cpu_runtime(), tiny_ws)
+    outcome = execute(spec, cpu_runtime(), workspace=tiny_ws)
     assert outcome.train_info["key"]["amp"] == "bf16"
     assert outcome.query_feats.dtype == torch.float32
     model = outcome.model
@@ -203,7 +205,8 @@ def test_amp_trains_and_extracts_in_bf16_but_attacks_in_float32(tiny_ws):
             model(tiny_ws.query.float_images()[:2])
         assert seen == [torch.bfloat16]  # extraction under --amp bf16 is bf16 ...
         seen.clear()
-        ctx = attack_context(spec, tiny_ws, outcome.query_feats, outcome.gallery_feats, torch.device("cpu"))
+        ctx = attack_context(spec, tiny_ws, outcome.query_feats, outcome.gallery_feats, torch.device("cpu"),
+                             "ifgsm")
         with torch.autocast("cpu", dtype=torch.bfloat16):  # ... and an attack stays float32 even inside autocast
             run_attack("ifgsm", 8 / 255, outcome.views[0], tiny_ws, ctx, spec, tiny_ws.query.float_images(),
                        {"eps": 8 / 255, "steps": 2}, torch.arange(4))

@@ -10,8 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmark.harness import format_summary, run_benchmark
-from benchmark.reporting import write_run
+from benchmark.report.runs import write_run
+from benchmark.run.execute import execute
+from benchmark.run.outcome import format_summary
 from tests.conftest import TINY_SYNTHPED, cpu_runtime, shared_data, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def test_cli_bad_input_is_one_clear_line(args, message):
 def test_run_writes_results_leaderboards_and_plots(tiny_ws, tmp_path):
     cfg = tiny_config(defense="metric-at", attacks="fna,sma,query-bb", eps="4,8", epochs=2,
                       attack_options={"query-bb": {"queries": "20"}})
-    outcome = run_benchmark(cfg, cpu_runtime(), ws=tiny_ws)
+    outcome = execute(cfg, cpu_runtime(), workspace=tiny_ws)
     assert {r.seen.value for r in outcome.attacks if r.attack == "fna"} == {"seen"}
     assert {r.seen.value for r in outcome.attacks if r.attack == "sma"} == {"unseen"}
     paths = write_run(outcome, tmp_path / "results", tmp_path / "boards")
@@ -65,7 +66,7 @@ def test_run_writes_results_leaderboards_and_plots(tiny_ws, tmp_path):
     assert f"{(sma + qbb) / 2:.2f}/{min(sma, qbb):.2f}" in row_8 and f"{fna:.2f}/{fna:.2f}" in row_8
     for name in ("config.json", "metrics.json", "log.txt", "per_id_ap.csv", "ranking.png", "adversarial.pdf"):
         assert (run / name).is_file(), name
-    from benchmark.plots import plot_all
+    from benchmark.report.plots import plot_all
 
     figures = plot_all(tmp_path / "boards" / "custom", tmp_path / "results", tmp_path / "figs")
     names = {p.name for p in figures}
@@ -92,15 +93,15 @@ def test_pku_real_images_run():
     root = shared_data("pku-reid-subset")
     cfg = tiny_config(dataset="pku", data_root=str(root), dataset_options={}, attacks="fgsm", epochs=2,
                       height=128, width=48)
-    outcome = run_benchmark(cfg, cpu_runtime())
+    outcome = execute(cfg, cpu_runtime())
     assert outcome.clean.num_queries > 0 and outcome.attacks[0].metrics.mAP <= outcome.clean.mAP + 1
 
 
 def test_cuda_request_without_cuda_is_a_clear_error():
     import torch
 
-    from benchmark.device import resolve_device
-    from benchmark.errors import BenchmarkError
+    from benchmark.core.device import resolve_device
+    from benchmark.core.errors import BenchmarkError
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")

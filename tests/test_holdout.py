@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.errors import BenchmarkError
-from benchmark.harness import load_workspace
+from benchmark.core.errors import BenchmarkError
+from benchmark.run.workspace import load_workspace
 from tests.conftest import tiny_config
 
 
@@ -38,7 +38,7 @@ def test_validation_runs_are_custom_and_keyed_apart():
 
 
 def test_bad_split_fails_in_one_line(capsys):
-    from benchmark.cli import main
+    from benchmark.cli.main import main
 
     with pytest.raises(SystemExit) as exit_info:  # argparse's choices: usage plus one error line
         main(["run", "--split", "val"])

@@ -7,7 +7,7 @@ import multiprocessing as mp
 
 import pandas as pd
 
-from benchmark.leaderboard import LeaderboardRow, neutralise, write_leaderboards
+from benchmark.report.boards import LeaderboardRow, neutralise, write_leaderboards
 
 
 def make_row(defense="none", attack="fna", seen="unseen", mAP=10.0, eps="8/255", seed=0, command="python -m x"):
@@ -65,8 +65,8 @@ def test_summary_separates_seen_and_unseen(tmp_path):
 
 
 def test_board_figures_draw_sweeps_per_attack_and_variants_apart(tmp_path):
-    from benchmark import board_figures as figures
-    from benchmark.plots import _save, plot_variants
+    from benchmark.report import board_figures as figures
+    from benchmark.report.plots import _save, plot_variants
 
     rows = []
     for defense in ("none", "ddid", "ddid[ablate=fnes]"):
@@ -88,7 +88,7 @@ def test_board_figures_draw_sweeps_per_attack_and_variants_apart(tmp_path):
 
 
 def test_heatmap_rows_name_their_seeds_when_seed_sets_differ():
-    from benchmark.board_figures import seed_labels
+    from benchmark.report.board_figures import seed_labels
 
     mixed = pd.DataFrame({"defense": ["ddid"] * 3 + ["metric-at"] * 2 + ["none"],
                           "seed": [0, 1, 2, 0, 2, 0]})
@@ -99,7 +99,7 @@ def test_heatmap_rows_name_their_seeds_when_seed_sets_differ():
 
 
 def test_spread_labels_keeps_the_gap_and_stays_near():
-    from benchmark.board_figures import spread_labels
+    from benchmark.report.board_figures import spread_labels
 
     values = [1.0, 1.02, 1.01, 5.0, 0.99]
     placed = spread_labels(values, 0.5)
@@ -110,7 +110,7 @@ def test_spread_labels_keeps_the_gap_and_stays_near():
 
 
 def test_defense_styles_are_stable_and_distinct():
-    from benchmark.board_figures import defense_styles
+    from benchmark.report.board_figures import defense_styles
 
     styles = defense_styles(["none", "ddid", "goat", "jpeg"])
     assert styles == defense_styles(["jpeg", "goat", "ddid", "none", "ddid"])

@@ -7,9 +7,9 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from benchmark.cli import main
-from benchmark.leaderboard import write_leaderboards
-from benchmark.merge import merge_boards
+from benchmark.cli.main import main
+from benchmark.report.boards import write_leaderboards
+from benchmark.report.merge import merge_boards
 from tests.test_leaderboard import clean_row, make_row
 
 

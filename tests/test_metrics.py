@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.metrics import evaluate, evaluate_features, pairwise_distance
+from benchmark.core.metrics import evaluate, evaluate_features, pairwise_distance
 
 
 def reference_eval(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=10):

@@ -22,7 +22,7 @@ import torch
 
 from attacks import Attack, register_attack
 from attacks.base import sq_dist
-from benchmark.training import id_loss_and_triplet
+from benchmark.core.training import id_loss_and_triplet
 from defenses import Defense, register_defense
 from defenses.adversarial import self_metric_pgd
 
@@ -100,15 +100,15 @@ def test_plugin_appears_in_list(installed_plugin):
 @pytest.mark.slow
 def test_plugin_runs_through_the_harness(installed_plugin, tiny_ws, monkeypatch):
     from attacks import ATTACKS
-    from benchmark.harness import run_benchmark
+    from benchmark.run.execute import execute
     from defenses import DEFENSES
 
     monkeypatch.syspath_prepend(str(installed_plugin))
     importlib.invalidate_caches()
     for registry in (ATTACKS, DEFENSES):
         monkeypatch.setattr(registry, "_loaded", False)
-    outcome = run_benchmark(tiny_config(defense="tiny-self-at", attacks="tiny-push,sma", epochs=1), cpu_runtime(),
-                            ws=tiny_ws)
+    outcome = execute(tiny_config(defense="tiny-self-at", attacks="tiny-push,sma", epochs=1), cpu_runtime(),
+                      workspace=tiny_ws)
     tags = {r.attack: r.seen.value for r in outcome.attacks}
     assert tags == {"tiny-push": "unseen", "sma": "seen"}
     assert 0 <= outcome.clean.mAP <= 100

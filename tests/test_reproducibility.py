@@ -18,8 +18,9 @@ TRAIN = """
 import hashlib, sys, torch
 torch.set_num_threads(2)
 torch.use_deterministic_algorithms(True, warn_only=True)
-from benchmark.harness import load_workspace, train_or_load
-from benchmark.spec import make_spec
+from benchmark.run.checkpoints import train_or_load
+from benchmark.run.workspace import load_workspace
+from benchmark.run.spec import make_spec
 from tests.conftest import TINY_SYNTHPED as TINY
 spec = make_spec(defense=sys.argv[1], epochs=2, height=64, width=32, dataset_options=TINY)
 model, info = train_or_load(spec.defense, spec, load_workspace(spec), torch.device("cpu"))
@@ -62,7 +63,7 @@ class CodeProbe(Defense):
 
 @pytest.mark.slow
 def test_changed_defense_code_retrains(tmp_path, monkeypatch, tiny_ws):
-    from benchmark.harness import train_or_load
+    from benchmark.run.checkpoints import train_or_load
     from defenses import DEFENSES
     from tests.conftest import tiny_config
 
@@ -92,7 +93,7 @@ def test_changed_defense_code_retrains(tmp_path, monkeypatch, tiny_ws):
 
 
 def test_numerics_are_part_of_every_cache_key():
-    from benchmark.device import numerics
+    from benchmark.core.device import numerics
 
     threads = torch.get_num_threads()
     try:

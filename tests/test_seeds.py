@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from benchmark.leaderboard import seed_summary
+from benchmark.report.boards import seed_summary
 
 
 def _summary(defense: str, values: list[float], clean: float = 50.0) -> list[dict]:
@@ -47,7 +47,7 @@ def test_the_seeds_board_pairs_a_steady_gap_that_a_seed_wide_shift_hides():
 
 
 def test_run_with_seeds_trains_and_scores_each_and_writes_the_seeds_board(tmp_path):
-    from benchmark.cli import main
+    from benchmark.cli.main import main
     from tests.conftest import TINY_SYNTHPED
 
     data = ",".join(f"{k}={v}" for k, v in TINY_SYNTHPED.items())

@@ -10,7 +10,7 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 import pytest
 
-from benchmark.site import build_site
+from benchmark.report.site import build_site
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium")
@@ -44,7 +44,7 @@ def test_site_is_rebuilt_whole(tmp_path):
 
 
 def test_site_refuses_a_folder_without_boards(tmp_path):
-    from benchmark.errors import BenchmarkError
+    from benchmark.core.errors import BenchmarkError
 
     with pytest.raises(BenchmarkError, match="no summary"):
         build_site(tmp_path, tmp_path, tmp_path / "site")

@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from benchmark.cli import main
-from benchmark.spec import make_spec, parse_eps
+from benchmark.cli.main import main
+from benchmark.run.spec import make_spec, parse_eps
 from tests.conftest import SHARED
 
 MARKET = SHARED / "data" / "market1501-sample"
@@ -17,7 +17,7 @@ MARKET = SHARED / "data" / "market1501-sample"
 @pytest.fixture
 def no_work(monkeypatch):
     """Fail loudly if a command gets as far as loading data or training."""
-    import benchmark.harness as harness
+    import benchmark.run.execute as harness
 
     def forbidden(*args, **kwargs):
         raise AssertionError("validation must fail before any data is loaded or model trained")
@@ -38,7 +38,7 @@ BAD = [
     (["--defense", "metric-at", "--defense-opt", "steps=2.5"], "not an integer"),
     (["--defense", "metric-at", "--defense-opt", "eps"], "is not key=value"),
     (["--defense", "ddid", "--defense-opt", "second_order=maybe"], "is not a boolean"),
-    (["--defense", "ddid", "--ablate", "fnes,magic"], "valid parts: diffusion"),
+    (["--defense", "ddid", "--defense-opt", "ablate=fnes+magic"], "valid parts: diffusion"),
     (["--attack", "fgsm", "--attack-opt", "fgsm:steps=x"], "steps='x' is not an integer"),
     (["--attack", "fgsm", "--attack-opt", "fgsm:norm=l3"], "norm=l3 is refused"),
     (["--attack", "fgsm", "--attack-opt", "fgsm:norm=l2"], "norm=l2 is refused"),
@@ -60,8 +60,8 @@ BAD = [
     (["--defense", "nope"], "unknown defense 'nope'. Did you mean 'none'?"),
     (["--attack", "fnaa"], "Valid attacks:"),
     (["--backbone", "resnet5O"], "Did you mean 'resnet50'"),
-    (["--defense", "none", "--ablate", "fnes"], "apply to --defense ddid only"),
-    (["--defense", "ddid", "--ddid-generator", "/no/such/generator"], "does not exist"),
+    (["--defense", "none", "--defense-opt", "ablate=fnes"], "has no option ablate"),
+    (["--defense", "ddid", "--defense-opt", "generator=/no/such/generator"], "does not exist"),
 ]
 
 
@@ -137,7 +137,7 @@ def test_run_id_is_one_safe_folder_name(tmp_path):
 
 
 def test_plugin_names_that_escape_folders_are_refused():
-    from benchmark.registry import Registry
+    from benchmark.core.registry import Registry
 
     reg = Registry("backbone")
     with pytest.raises(ValueError, match="not allowed"):
@@ -165,7 +165,7 @@ def test_list_details_names_every_option(capsys):
 
 
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
-    import benchmark.harness as harness
+    import benchmark.run.execute as harness
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -174,3 +174,31 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     assert main(["eval", "--defense", "none"]) == 130
     err = capsys.readouterr().err.strip()
     assert err.startswith("interrupted:") and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"defense": "ddid", "defense_options": {"ablate": "fnes+self-meta", "gamma": "3"}, "epochs": 2},
+    {"defense": "jpeg", "attacks": "fna,sma,standard", "eps": "2,8", "check_convergence": True, "seed": 3},
+    {"attacks": "query-bb", "attack_options": {"query-bb": {"queries": "50"}}, "metric": "cosine", "amp": "bf16"},
+    {"defense": "metric-at", "split": "validation", "dataset_options": {"num_ids": "60"}, "train_processes": 2},
+])
+def test_a_spec_reads_back_from_its_json_unchanged(overrides):
+    import json
+
+    from benchmark.run.spec import RunSpec, make_spec
+
+    spec = make_spec(**overrides)
+    again = RunSpec.from_json(json.loads(json.dumps(spec.to_json())))
+    assert again == spec and again.digest == spec.digest and again.to_json() == spec.to_json()
+
+
+def test_a_spec_json_from_another_version_is_refused():
+    from benchmark.core.errors import BenchmarkError
+    from benchmark.run.spec import RunSpec, make_spec
+
+    record = make_spec().to_json()
+    with pytest.raises(BenchmarkError, match="not its recorded"):
+        RunSpec.from_json({**record, "digest": "0" * 16})
+    with pytest.raises(BenchmarkError, match="incomplete or malformed"):
+        RunSpec.from_json({k: v for k, v in record.items() if k != "defense"})

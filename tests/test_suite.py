@@ -10,13 +10,14 @@ import torch
 
 from attacks import ATTACKS
 from attacks.suites import DEFAULT_SUITE, SUITES
-from benchmark.enums import Seen
-from benchmark.errors import BenchmarkError
-from benchmark.harness import AttackResult, run_benchmark
-from benchmark.metrics import RetrievalMetrics
-from benchmark.reporting import write_run
-from benchmark.sanity import attack_raises_map, black_box_stronger, not_converged, weak_attacks
-from benchmark.spec import split_attacks
+from benchmark.core.enums import Seen
+from benchmark.core.errors import BenchmarkError
+from benchmark.core.metrics import RetrievalMetrics
+from benchmark.report.runs import write_run
+from benchmark.run.execute import execute
+from benchmark.run.outcome import AttackResult
+from benchmark.run.sanity import attack_raises_map, black_box_stronger, not_converged, weak_attacks
+from benchmark.run.spec import split_attacks
 from tests.conftest import cpu_runtime, tiny_config
 
 
@@ -47,7 +48,7 @@ def test_convergence_check_needs_a_suite():
 @pytest.mark.slow
 def test_standard_suite_run_records_per_query_worst_case_and_resumes(tiny_ws, tmp_path):
     cfg = tiny_config(defense="none", attacks="fna,sma,standard", epochs=2, check_convergence=True)
-    outcome = run_benchmark(cfg, cpu_runtime(), ws=tiny_ws)
+    outcome = execute(cfg, cpu_runtime(), workspace=tiny_ws)
     by_name = {r.attack: r for r in outcome.aggregates}
     assert set(by_name) == {"standard-v1", "worst-case"}
     suite = by_name["standard-v1"]
@@ -69,7 +70,7 @@ def test_standard_suite_run_records_per_query_worst_case_and_resumes(tiny_ws, tm
     assert summary.loc[0, "suite"] == "standard-v1"
     assert summary.loc[0, "worst_case_mAP"] == pytest.approx(suite.metrics.mAP, abs=1e-3)
     assert summary.loc[0, "worst_case_mAP_2x"] == pytest.approx(suite.report["convergence"]["mAP"], abs=1e-3)
-    again = run_benchmark(cfg, cpu_runtime(), ws=tiny_ws)
+    again = execute(cfg, cpu_runtime(), workspace=tiny_ws)
     assert all(r.resumed for r in again.aggregates), "suite members must come from the cache on a rerun"
     assert again.aggregates[0].metrics.mAP == suite.metrics.mAP
 

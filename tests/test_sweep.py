@@ -11,10 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from benchmark.arguments import build_parser
-from benchmark.sweep import expand
+from benchmark.cli.arguments import build_parser
+from benchmark.cli.sweep import expand
 from tests.conftest import TINY_SYNTHPED
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def test_grid_expands_into_training_and_dependent_evaluation_cells(tmp_path):
 
 
 def test_ablation_expands_into_the_studys_recipes_with_their_options(tmp_path):
-    from benchmark.spec import defense_label, make_spec
+    from benchmark.run.spec import defense_label, make_spec
     from defenses.base import DEFENSES
 
     argv = [a for a in sweep_argv(tmp_path) if a != "none,metric-at"]
@@ -49,18 +50,18 @@ def test_ablation_expands_into_the_studys_recipes_with_their_options(tmp_path):
     assert len(cells) == 2 * 2 * len(steps) and len(steps) == 7
     labels = set()
     for cell in cells:
-        a = list(cell.argv)
-        opts = dict(o.split("=", 1) for o in (a[i + 1] for i, x in enumerate(a) if x == "--defense-opt"))
-        labels.add(make_spec(defense=a[a.index("--defense") + 1], defense_options=opts).defense.label)
+        opts = dict(o.split("=", 1) for o in cell.recipe_options)
+        labels.add(make_spec(defense=cell.spec["defense"]["name"], defense_options=opts).defense.label)
     assert labels == {defense_label(s.defense, s.options) for s in steps}
     assert "ddid" in labels and "metric-at" in labels
     assert "ddid[ablate=adv-learning+diffusion+fnes+self-meta]" in labels
 
 
 @pytest.mark.parametrize("extra, message", [(("--ablation", "none"), "declares no ablation study"),
-                                            (("--ablation", "ddid", "--ablate", "fnes"), "drop --ablate")])
+                                            (("--ablation", "ddid", "--defense-opt", "ablate=fnes"),
+                                             "drop --defense-opt")])
 def test_bad_ablation_fails_in_one_line(tmp_path, capsys, extra, message):
-    from benchmark.cli import main
+    from benchmark.cli.main import main
 
     assert main([*sweep_argv(tmp_path), *extra]) == 2
     assert message in capsys.readouterr().err
@@ -68,7 +69,7 @@ def test_bad_ablation_fails_in_one_line(tmp_path, capsys, extra, message):
 
 
 def test_bad_grid_fails_in_one_line_before_any_cell(tmp_path, capsys):
-    from benchmark.cli import main
+    from benchmark.cli.main import main
 
     argv = sweep_argv(tmp_path)
     argv[argv.index("--seeds") + 1] = "0,x"
@@ -166,7 +167,7 @@ def test_submitit_runs_each_cell_as_a_two_process_torch_distributed_job(tmp_path
     argv[argv.index("--defense") + 1] = "none"
     argv[argv.index("--seeds") + 1] = "0"
     cells = expand(build_parser().parse_args(argv), processes_per_cell=2)
-    assert all("--train-processes" in c.argv for c in cells)
+    assert all(c.spec["train_processes"] == 2 for c in cells)
     out = subprocess.run([sys.executable, "-m", "benchmark", *argv], env=_env(tmp_path), cwd=REPO,
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:] + out.stdout[-2000:]
@@ -174,3 +175,70 @@ def test_submitit_runs_each_cell_as_a_two_process_torch_distributed_job(tmp_path
     records = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "checkpoints").glob("*/train.json")]
     assert [r["key"].get("world_size") for r in records] == [2]  # trained once, by both processes together
     assert len(list((tmp_path / "results").glob("*/per_query.csv"))) == 1  # rank 0 alone wrote the run
+
+
+@pytest.fixture
+def tiny_suite(monkeypatch):
+    """A one-member suite (3 APGD iterations) standing in for standard-v1, so the test runs in seconds."""
+    from attacks.suites import SUITES, Suite, SuiteMember
+    from benchmark.core.registry import Entry
+
+    SUITES.names()
+    suite = Suite("tiny-v1", (SuiteMember("apgd-ce", (("steps", 3),)),), floor=0.01, summary="test suite")
+    monkeypatch.setattr(SUITES, "_entries", {**SUITES._entries, suite.name: Entry(suite.name, suite, {})})
+    return suite
+
+
+def _rows(board: Path) -> pd.DataFrame:
+    provenance = ["run_id", "date", "command", "attack_seconds", "train_seconds", "git_commit", "train_commit",
+                  "train_date"]
+    frame = pd.read_csv(board)
+    return frame.drop(columns=[c for c in provenance if c in frame.columns]).sort_values(["attack", "eps"])
+
+
+def test_a_sweep_cell_runs_every_run_option_and_writes_the_rows_run_writes(tmp_path, tiny_suite):
+    """--check-convergence and --train-dataset reach the cells (they once were dropped by a flag list)."""
+    from benchmark.cli.main import main
+    from benchmark.cli.sweep import prepare, run_cell
+    from tests.conftest import shared_data
+
+    pku = shared_data("pku-reid-subset")
+    common = ["--defense", "none", "--attack", "fgsm,tiny-v1", "--check-convergence", "--train-dataset", "pku",
+              "--train-data-root", str(pku), "--epochs", "1", "--dataset-opt", TINY, "--height", "64", "--width",
+              "32", "--device", "cpu", "--threads", "1"]
+    assert main(["run", *common, "--results-dir", str(tmp_path / "r1"), "--leaderboard-dir",
+                 str(tmp_path / "b1")]) == 0
+    args = build_parser().parse_args(["sweep", *common, "--seeds", "0", "--results-dir", str(tmp_path / "r2"),
+                                      "--leaderboard-dir", str(tmp_path / "b2"), "--sweep-dir",
+                                      str(tmp_path / "sweep")])
+    cells = expand(args)
+    assert [c.spec["check_convergence"] for c in cells] == [False, True]
+    assert all(c.spec["train_data"]["name"] == "pku" for c in cells)
+    prepare(cells, tmp_path / "sweep", args)
+    for cell in cells:  # as a launcher's worker runs them: training first
+        assert run_cell(str(cell.folder(tmp_path / "sweep"))) == 0, (cell.folder(tmp_path / "sweep") /
+                                                                       "log.txt").read_text()[-2000:]
+    ran, swept = _rows(tmp_path / "b1" / "custom" / "synthped.csv"), _rows(tmp_path / "b2" / "custom" / "synthped.csv")
+    assert set(ran["attack"]) == {"clean", "fgsm", "tiny-v1", "worst-case"}
+    assert ran["train_dataset"].eq("pku").all()
+    pd.testing.assert_frame_equal(ran.reset_index(drop=True), swept.reset_index(drop=True))
+
+
+def test_a_rerun_writes_where_the_rerun_says(tmp_path):
+    """Unfinished cells take the rerun's runtime and write options; finished cells are left as they are."""
+    from benchmark.cli.sweep import prepare
+
+    first = build_parser().parse_args(sweep_argv(tmp_path))
+    cells = expand(first)
+    prepare(cells, tmp_path / "sweep", first)
+    done = cells[0].folder(tmp_path / "sweep")
+    (done / "done").write_text("{}")
+    again = build_parser().parse_args([*sweep_argv(tmp_path), "--leaderboard-dir", str(tmp_path / "other"),
+                                       "--threads", "2"])
+    prepare(expand(again), tmp_path / "sweep", again)
+    records = {c.id: json.loads((c.folder(tmp_path / "sweep") / "cell.json").read_text()) for c in cells}
+    evals = [r for r in records.values() if r["kind"] == "eval"]
+    assert all(r["write"]["leaderboard_dir"] == str(tmp_path / "other") for r in evals)
+    assert all(r["runtime"]["threads"] == 2 for cid, r in records.items() if cid != cells[0].id)
+    assert records[cells[0].id]["runtime"]["threads"] == 1
+    assert all(r["spec"]["digest"].startswith(cid.split("-", 1)[1]) for cid, r in records.items())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmark.leaderboard import write_leaderboards
-from benchmark.tables import readme_tables, render, summary_frame
+from benchmark.report.boards import write_leaderboards
+from benchmark.report.tables import readme_tables, render, summary_frame
 from tests.test_leaderboard import clean_row, make_row
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def _ablation_rows(step_defense: str, seed: int, clean: float, worst: float, fna
 def test_ablation_table_gives_mean_sd_over_seeds_and_calls_differences_by_the_seed_spread(tmp_path):
     import math
 
-    from benchmark import ablation
+    from benchmark.report import ablation
 
     base, full = "ddid[ablate=adv-learning+diffusion+fnes+self-meta]", "ddid"
     for seed, (wb, wf) in enumerate([(4.0, 9.0), (5.0, 10.0), (6.0, 11.0)]):  # one write per run
@@ -90,7 +90,7 @@ def test_ablation_table_gives_mean_sd_over_seeds_and_calls_differences_by_the_se
 
 
 def test_ablation_paired_view_separates_a_steady_gain_that_a_seed_wide_shift_hides(tmp_path):
-    from benchmark import ablation
+    from benchmark.report import ablation
 
     for seed, worst in enumerate([5.0, 8.0, 11.0]):  # each seed is easier for both steps alike
         write_leaderboards(_ablation_rows("metric-at", seed, 70.0, worst, 20.0), tmp_path)

@@ -9,9 +9,9 @@ import torch
 
 from attacks import ATTACKS, Attack
 from attacks.base import sq_dist
-from benchmark.errors import AttackValidityError
-from benchmark.harness import run_benchmark
-from benchmark.registry import Entry
+from benchmark.core.errors import AttackValidityError
+from benchmark.core.registry import Entry
+from benchmark.run.execute import execute
 from tests.conftest import cpu_runtime, tiny_config
 
 
@@ -76,13 +76,13 @@ def rogue_attacks(monkeypatch):
 def test_rogue_attacks_are_refused_by_name(name, message, rogue_attacks, tiny_ws):
     spec = tiny_config(attacks=name, epochs=1)
     with pytest.raises(AttackValidityError, match=f"'{name}'.*" if name != "rogue-eps" else message) as err:
-        run_benchmark(spec, cpu_runtime(), ws=tiny_ws)
+        execute(spec, cpu_runtime(), workspace=tiny_ws)
     assert message in str(err.value)
 
 
 def test_an_attack_cannot_corrupt_what_later_attacks_see(rogue_attacks, tiny_ws):
-    alone = run_benchmark(tiny_config(attacks="sma", epochs=1), cpu_runtime(), ws=tiny_ws)
-    after = run_benchmark(tiny_config(attacks="rogue-gallery,sma", epochs=1), cpu_runtime(), ws=tiny_ws)
+    alone = execute(tiny_config(attacks="sma", epochs=1), cpu_runtime(), workspace=tiny_ws)
+    after = execute(tiny_config(attacks="rogue-gallery,sma", epochs=1), cpu_runtime(), workspace=tiny_ws)
     sma = next(r for r in after.attacks if r.attack == "sma")
     assert sma.metrics.mAP == alone.attacks[0].metrics.mAP
     assert torch.equal(after.gallery_feats, alone.gallery_feats) and torch.equal(after.query_feats, alone.query_feats)

@@ -6,12 +6,12 @@ import dataclasses
 
 import pytest
 
-from benchmark.arguments import build_parser
-from benchmark.errors import BenchmarkError
-from benchmark.leaderboard import write_leaderboards
-from benchmark.spec import defense_label
-from benchmark.sweep import expand
-from benchmark.tuning import candidates, report
+from benchmark.cli.arguments import build_parser
+from benchmark.cli.sweep import expand
+from benchmark.core.errors import BenchmarkError
+from benchmark.report.boards import write_leaderboards
+from benchmark.report.tuning import candidates, report
+from benchmark.run.spec import defense_label
 from tests.test_leaderboard import clean_row, make_row
 from tests.test_sweep import sweep_argv
 
@@ -34,7 +34,7 @@ def test_tune_expands_into_validation_cells_for_every_candidate(tmp_path):
     argv = [a for a in sweep_argv(tmp_path) if a not in ("--defense", "none,metric-at")]
     cells = expand(build_parser().parse_args([*argv, "--tune", "metric-at", "--budget", "3"]))
     assert len(cells) == 3 * 2 * 2  # candidates x seeds x (train, eval)
-    assert all(c.argv[c.argv.index("--split") + 1] == "validation" for c in cells)
+    assert all(c.spec["split"] == "validation" for c in cells)
     with pytest.raises(BenchmarkError, match="declares no search space"):
         expand(build_parser().parse_args([*argv, "--tune", "none"]))
     with pytest.raises(BenchmarkError, match="validation identities only"):
@@ -63,12 +63,13 @@ def test_report_reads_candidate_labels_the_sweep_recorded_not_todays_defaults(tm
     """A change of defaults renames recipes; the report finds each candidate by the label it ran under."""
     import json
 
-    from benchmark.sweep import prepare
+    from benchmark.cli.sweep import prepare
 
     sweep_dir, boards = tmp_path / "sweep", tmp_path / "boards"
     argv = [a for a in sweep_argv(tmp_path) if a not in ("--defense", "none,metric-at")]
-    cells = expand(build_parser().parse_args([*argv, "--tune", "metric-at", "--budget", "2"]))
-    prepare(cells, sweep_dir)
+    args = build_parser().parse_args([*argv, "--tune", "metric-at", "--budget", "2"])
+    cells = expand(args)
+    prepare(cells, sweep_dir, args)
     evals = [c for c in cells if c.kind == "eval"]
     assert {c.candidate for c in evals} == {0, 1} and all(c.recipe_label for c in evals)
     # the defaults candidate ran when the defaults were different: its cells recorded that label

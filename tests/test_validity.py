@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from benchmark.errors import AttackValidityError
-from benchmark.validity import check_adversarial
+from benchmark.core.errors import AttackValidityError
+from benchmark.run.validity import check_adversarial
 
 
 def test_accepts_points_on_the_ball():

@@ -1,4 +1,4 @@
-"""Per-query worst case (benchmark.worstcase) against a brute-force search over per-query choices."""
+"""Per-query worst case (benchmark.run.worstcase) against a brute-force search over per-query choices."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from benchmark.metrics import evaluate_features
-from benchmark.worstcase import gather_choice, worst_case_choice, worst_case_map
+from benchmark.core.metrics import evaluate_features
+from benchmark.run.worstcase import gather_choice, worst_case_choice, worst_case_map
 
 
 def test_worst_case_equals_brute_force_minimum_over_all_combinations():

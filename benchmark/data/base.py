@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from benchmark.errors import DataError
-from benchmark.registry import Registry
+from benchmark.core.errors import DataError
+from benchmark.core.registry import Registry
 
 JUNK_PID = -1
 DISTRACTOR_PID = 0

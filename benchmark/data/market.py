@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from benchmark.core.errors import DataError
 from benchmark.data.base import DATASETS, Item, ReidDataset
-from benchmark.errors import DataError
 
 # Market: 0002_c1s1_000451_03.jpg, junk -1_c1s1_..., Duke: 0005_c2_f0046985.jpg
 _MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")

@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark.core.errors import DataError
 from benchmark.data.base import DATASETS, Item, ReidDataset
-from benchmark.errors import DataError
 
 _PKU_NAME = re.compile(r"^(\d+)_(\d+)\.(png|jpg|jpeg)$", re.IGNORECASE)
 

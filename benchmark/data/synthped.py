@@ -20,11 +20,11 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image, ImageFilter
 
-from benchmark.atomic import atomic_folder, atomic_write_text, remove_folder
+from benchmark.core.atomic import atomic_folder, atomic_write_text, remove_folder
+from benchmark.core.hashing import file_digests, fingerprint, manifest_intact
+from benchmark.core.paths import cache_dir
 from benchmark.data.base import DATASETS, ReidDataset
 from benchmark.data.market import load_market_layout
-from benchmark.hashing import file_digests, fingerprint, manifest_intact
-from benchmark.paths import cache_dir
 
 log = logging.getLogger("benchmark")
 

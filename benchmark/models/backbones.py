@@ -16,8 +16,8 @@ import torch
 import torchvision
 from torch import nn
 
-from benchmark.errors import BenchmarkError
-from benchmark.registry import Registry
+from benchmark.core.errors import BenchmarkError
+from benchmark.core.registry import Registry
 
 log = logging.getLogger("benchmark")
 BackboneFactory = Callable[[], tuple[nn.Module, int]]
@@ -82,7 +82,8 @@ def mobilenetv2() -> tuple[nn.Module, int]:
     return torchvision.models.mobilenet_v2(weights=None).features, 1280
 
 
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
+def read_state(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in a local .safetensors or .pt/.pth file (tensors only: no unsafe pickle)."""
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -133,11 +134,20 @@ def load_backbone_weights(module: nn.Module, path: str | Path, name: str | None 
     if not path.is_file():
         raise BenchmarkError(f"backbone weights file '{path}' does not exist; pass a local .pt or "
                              ".safetensors file with --backbone-weights")
-    state = _read_state(path)
+    state = read_state(path)
     own = module.state_dict()
     if set(state) == set(own):
         module.load_state_dict(state)
         return
+    prefix = BACKBONES.meta(name).get("key_prefix") if name else None
+    if prefix:  # a wrapped model (timm): the file holds the inner model's own names, perhaps with its head
+        prefixed = {prefix + k: v for k, v in state.items()}
+        if set(own) <= set(prefixed):
+            module.load_state_dict({k: prefixed[k] for k in own})
+            if set(prefixed) - set(own):
+                log.info("backbone weights '%s': keys not in the headless model dropped (%s)", path.name,
+                         ", ".join(sorted(k[len(prefix):] for k in set(prefixed) - set(own))))
+            return
     keys = BACKBONES.meta(name).get("torchvision_keys") if name else None
     if keys:
         renamed, dropped = _from_torchvision(state, keys)
@@ -154,6 +164,83 @@ def load_backbone_weights(module: nn.Module, path: str | Path, name: str | None 
                              f"state dict, nor in order ({len(theirs)} tensors vs {len(ours)} expected); "
                              "pass weights of the same architecture")
     module.load_state_dict({k: v for (k, _), v in zip(ours, theirs, strict=True)}, strict=False)
+
+
+class TimmFeatures(nn.Module):
+    """A timm model without its head as a backbone: images -> B x C x h x w (tokens as a C x N x 1 map)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net.forward_features(x)
+        return out.transpose(1, 2).unsqueeze(-1) if out.dim() == 3 else out
+
+
+def timm_backbone(model_name: str) -> tuple[BackboneFactory, dict[str, Any]]:
+    """The backbone `timm:MODEL`: any timm architecture, random init or a local weights file (never a download)."""
+    try:
+        import timm
+    except ImportError:
+        raise BenchmarkError(f"backbone 'timm:{model_name}' needs timm: pip install "
+                             "'reid-robustness-bench[timm]' (weights only from a local file, --backbone-weights)"
+                             ) from None
+    if not timm.is_model(model_name):
+        close = ", ".join(timm.list_models(f"*{model_name[:4]}*")[:5])
+        raise BenchmarkError(f"timm has no model '{model_name}'" + (f"; close: {close}" if close else "") +
+                             " (see timm.list_models())")
+
+    def factory() -> tuple[nn.Module, int]:
+        net = timm.create_model(model_name, pretrained=False, num_classes=0, global_pool="")
+        return TimmFeatures(net), int(net.num_features)
+
+    factory.__qualname__ = f"timm_backbone.{model_name}"
+    return factory, {"note": f"timm {timm.__version__}, no head; local weights only", "version": f"timm "
+                     f"{timm.__version__}", "key_prefix": "net."}
+
+
+class TorchreidFeatures(nn.Module):
+    """A torchreid model as a backbone: its `featuremaps` (images -> B x C x h x w); its own head is unused."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.featuremaps(x)
+
+
+def torchreid_backbone(model_name: str) -> tuple[BackboneFactory, dict[str, Any]]:
+    """The backbone `torchreid:MODEL` (e.g. osnet_x1_0): random init or a local weights file (never a download)."""
+    try:
+        import torchreid
+    except ImportError as exc:
+        raise BenchmarkError(f"backbone 'torchreid:{model_name}' needs torchreid and what it imports: pip install "
+                             f"'reid-robustness-bench[torchreid]' ({exc})") from None
+    names = torchreid.models.show_avai_models.__globals__["__model_factory"]
+    if model_name not in names:
+        raise BenchmarkError(f"torchreid has no model '{model_name}'; e.g. {', '.join(sorted(names)[:6])}")
+
+    def factory() -> tuple[nn.Module, int]:
+        net = torchreid.models.build_model(model_name, num_classes=1, pretrained=False)
+        if not hasattr(net, "featuremaps"):
+            raise BenchmarkError(f"torchreid model '{model_name}' has no featuremaps(); use it whole with "
+                                 "--model PKG.MODULE:FUNCTION instead")
+        features = TorchreidFeatures(net).eval()
+        with torch.no_grad():  # the channel count of its feature maps, from one small forward
+            channels = int(features(torch.zeros(1, 3, 64, 32)).shape[1])
+        return features.train(), channels
+
+    factory.__qualname__ = f"torchreid_backbone.{model_name}"
+    return factory, {"note": f"torchreid {torchreid.__version__}, feature maps; local weights only",
+                     "version": f"torchreid {torchreid.__version__}", "key_prefix": "net."}
+
+
+BACKBONES.add_family("torchreid", torchreid_backbone, "any torchreid model with feature maps (pip install "
+                     "'reid-robustness-bench[torchreid]'), e.g. torchreid:osnet_x1_0; local weights only")
+BACKBONES.add_family("timm", timm_backbone, "any timm model (pip install 'reid-robustness-bench[timm]'), e.g. "
+                     "timm:resnet50; weights from a local file only")
 
 
 def build_backbone(name: str, weights: str | Path | None = None) -> tuple[nn.Module, int]:

@@ -18,9 +18,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from benchmark.atomic import atomic_write_text
-from benchmark.errors import CorruptCacheError
-from benchmark.hashing import sha256_file
+from benchmark.core.atomic import atomic_write_text
+from benchmark.core.errors import CorruptCacheError
+from benchmark.core.hashing import sha256_file
 from benchmark.models.backbones import build_backbone
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -66,6 +66,10 @@ class ReidModel(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Test-time embedding of images in [0, 1]."""
         return self.bnneck(self.backbone((x - self.mean) / self.std).mean(dim=(2, 3)))
+
+    def attack_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding white-box attacks differentiate: the test-time one (every step has a gradient)."""
+        return self.embed(x)
 
     def save(self, folder: str | Path) -> str:
         """Write model.safetensors + model.json; returns the sha256 of the weights file."""

@@ -31,13 +31,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from benchmark.atomic import atomic_folder, atomic_write_text, remove_folder
+from benchmark.core.atomic import atomic_folder, atomic_write_text, remove_folder
+from benchmark.core.device import numerics
+from benchmark.core.errors import BenchmarkError
+from benchmark.core.hashing import file_digests, fingerprint, manifest_intact, sha256_tree
+from benchmark.core.paths import cache_dir
+from benchmark.core.training import split_fingerprint
 from benchmark.data import SplitTensors
-from benchmark.device import numerics
-from benchmark.errors import BenchmarkError
-from benchmark.hashing import file_digests, fingerprint, manifest_intact, sha256_tree
-from benchmark.paths import cache_dir
-from benchmark.training import split_fingerprint
 
 log = logging.getLogger("benchmark")
 
@@ -367,7 +367,7 @@ class ConditionalEDM:
         if state["ids.weight"].shape[0] != len(obj.id_values) + 1:
             raise BenchmarkError(f"'{folder}' was written by an older DDID phase 1 (no unconditional rows for "
                                  f"guidance); train a new generator (phase-1 version {DiffusionConfig.version}) by "
-                                 "running DDID without --ddid-generator")
+                                 "running DDID without --defense-opt generator=...")
         obj.conditioner.load_state_dict(state)
         obj.scheduler = EDMEulerScheduler.from_pretrained(folder / "scheduler")
         obj.device = device

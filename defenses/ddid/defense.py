@@ -18,13 +18,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from benchmark.core.errors import BenchmarkError
+from benchmark.core.hashing import sha256_tree
+from benchmark.core.losses import batch_hard_triplet, soft_cross_entropy
+from benchmark.core.options import changed_options
+from benchmark.core.training import TrainConfig, TrainContext, optimize, train_model
 from benchmark.data import SplitTensors
-from benchmark.errors import BenchmarkError
-from benchmark.hashing import sha256_tree
-from benchmark.losses import batch_hard_triplet, soft_cross_entropy
 from benchmark.models import ReidModel
-from benchmark.options import changed_options
-from benchmark.training import TrainConfig, TrainContext, optimize, train_model
 from defenses.adversarial import eval_mode, farthest_negative_centroids, metric_pgd, self_metric_pgd
 from defenses.base import AblationStep, Defense, register_defense
 from defenses.ddid.adversarial_learning import FeatureDiscriminator, discriminator_loss, encoder_loss
@@ -95,12 +95,12 @@ class DDID(Defense):
         super().__init__(**options)
         unknown = set(self.options.ablate) - set(PARTS)
         if unknown:
-            raise BenchmarkError(f"unknown DDID part(s) {', '.join(sorted(unknown))} in --ablate; "
+            raise BenchmarkError(f"unknown DDID part(s) {', '.join(sorted(unknown))} in --defense-opt ablate=...; "
                                  f"valid parts: {', '.join(PARTS)}")
         if self.options.generator and not Path(self.options.generator).is_dir():
             raise BenchmarkError(f"DDID generator folder '{self.options.generator}' does not exist; pass a folder "
                                  "trained by a DDID run (under the cache's ddid-generators/, named in its phase-1 "
-                                 "manifest) with --ddid-generator")
+                                 "manifest) with --defense-opt generator=PATH")
         d = self.options.diffusion
         if d.mode not in MODES:
             raise BenchmarkError(f"DDID mode={d.mode!r}: use generate (sampling from noise) or resample (SDEdit from "

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.losses import smooth_labels
+from benchmark.core.losses import smooth_labels
 
 
 @dataclass(frozen=True)

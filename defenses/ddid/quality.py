@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.core.sampling import augment
 from benchmark.data import SplitTensors
 from benchmark.models import ModelConfig, ReidModel, eval_mode
-from benchmark.sampling import augment
 from defenses.ddid.balancing import DiffusionConfig, at_generator_resolution
 
 CAMERA_BACKBONE = "reidnet-t"

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from attacks import ATTACKS, AttackContext, build_attack
-from benchmark.metrics import evaluate
+from benchmark.core.metrics import evaluate
 from benchmark.models import BACKBONES, ModelConfig, ReidModel
-from benchmark.throughput import training_rate
+from benchmark.run.throughput import training_rate
 from defenses import DEFENSES, DefendedModel
 
 GRADIENT_ATTACKS = [n for n in ATTACKS.names() if ATTACKS.meta(n)["family"] in ("gradient", "guided")
@@ -66,7 +66,7 @@ nq, ng, dim = 11659, 82161, 64
 qf, gf = torch.randn(nq, dim), torch.randn(ng, dim)
 qp, gp = torch.randint(1, 3060, (nq,)), torch.randint(1, 3060, (ng,))
 qc, gc = torch.randint(0, 15, (nq,)), torch.randint(0, 15, (ng,))
-from benchmark.metrics import evaluate_features
+from benchmark.core.metrics import evaluate_features
 evaluate_features(qf[:8], gf, qp[:8], gp, qc[:8], gc)  # warm-up: imports, thread pools
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()

@@ -1,0 +1,85 @@
+"""What every ReID attack shares: its threat model and schedule options, and the context it attacks in."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from benchmark.core.enums import Norm
+
+
+@dataclass(frozen=True)
+class AttackOptions:
+    """Threat model and schedule shared by iterative attacks (ε and norm are set by the run)."""
+    eps: float = 8 / 255
+    step: float = 1 / 255
+    steps: int = 16
+    random_start: bool = False
+    norm: str = Norm.LINF.value
+
+
+@dataclass
+class AttackContext:
+    """What a ReID attacker may know about the queries it perturbs.
+
+    `query_feats` are the target model's clean query embeddings (white-box attackers compute them,
+    black-box ones are given their own surrogate's); guides are derived from them.
+    """
+
+    query_pids: torch.Tensor
+    query_feats: torch.Tensor
+    seed: int = 0
+    gallery_feats: torch.Tensor | None = None
+    gallery_pids: torch.Tensor | None = None
+    #: training split (images uint8, pids) for attacks that learn on training identities only
+    train_images: torch.Tensor | None = None
+    train_pids: torch.Tensor | None = None
+    #: builds an undefended surrogate model of a given backbone (cached) for transfer attacks
+    surrogate: Callable[[str], nn.Module] | None = None
+    target_backbone: str | None = None
+    #: cameras of the queries and the gallery and the distance: what scoring a query needs (see `query_ap`)
+    query_camids: torch.Tensor | None = None
+    gallery_camids: torch.Tensor | None = None
+    metric: str = "euclidean"
+    #: filled by attacks that report extra numbers (queries used, surrogate name, ...)
+    report: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: guide tensors computed once per query set (see attacks.guides)
+    cache: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+
+    def can_score(self) -> bool:
+        """True when the context holds what scoring a query's retrieval needs (the clean gallery)."""
+        return self.gallery_feats is not None and self.query_camids is not None and self.gallery_camids is not None
+
+    def query_ap(self, emb: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """AP (fraction) of each query `index` given its embedding `emb`; NaN where it has no valid positive."""
+        from benchmark.core.metrics import QueryScorer
+
+        if "scorer" not in self.cache:
+            self.cache["scorer"] = QueryScorer(self.gallery_feats, self.gallery_pids, self.gallery_camids, self.metric)
+        idx = index.cpu()
+        return self.cache["scorer"](emb, self.query_pids[idx], self.query_camids[idx])[0]
+
+
+class Ascender(Protocol):
+    """What an ascent schedule (PGD, APGD) needs of an attack: its options, loss gradient, start and projection."""
+
+    options: AttackOptions
+
+    def loss_and_gradient(self, x_adv: torch.Tensor, x: torch.Tensor, ctx: AttackContext, index: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample loss and its input gradient at `x_adv`."""
+
+    def start(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The first iterate."""
+
+    def ascend(self, x_adv: torch.Tensor, grad: torch.Tensor, step: float) -> torch.Tensor:
+        """One step up the gradient."""
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Back into the ε-ball around `x`, intersected with [0, 1]."""

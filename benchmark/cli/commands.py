@@ -1,0 +1,226 @@
+"""What each CLI subcommand does: one function per command, looked up by name."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from torch import nn
+
+from attacks import ATTACKS
+from attacks.suites import SUITES
+from benchmark.cli.arguments import (
+    external_from_args,
+    runtime_from_args,
+    seeds_from_args,
+    spec_from_args,
+    writer_from_args,
+)
+from benchmark.cli.printing import print_outcome
+from benchmark.core.distributed import world
+from benchmark.core.errors import BenchmarkError
+from benchmark.core.options import format_value, option_table
+from benchmark.core.registry import Registry
+from benchmark.data import DATASETS
+from benchmark.models import BACKBONES
+from benchmark.run.execute import execute
+from benchmark.run.spec import RunSpec
+from defenses import DEFENSES
+
+REGISTRIES: dict[str, Registry] = {"datasets": DATASETS, "backbones": BACKBONES, "attacks": ATTACKS,
+                                   "defenses": DEFENSES, "suites": SUITES}
+
+
+def _summary_line(title: str, name: str, meta: dict) -> str:
+    if title == "attacks":
+        return (f"{meta['family']:<9} {meta['knowledge']:<11} eps={meta['eps'] * 255:.0f}/255 "
+                f"steps={meta['steps']}  {meta.get('summary', '')}")
+    if title == "suites":
+        return f"alias '{meta.get('alias', '-')}'  {meta.get('summary', '')}"
+    if title == "defenses":
+        seen = ",".join(meta.get("trains_with", ())) or "-"
+        return f"trains with: {seen:<14} {meta.get('summary', '')}"
+    return ", ".join(f"{k}={v}" for k, v in meta.items() if k not in ("default", "options", "torchvision_keys",
+                                                                       "dist"))
+
+
+def _details(name: str) -> int:
+    hits = [(title, reg) for title, reg in REGISTRIES.items() if name in reg]
+    if not hits:
+        raise BenchmarkError(f"'{name}' is not a registered data set, backbone, attack or defense; see "
+                             "`python -m benchmark list`")
+    for title, registry in hits:
+        entry = registry.entry(name)
+        print(f"{title[:-1]} '{name}'")
+        for key, value in sorted(entry.meta.items()):
+            if key not in ("options", "torchvision_keys"):
+                print(f"  {key}: {value}")
+        options_cls = getattr(entry.obj, "Options", None) or entry.meta.get("options")
+        rows = option_table(options_cls) if options_cls else []
+        print("  options (key  type  default):" if rows else "  options: none")
+        for key, kind, default in rows:
+            print(f"    {key:<16} {kind:<6} {format_value(key, default)}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Print the registries (or one entry's details with --details NAME)."""
+    if args.details:
+        return _details(args.details)
+    for title, registry in REGISTRIES.items():
+        if args.what not in ("all", title):
+            continue
+        print(f"{title}:")
+        for name in registry.names(args.filter):
+            print(f"  {name:<14} {_summary_line(title, name, registry.meta(name))}")
+        for prefix, summary in registry.families().items():
+            print(f"  {prefix + ':NAME':<14} {summary}")
+        for plugin, err in registry.plugin_errors.items():
+            print(f"  (plugin '{plugin}' failed to load: {err})")
+    return 0
+
+
+RunCommand = Callable[[argparse.Namespace, RunSpec, nn.Module | None], int]
+
+
+def _per_seed(command: RunCommand) -> Callable[[argparse.Namespace], int]:
+    """Run `command` once per seed of --seeds, each with its specification (all built before the first runs)."""
+    def run(args: argparse.Namespace) -> int:
+        module, external = external_from_args(args)
+        specs = [spec_from_args(args, seed=s, external=external) for s in seeds_from_args(args)]
+        codes = []
+        for i, spec in enumerate(specs):
+            if len(specs) > 1:
+                print(f"== seed {spec.seed} ({i + 1} of {len(specs)})", flush=True)
+            codes.append(command(args, spec, module))
+        return max(codes)
+
+    run.__doc__ = command.__doc__
+    return run
+
+
+def cmd_run(args: argparse.Namespace, spec: RunSpec, module: nn.Module | None = None) -> int:
+    """Train or load (or take --model), attack, print, and (for `run` without --no-write) write the records."""
+    main_rank = world().is_main  # under torchrun every rank attacks its shard; rank 0 alone prints and writes
+    write = writer_from_args(args) if args.command == "run" else None
+    outcome = execute(spec, runtime_from_args(args, progress=main_rank), write, model=module)
+    if main_rank:
+        print_outcome(outcome)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, spec: RunSpec, module: nn.Module | None = None) -> int:
+    """Train (or load) the defense's checkpoint and print where it is."""
+    outcome = execute(spec, runtime_from_args(args, progress=world().is_main), model=module)
+    if not world().is_main:
+        return 0
+    print(json.dumps({"checkpoint": outcome.train_info["checkpoint"], "cached": outcome.train_info.get("cached"),
+                      "train_seconds": outcome.train_info.get("train_seconds"),
+                      "clean": outcome.clean.as_dict()}, indent=2))
+    return 0
+
+
+def cmd_plots(args: argparse.Namespace) -> int:
+    """Redraw every figure from the boards and run folders."""
+    from benchmark.report.plots import plot_all
+
+    for path in plot_all(args.leaderboard_dir, args.results_dir, args.out):
+        print(path)
+    return 0
+
+
+def cmd_throughput(args: argparse.Namespace) -> int:
+    """Measure images/s of extraction, attacks and training steps."""
+    from benchmark.cli.throughput import cmd_throughput as measure
+
+    return measure(args)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Expand a grid into cells and launch them (or print their status)."""
+    from benchmark.cli.sweep import cmd_sweep as sweep
+
+    return sweep(args)
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    """Print the summary board (md, latex, csv) or regenerate the README's tables."""
+    from benchmark.report.tables import cmd_table as table
+
+    return table(args)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Upsert the runs on another folder's boards into --leaderboard-dir, by the boards' own rules."""
+    from benchmark.report.merge import merge_boards
+
+    merged = merge_boards(args.source, args.leaderboard_dir, args.dataset.split(",") if args.dataset else None)
+    for board, runs in merged.items():
+        print(f"merged {runs} runs into {board} ({args.leaderboard_dir})")
+    return 0
+
+
+def cmd_site(args: argparse.Namespace) -> int:
+    """Render the static site from the boards and run folders."""
+    from benchmark.report.site import build_site
+
+    pages = build_site(args.leaderboard_dir, args.results_dir, args.out)
+    print(f"{len(pages)} pages in {args.out}/ (open {Path(args.out) / 'index.html'})")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a defense against the admission rules; print pass/fail per rule and write the report file."""
+    from benchmark.core.atomic import atomic_write_text
+    from benchmark.core.device import resolve_device
+    from benchmark.core.options import parse_kv
+    from benchmark.run.admission import RULES, validate_defense
+    from defenses import build_defense
+
+    defense = build_defense(args.defense, **parse_kv(args.defense_opt, "--defense-opt"))
+    report_path = Path(args.report or f"validate-{args.defense}.md")
+    if not report_path.parent.is_dir():
+        raise BenchmarkError(f"--report {report_path}: folder '{report_path.parent}' does not exist; create it or "
+                             "pass another path")
+    device = str(resolve_device(args.device))
+    print(f"validating '{args.defense}' on a small synthped ({args.epochs} epoch(s), {device}); "
+          f"{len(RULES)} rules")
+    report = validate_defense(args.defense, defense, epochs=args.epochs, device=device, backbone=args.backbone,
+                              progress=lambda rule: print(f"  checking {rule} ...", flush=True))
+    for result in report.results:
+        print(f"{'PASS' if result.passed else 'FAIL'}  {result.rule:<19} {result.detail}")
+    text = (json.dumps(report.as_dict(), indent=2) + "\n" if report_path.suffix == ".json"
+            else report.markdown())
+    atomic_write_text(report_path, text)
+    verdict = "passed every rule" if report.passed else "FAILED " + ", ".join(report.failed())
+    print(f"'{args.defense}' {verdict} ({report.seconds:.0f} s); report: {report_path}")
+    return 0 if report.passed else 1
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "list": cmd_list, "run": _per_seed(cmd_run), "eval": _per_seed(cmd_run), "train": _per_seed(cmd_train),
+    "plots": cmd_plots,
+    "throughput": cmd_throughput, "sweep": cmd_sweep, "table": cmd_table, "merge": cmd_merge,
+    "validate": cmd_validate, "site": cmd_site}
+
+
+#: commands that run one cell and may be launched by torchrun (one process per device)
+DISTRIBUTED_COMMANDS = ("run", "eval", "train")
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the subcommand named in `args`; under torchrun, join the process group first and leave it after."""
+    from benchmark.core import distributed
+
+    if distributed.requested_world_size() > 1:
+        if args.command not in DISTRIBUTED_COMMANDS:
+            raise BenchmarkError(f"'{args.command}' runs in one process; only {', '.join(DISTRIBUTED_COMMANDS)} "
+                                 "can be launched with torchrun")
+        args.device = distributed.init_from_env(args.device)
+        try:
+            return COMMANDS[args.command](args)
+        finally:
+            distributed.shutdown()
+    return COMMANDS[args.command](args)

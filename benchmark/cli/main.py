@@ -1,0 +1,42 @@
+"""Command line entry point: `python -m benchmark <command>` (list, run, sweep, merge, table, plots, ...)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from benchmark.cli.arguments import build_parser
+from benchmark.cli.logs import configure_logging
+from benchmark.core.errors import BenchmarkError, RunInterrupted
+from benchmark.core.provenance import set_command
+from benchmark.core.registry import UnknownNameError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run the command; user errors print one line and return 2, Ctrl-C returns 130."""
+    args = build_parser().parse_args(argv)
+    set_command(list(argv) if argv is not None else sys.argv[1:])
+    configure_logging(sys.stderr)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    # bit-reproducible runs: kernels with a deterministic variant use it (CPU runs are then bitwise repeatable;
+    # cuBLAS needs a fixed workspace for that on CUDA, set before the first CUDA call)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        from benchmark.cli import commands
+
+        return commands.dispatch(args)
+    except RunInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted: nothing half-written was kept; finished checkpoints and attack cells stay cached",
+              file=sys.stderr)
+        return 130
+    except (BenchmarkError, UnknownNameError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,430 @@
+"""CSV leaderboards: one schema dataclass per row, upserted by key under a file lock, written atomically.
+
+`<dir>/<dataset>.csv` (official: the protocol's standard settings only) or `<dir>/custom/<dataset>.csv`
+(any other run, its differing settings in the `settings` key column): one row per defense x backbone
+x attack x eps x seed (x train set x settings). `summary-<dataset>.csv` beside each: one row per
+defense x backbone x seed (x train set x settings), built from ONE run, the one that covered the most
+attacks at the standard ε, so its `command` reproduces every number in it. Columns are documented in
+`leaderboards/README.md`.
+
+A model is (data set, train set, defense label, backbone, seed, settings); its checkpoint key hashes
+the full training specification and code. When a board would hold rows of one model from two
+checkpoints (changed defaults, which a label leaves out, or changed training code), the most recently
+trained checkpoint keeps the model and the other's rows go, whichever side of an upsert they are on:
+rows of two trainings never mix under one model, and none outlive the recipe they measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from filelock import FileLock
+
+from benchmark.core.atomic import atomic_write_text
+from benchmark.core.enums import Seen
+from benchmark.core.seed_stats import paired_interval, paired_verdict, verdict
+
+log = logging.getLogger("benchmark.report.boards")
+
+ROW_KEY = ("dataset", "train_dataset", "defense", "backbone", "attack", "eps", "seed", "settings")
+SUMMARY_KEY = ("dataset", "train_dataset", "defense", "backbone", "seed", "settings")
+#: one trained model (its rows may come from several runs of one checkpoint)
+MODEL_KEY = SUMMARY_KEY
+STANDARD_EPS = "8/255"
+#: what the `images_per_second` column of a throughput board counts, by row kind
+THROUGHPUT_UNITS = {"extract": "images / s (one forward pass each)",
+                    "attack": "image-iterations / s (one gradient step or query per image)",
+                    "train-step": "images / s (one training step)"}
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass
+class LeaderboardRow:
+    """One (defense, attack, ε) result of one run, with the provenance of its training and evaluation."""
+
+    dataset: str
+    train_dataset: str
+    defense: str
+    backbone: str
+    attack: str               # registry name, or "clean"
+    eps: str                  # "8/255"; "0" for the clean row
+    eps_value: float
+    family: str
+    knowledge: str
+    seen: str                 # clean / seen / unseen
+    attacked_with: str        # direct, or bpda through an input transform
+    clean_mAP: float
+    clean_R1: float
+    mAP: float
+    R1: float
+    R5: float
+    R10: float
+    mINP: float
+    mAP_drop: float           # clean_mAP - mAP
+    id_ap_var: float          # variance of per-identity AP (percent^2)
+    id_ap_worst10: float      # mean AP of the worst 10 % identities
+    clean_id_ap_var: float
+    num_queries: int
+    attack_seconds: float
+    queries_per_image: float  # query-based attacks only, else NaN
+    flags: str                # sanity flags of this defense run, ';'-separated
+    train_seconds: float
+    run_id: str
+    seed: int
+    package_version: str
+    torch_version: str
+    git_commit: str           # evaluation commit ('+dirty' if tracked code had changes)
+    device: str
+    date: str
+    command: str
+    settings: str = ""        # custom settings ('' on official boards)
+    train_commit: str = ""    # commit the checkpoint was trained at
+    train_date: str = ""
+    checkpoint: str = ""      # checkpoint cache key
+    data_digest: str = ""     # content hash of the train / query / gallery splits
+    defense_dist: str = ""    # distribution providing the defense (plugin name and version)
+    attack_dist: str = ""
+    allow_dirty: bool = False  # written with --allow-dirty from a tree with uncommitted code
+    training_quality: str = ""  # a defense's own training diagnostics, 'name=value;...' (DDID: phase-1 fidelity)
+    suite: str = ""           # versioned attack suite of the run (standard-v1), '' if none
+    forward: str = ""         # adaptive forward the attack differentiated through ('' for worst-case rows)
+    mAP_2x: float = math.nan  # suite rows with --check-convergence: worst-case mAP with doubled APGD iterations
+
+
+def columns() -> list[str]:
+    """Column names of a leaderboard row, in order."""
+    return [f.name for f in fields(LeaderboardRow)]
+
+
+TEXT_COLUMNS = tuple(f.name for f in fields(LeaderboardRow) if f.type == "str")
+SUMMARY_TEXT = ("dataset", "train_dataset", "defense", "backbone", "settings", "eps", "worst_attack", "flags", "suite",
+                "attacked_with", "run_id", "git_commit", "train_commit", "device", "torch_version", "date",
+                "command", "checkpoint")
+
+
+def neutralise(value: object) -> object:
+    """Prefix text that a spreadsheet would run as a formula."""
+    if isinstance(value, str) and value.startswith(_FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def board_paths(directory: str | Path, dataset: str, official: bool) -> tuple[Path, Path]:
+    """(board, summary) CSV paths: official boards in `directory`, custom ones in `directory/custom`."""
+    base = Path(directory) if official else Path(directory) / "custom"
+    return base / f"{dataset}.csv", base / f"summary-{dataset}.csv"
+
+
+def seeds_path(summary_path: Path) -> Path:
+    """The seed-aggregated board beside a summary board: `seeds-<dataset>.csv`."""
+    return summary_path.parent / summary_path.name.replace("summary-", "seeds-", 1)
+
+
+SEED_GROUP = ("dataset", "train_dataset", "defense", "backbone", "settings")
+SEED_METRICS = ("clean_mAP", "worst_case_mAP", "worst_case_R1", "robust_mAP_mean")
+
+
+def seed_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per recipe over its seeds: mean, sample standard deviation and n of the headline numbers.
+
+    `vs_best` compares each recipe's worst-case mean with the best one on the same data set and calls
+    a difference real only when it exceeds the two seed spreads added (±1 sd bars that do not
+    touch); with one seed there is no spread, and nothing is called. Where the two seed sets differ, the
+    gap on the seeds both have follows.
+    """
+    if summary.empty or "worst_case_mAP" not in summary:
+        return pd.DataFrame()
+    frame = summary.copy()
+    for col in SEED_GROUP:
+        frame[col] = frame[col].fillna("").astype(str) if col in frame else ""
+    rows, worst_by_seed = [], []
+    for key, group in frame.groupby(list(SEED_GROUP), sort=True, dropna=False):
+        row: dict[str, Any] = dict(zip(SEED_GROUP, key, strict=True))
+        worst_by_seed.append(group.set_index(group["seed"].astype(int))["worst_case_mAP"].astype(float))
+        row["n"] = len(group)
+        row["seeds"] = ",".join(str(int(s)) for s in sorted(group["seed"]))
+        for metric in SEED_METRICS:
+            values = group[metric].astype(float) if metric in group else pd.Series(dtype=float)
+            row[f"{metric}_mean"] = float(values.mean()) if values.notna().any() else math.nan
+            row[f"{metric}_sd"] = float(values.std(ddof=1)) if values.notna().sum() > 1 else math.nan
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out["vs_best"] = ""
+    for _, idx in out.groupby("dataset").groups.items():
+        block = out.loc[idx]
+        ranked = block["worst_case_mAP_mean"].dropna()
+        if ranked.empty:
+            continue
+        top = ranked.idxmax()
+        for i in idx:
+            out.at[i, "vs_best"] = _versus(out.loc[i], out.loc[top]) + (
+                "" if i == top else _on_shared_seeds(worst_by_seed[i], worst_by_seed[top]))
+    return out.sort_values(["dataset", "worst_case_mAP_mean"], ascending=[True, False], na_position="last"
+                           ).reset_index(drop=True)
+
+
+def _on_shared_seeds(row: pd.Series, best: pd.Series) -> str:
+    """The gap within the seeds both recipes have: on two or more, its paired 95 % interval and verdict;
+    on one, the plain gap where the seed sets differ. A seed may also draw the data set (synthped), so a
+    seed easier for both moves both means together: the sd rule counts that as noise, the differences
+    within a seed do not contain it."""
+    shared = sorted(set(row.index) & set(best.index))
+    if not shared:
+        return "; no seed in common with the best"
+    gaps = best[shared] - row[shared]
+    seeds = ",".join(str(s) for s in shared)
+    if len(shared) >= 2:
+        low, high = paired_interval(gaps)
+        return (f"; paired on seeds {seeds}: best - this {float(gaps.mean()):.2f} (95 % CI {low:.2f} to "
+                f"{high:.2f}): {paired_verdict(low, high)}")
+    if set(row.index) == set(best.index):
+        return ""
+    gap = float(gaps.mean())
+    return f"; on the seeds both have ({seeds}): {abs(gap):.2f} {'below' if gap >= 0 else 'above'}"
+
+
+def _versus(row: pd.Series, best: pd.Series) -> str:
+    if row["defense"] == best["defense"] and row["settings"] == best["settings"]:
+        return "best"
+    gap = best["worst_case_mAP_mean"] - row["worst_case_mAP_mean"]
+    if math.isnan(gap):
+        return ""
+    spread = row["worst_case_mAP_sd"] + best["worst_case_mAP_sd"]
+    if math.isnan(spread):
+        which = "this recipe" if math.isnan(row["worst_case_mAP_sd"]) else "the best"
+        return f"{gap:.2f} below the best; not separable ({which} has one seed)"
+    called = verdict(gap, row["worst_case_mAP_sd"], best["worst_case_mAP_sd"])
+    return f"{gap:.2f} below the best, seed sds add to {spread:.2f}: {called}"
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Atomic CSV write with normal permissions."""
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, float_format="%.4f", lineterminator="\n")
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_board(path: str | Path, text: Iterable[str] = TEXT_COLUMNS) -> pd.DataFrame:
+    """Read a board with text columns kept as text (a commit like 012345678901 keeps its zero)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return pd.DataFrame()
+    header = pd.read_csv(path, nrows=0).columns
+    text_cols = [c for c in text if c in header]
+    frame = pd.read_csv(path, dtype={c: str for c in text_cols})
+    for c in text_cols:
+        frame[c] = frame[c].fillna("").astype(str)
+    return frame
+
+
+def _keys(frame: pd.DataFrame, key: tuple[str, ...]) -> pd.Series:
+    return frame[list(key)].astype(str).agg("|".join, axis=1)
+
+
+def upsert(path: Path, records: Iterable[dict], key: tuple[str, ...],
+           then: Callable[[pd.DataFrame], None] | None = None,
+           keep_old: Callable[[pd.Series, pd.Series], bool] | None = None,
+           text: Iterable[str] = TEXT_COLUMNS, order: tuple[str, bool] | None = None,
+           resolve: Callable[[pd.DataFrame, pd.DataFrame], tuple[pd.DataFrame, pd.DataFrame]] | None = None,
+           ) -> pd.DataFrame:
+    """Replace rows with the same key and add new ones; safe against concurrent writers.
+
+    `resolve(old, new)` drops rows of either side before keys are compared (a superseded training);
+    `keep_old(old, new)` may veto a replacement; `then` runs on the merged board while the lock
+    is still held (derived files stay consistent); `order` = (column, descending) sorts rows by a
+    score within each data set instead of by key.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = pd.DataFrame([{k: neutralise(v) for k, v in r.items()} for r in records])
+    with FileLock(str(path) + ".lock", timeout=600):
+        old = read_board(path, text)
+        for col in key:
+            if not new.empty and col not in new:
+                new[col] = ""
+            if not old.empty and col not in old:
+                old[col] = ""
+        if resolve is not None and not old.empty and not new.empty:
+            kept_old, kept_new = resolve(old, new)
+            if len(kept_old) < len(old) or len(kept_new) < len(new):
+                log.info("%s: rows of a superseded checkpoint dropped (%d on the board, %d incoming)", path.name,
+                         len(old) - len(kept_old), len(new) - len(kept_new))
+            old, new = kept_old, kept_new
+        if not old.empty and not new.empty:
+            old_keys, new_keys = _keys(old, key), _keys(new, key)
+            if keep_old is not None:
+                old_by_key = dict(zip(old_keys, old.index, strict=True))
+                vetoed = [i for i, k in zip(new.index, new_keys, strict=True)
+                          if k in old_by_key and keep_old(old.loc[old_by_key[k]], new.loc[i])]
+                new = new.drop(index=vetoed)
+                new_keys = _keys(new, key) if not new.empty else pd.Series(dtype=str)
+            old = old[~old_keys.isin(set(new_keys))]
+        frames = [f for f in (old, new) if not f.empty]
+        merged = pd.concat(frames, ignore_index=True) if frames else new
+        if not merged.empty:
+            merged = merged.sort_values(list(key), kind="stable").reset_index(drop=True)
+            if order is not None and order[0] in merged:
+                merged = merged.sort_values(["dataset", order[0]], ascending=[True, not order[1]], kind="stable",
+                                            na_position="last").reset_index(drop=True)
+        write_csv(merged, path)
+        if then is not None:
+            then(merged)
+    return merged
+
+
+def _mean(values: pd.Series) -> float:
+    return float(values.mean()) if len(values) else math.nan
+
+
+def _at(frame: pd.DataFrame, column: str, default: float = math.nan) -> float:
+    return float(frame[column].iloc[0]) if len(frame) and column in frame else default
+
+
+def rows_of_model(board: pd.DataFrame, summary_row: pd.Series) -> pd.DataFrame:
+    """The board's rows for the trained model a summary row describes, whichever run wrote them.
+
+    A row's key is its full specification, so a single attack rerun later on the same checkpoint (an
+    ε sweep) is the board's result for that model; rows are matched by checkpoint, or by run when a
+    row has none.
+    """
+    same = pd.Series(True, index=board.index)
+    for column in MODEL_KEY:  # compared per column, not as joined text: a seed may be 0 on one side, 0.0 on the other
+        same &= board[column] == summary_row[column]
+    checkpoint = summary_row.get("checkpoint", "")
+    if isinstance(checkpoint, str) and checkpoint and "checkpoint" in board:
+        return board[same & (board["checkpoint"] == checkpoint)]
+    return board[same & (board["run_id"] == summary_row["run_id"])]
+
+
+def summarise_run(run: pd.DataFrame) -> dict[str, Any]:
+    """The summary row of ONE run: clean scores, the suite's per-query worst case (the headline), robust
+    mAP over all, seen and unseen attacks, flags.
+
+    `worst_case_mAP` / `_R1` come from the run's suite at the standard ε; `worst_case_all_mAP` is the
+    per-query worst case over every attack of the run; the means (`robust_mAP_mean` ...) are over the
+    individual attacks and `robust_mAP_worst` is the minimum of their means (an upper bound).
+    """
+    first = run.iloc[0]
+    clean = run[run["seen"] == Seen.CLEAN.value]
+    aggregate = run[run["seen"] == Seen.WORST_CASE.value]
+    attacked = run[~run["seen"].isin([Seen.CLEAN.value, Seen.WORST_CASE.value])]
+    default_eps = attacked[attacked["eps"] == STANDARD_EPS]
+    scope = default_eps if len(default_eps) else attacked
+    suite_name = str(first.get("suite", "") or "")
+    at_eps = aggregate[aggregate["eps"] == STANDARD_EPS]
+    suite_row = at_eps[at_eps["attack"] == suite_name] if suite_name else at_eps.iloc[:0]
+    all_row = at_eps[at_eps["attack"] == "worst-case"]
+    unseen = scope[scope["seen"] == Seen.UNSEEN.value]
+    seen = scope[scope["seen"] == Seen.SEEN.value]
+    white = scope[scope["knowledge"] == "white-box"]
+    return {
+        **{k: first[k] for k in SUMMARY_KEY},
+        "clean_mAP": float(clean["mAP"].iloc[0]) if len(clean) else math.nan,
+        "clean_R1": float(clean["R1"].iloc[0]) if len(clean) else math.nan,
+        "clean_id_ap_var": float(clean["id_ap_var"].iloc[0]) if len(clean) else math.nan,
+        "eps": STANDARD_EPS if len(default_eps) or len(suite_row) else ("all" if len(attacked) else "-"),
+        "worst_case_mAP": _at(suite_row, "mAP"),
+        "worst_case_R1": _at(suite_row, "R1"),
+        "suite": suite_name if len(suite_row) else "",
+        "worst_case_mAP_2x": _at(suite_row, "mAP_2x"),
+        "worst_case_all_mAP": _at(all_row, "mAP", _at(suite_row, "mAP")),
+        "attacks": len(scope),
+        "robust_mAP_mean": _mean(scope["mAP"]),
+        "robust_mAP_worst": float(scope["mAP"].min()) if len(scope) else math.nan,
+        "worst_attack": str(scope.loc[scope["mAP"].idxmin(), "attack"]) if len(scope) else "",
+        "unseen_mAP_mean": _mean(unseen["mAP"]),
+        "unseen_mAP_worst": float(unseen["mAP"].min()) if len(unseen) else math.nan,
+        "seen_mAP_mean": _mean(seen["mAP"]),
+        "seen_mAP_worst": float(seen["mAP"].min()) if len(seen) else math.nan,
+        "whitebox_R1_mean": _mean(white["R1"]),
+        "attacked_id_ap_var_mean": _mean(scope["id_ap_var"]),
+        "flags": first["flags"] if isinstance(first["flags"], str) else "",
+        "train_seconds": first["train_seconds"], "attacked_with": first["attacked_with"],
+        "run_id": first["run_id"], "git_commit": first["git_commit"], "train_commit": first.get("train_commit", ""),
+        "checkpoint": first.get("checkpoint", ""), "device": first["device"],
+        "torch_version": first["torch_version"], "date": first["date"], "command": first["command"],
+    }
+
+
+def _covers_more(old: pd.Series, new: pd.Series) -> bool:
+    """Keep the old summary when its run covered more at the standard ε (suite first, then attacks) than the new one."""
+    rank = {STANDARD_EPS: 2, "all": 1}
+
+    def cover(row: pd.Series) -> tuple[int, int, int]:
+        has_suite = int(isinstance(row.get("suite", ""), str) and bool(row.get("suite", "")))
+        return rank.get(str(row["eps"]), 0), has_suite, int(row["attacks"])
+
+    return cover(old) > cover(new)
+
+
+def _keeps_suite_worst_case(old: pd.Series, new: pd.Series) -> bool:
+    """A per-query worst case that includes a suite is never replaced by one without it (e.g. an ε sweep's)."""
+    def has_suite(row: pd.Series) -> bool:
+        return isinstance(row.get("suite", ""), str) and bool(row.get("suite", ""))
+
+    return str(old.get("attack")) == "worst-case" and has_suite(old) and not has_suite(new)
+
+
+def _trained_at(frame: pd.DataFrame) -> pd.Series:
+    """When each row's checkpoint was trained (`train_date`; a summary row has only its run's `date`)."""
+    for col in ("train_date", "date"):
+        if col in frame:
+            return frame[col].fillna("").astype(str)
+    return pd.Series("", index=frame.index)
+
+
+def newest_training(old: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep, per model, only the rows of its most recently trained checkpoint (ties: the incoming one).
+
+    Rows without a checkpoint (older boards) are left alone. Either side can lose rows: a run on a new
+    training supersedes the board's, and merging an older run never overwrites a newer training.
+    """
+    if "checkpoint" not in old or "checkpoint" not in new:
+        return old, new
+    both = pd.concat([old.assign(_side=0), new.assign(_side=1)], ignore_index=True)
+    both["_model"] = _keys(both, MODEL_KEY)
+    both["_ckpt"] = both["checkpoint"].fillna("").astype(str)
+    both["_when"] = _trained_at(both)
+    known = both[both["_ckpt"] != ""]
+    latest = known.groupby(["_model", "_ckpt"], sort=False).agg(when=("_when", "max"), side=("_side", "max"))
+    winner = latest.reset_index().sort_values(["when", "side"], kind="stable").groupby("_model").tail(1)
+    best = both["_model"].map(dict(zip(winner["_model"], winner["_ckpt"], strict=True)))
+    keep = ((both["_ckpt"] == "") | (both["_ckpt"] == best)).to_numpy()
+    return old[keep[:len(old)]], new[keep[len(old):]]
+
+
+def upsert_rows(board_path: Path, records: list[dict]) -> None:
+    """Upsert result rows into a board: same key replaces, except a suite's worst case is never lost;
+    a model keeps only the rows of its newest training."""
+    upsert(board_path, records, ROW_KEY, keep_old=_keeps_suite_worst_case,
+           resolve=newest_training)
+
+
+def upsert_summaries(summary_path: Path, summaries: list[dict]) -> None:
+    """Upsert per-run summary rows (the newest training of a model wins; among runs of one checkpoint the
+    one covering more attacks) and rebuild the seeds board beside."""
+    upsert(summary_path, summaries, SUMMARY_KEY, keep_old=_covers_more, text=SUMMARY_TEXT,
+           order=("worst_case_mAP", True), resolve=newest_training,
+           then=lambda merged, path=summary_path: write_csv(seed_summary(merged), seeds_path(path)))
+
+
+def write_leaderboards(rows: list[LeaderboardRow], directory: str | Path, official: bool = True) -> dict[str, Path]:
+    """Upsert one run's rows into its board and its summary row into the summary board."""
+    out: dict[str, Path] = {}
+    for dataset in sorted({r.dataset for r in rows}):
+        board_path, summary_path = board_paths(directory, dataset, official)
+        records = [dataclasses.asdict(r) for r in rows if r.dataset == dataset]
+        upsert_rows(board_path, records)
+        upsert_summaries(summary_path, [summarise_run(pd.DataFrame(records).fillna({"flags": ""}))])
+        kind = "leaderboard" if official else "custom leaderboard"
+        out[f"{kind} {dataset}"] = board_path
+        out[f"summary {dataset}"] = summary_path
+    return out

@@ -1,0 +1,145 @@
+"""Tables for papers and the README, printed from the official boards (`python -m benchmark table`).
+
+The README's result tables sit between `<!-- table:<dataset>[:<variant>] -->` and `<!-- /table -->`
+markers and are regenerated with `python -m benchmark table --readme`; a test checks they match. Variants:
+`seeds` (recipes over seeds), `variants` (labelled recipes), `ablation-<defense>` (a defense's ablation study).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.report import ablation
+from benchmark.report.boards import STANDARD_EPS, SUMMARY_TEXT, board_paths, read_board, rows_of_model, seeds_path
+
+HEADLINE_ATTACKS = ("fna", "sma", "ifgsm")
+NAMES = {"fna": "FNA", "sma": "SMA", "ifgsm": "I-FGSM"}
+MARKER = re.compile(r"(<!-- table:(?P<key>[\w.:-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+def _fmt(value: float) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
+
+
+def summary_frame(leaderboard_dir: str | Path, dataset: str, variants: bool = False) -> pd.DataFrame:
+    """One row per defense run on the official board, by the suite's per-query worst-case mAP (then the mean):
+    clean mAP, worst case (mAP / R1, with the doubled-iteration check), the single attacks' min of means,
+    headline attacks, mean, unseen, flags.
+
+    `variants=False` keeps defenses without options; `True` keeps only labelled recipes (e.g. ablations).
+    """
+    board_path, summary_path = board_paths(leaderboard_dir, dataset, official=True)
+    board, summary = read_board(board_path), read_board(summary_path, SUMMARY_TEXT)
+    if board.empty or summary.empty:
+        return pd.DataFrame()
+    summary = summary[summary["settings"].eq("")]
+    summary = summary[summary["defense"].str.contains(r"\[", regex=True) == variants]
+    rows = []
+    at8 = board[board["eps"] == STANDARD_EPS]
+    # a leaderboard is read top-down: highest worst-case mAP first, then mean robust mAP (ties by name)
+    worst = summary["worst_case_mAP"] if "worst_case_mAP" in summary else pd.Series(math.nan, index=summary.index)
+    summary = summary.assign(_worst=-worst.fillna(-1), _order=-summary["robust_mAP_mean"].fillna(-1))
+    summary = summary.sort_values(["_worst", "_order", "defense", "seed"])
+    for _, s in summary.iterrows():
+        attacks = rows_of_model(at8, s)
+        row = {"defense": s["defense"], "seed": str(int(s["seed"])), "clean mAP": s["clean_mAP"]}
+        if not variants:
+            row["worst case mAP / R1"] = f"{_fmt(s.get('worst_case_mAP', math.nan))} / " \
+                                         f"{_fmt(s.get('worst_case_R1', math.nan))}"
+            row["2x iters"] = s.get("worst_case_mAP_2x", math.nan)
+            row["min of means"] = s["robust_mAP_worst"]
+        for a in HEADLINE_ATTACKS:
+            hit = attacks[attacks["attack"] == a]
+            row[NAMES[a]] = float(hit["mAP"].iloc[0]) if len(hit) else math.nan
+        if not variants:
+            # one column whatever a run covered: the count travels with the mean, not in the header
+            row["mean of single attacks (n)"] = f"{_fmt(s['robust_mAP_mean'])} ({int(s['attacks'])})"
+            row["unseen mean / worst"] = f"{_fmt(s['unseen_mAP_mean'])} / {_fmt(s['unseen_mAP_worst'])}"
+        row["attacked with"] = s["attacked_with"]
+        if not variants:
+            row["flags"] = _short_flags(s.get("flags", ""))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _short_flags(flags: object) -> str:
+    """Flag codes without their attack names, each once ('-' when none)."""
+    if not isinstance(flags, str) or not flags:
+        return "-"
+    return ", ".join(dict.fromkeys(f.split(":")[0] for f in flags.split(";") if f))
+
+
+def render(frame: pd.DataFrame, fmt: str) -> str:
+    """Markdown, LaTeX (booktabs) or CSV text of a table."""
+    if frame.empty:
+        return "(no official rows)\n"
+    if fmt == "csv":
+        buffer = io.StringIO()
+        frame.to_csv(buffer, index=False, float_format="%.2f", lineterminator="\n")
+        return buffer.getvalue()
+    cells = [[str(c) for c in frame.columns]] + [
+        [_fmt(v) if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
+    if fmt == "md":
+        lines = ["| " + " | ".join(cells[0]) + " |", "| " + " | ".join("---" for _ in cells[0]) + " |"]
+        lines += ["| " + " | ".join(r) + " |" for r in cells[1:]]
+        return "\n".join(lines) + "\n"
+    if fmt == "latex":
+        def esc(text: str) -> str:
+            return text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+
+        lines = [r"\begin{tabular}{l" + "r" * (len(cells[0]) - 1) + "}", r"\toprule",
+                 " & ".join(esc(c) for c in cells[0]) + r" \\", r"\midrule"]
+        lines += [" & ".join(esc(c) for c in r) + r" \\" for r in cells[1:]]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def seeds_frame(leaderboard_dir: str | Path, dataset: str) -> pd.DataFrame:
+    """Standard recipes over their seeds (`seeds-<dataset>.csv`): n, mean ± sd of clean and worst-case mAP, and
+    whether the gap to the best worst case exceeds the seed spread."""
+    _, summary_path = board_paths(leaderboard_dir, dataset, official=True)
+    seeds = read_board(seeds_path(summary_path), ("defense", "settings", "seeds", "vs_best"))
+    if seeds.empty:
+        return pd.DataFrame()
+    seeds = seeds[seeds["settings"].eq("") & ~seeds["defense"].str.contains(r"\[", regex=True)]
+
+    def pm(row: pd.Series, metric: str) -> str:
+        sd = row[f"{metric}_sd"]
+        return _fmt(row[f"{metric}_mean"]) + ("" if pd.isna(sd) else f" ± {_fmt(sd)}")
+
+    return pd.DataFrame([{"defense": r["defense"], "n": str(int(r["n"])), "seeds": r["seeds"],
+                          "clean mAP": pm(r, "clean_mAP"), "worst case mAP": pm(r, "worst_case_mAP"),
+                          "vs the best worst case": r["vs_best"]} for _, r in seeds.iterrows()])
+
+
+def readme_tables(text: str, leaderboard_dir: str | Path) -> str:
+    """The README with every marked table regenerated from the boards."""
+    def fill(match: re.Match) -> str:
+        dataset, _, variant = match.group("key").partition(":")
+        if variant == "seeds":
+            frame = seeds_frame(leaderboard_dir, dataset)
+        elif variant.startswith("ablation-"):
+            frame = ablation.table(leaderboard_dir, dataset, variant.removeprefix("ablation-"))
+        else:
+            frame = summary_frame(leaderboard_dir, dataset, variants=variant == "variants")
+        return match.group(1) + render(frame, "md") + match.group(4)
+
+    return MARKER.sub(fill, text)
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    """Print a summary table, or rewrite the README's marked tables (--readme)."""
+    if args.readme:
+        path = Path(args.readme)
+        path.write_text(readme_tables(path.read_text(), args.leaderboard_dir))
+        print(f"updated the tables in {path}")
+        return 0
+    print(render(summary_frame(args.leaderboard_dir, args.dataset, args.variants), args.format), end="")
+    return 0
