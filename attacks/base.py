@@ -14,18 +14,20 @@ only, so nothing accumulates in model parameters.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from attacks.apgd import apgd_ascent
-from attacks.context import AttackContext, AttackOptions
+from attacks.context import AttackContext, AttackOptions, AttackTarget
 from benchmark.core.enums import AttackFamily, Knowledge, Norm, Side
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.options import build_options
-from benchmark.core.registry import Registry
+from benchmark.core.registry import EntryInfo, Registry
 from benchmark.models import eval_mode
 
 # Without a random start the self-distance loss d(f(x_hat), f(x)) has a zero gradient at x_hat = x;
@@ -33,10 +35,9 @@ from benchmark.models import eval_mode
 SYMMETRY_BREAK = 1e-4
 
 
-def attack_embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The embedding a white-box attacker differentiates: the model's adaptive forward where it has one."""
-    adaptive = getattr(model, "attack_embed", None)
-    return adaptive(x) if adaptive is not None else model.embed(x)
+def attack_embed(model: AttackTarget, x: torch.Tensor) -> torch.Tensor:
+    """The embedding a white-box attacker differentiates: the model's adaptive forward (`AttackTarget`)."""
+    return model.attack_embed(x)
 
 
 class Attack:
@@ -59,9 +60,14 @@ class Attack:
         self.device = next(iter(model.parameters())).device
 
     @classmethod
+    def has_option(cls, key: str) -> bool:
+        """True when the attack's Options have the field `key` (e.g. a suite's `floor`)."""
+        return key in {f.name for f in dataclasses.fields(cls.Options)}
+
+    @classmethod
     def throughput_options(cls, iterations: int, batch: int) -> dict[str, Any] | None:
         """Options that make one timed run cost `iterations` model iterations per image (None: not timed)."""
-        return {"steps": iterations} if "steps" in cls.Options.__dataclass_fields__ else {}
+        return {"steps": iterations} if cls.has_option("steps") else {}
 
     @classmethod
     def throughput_iterations(cls, iterations: int) -> int:
@@ -107,7 +113,7 @@ class Attack:
     def perturb(self, x: torch.Tensor, ctx: AttackContext, index: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:
         """Gradient ascent on `loss` with the options' schedule: PGD / I-FGSM (fixed step) or APGD."""
-        if getattr(self.options, "schedule", "pgd") == "apgd":
+        if self.options.schedule == "apgd":
             return apgd_ascent(self, x, ctx, index, generator)
         o = self.options
         x_adv = self.start(x, generator)
@@ -125,7 +131,7 @@ class Attack:
         that many draws (EOT); the embedding returned is the last draw's. Model parameters get no gradient.
         """
         x_adv = x_adv.detach().requires_grad_(True)
-        samples = max(1, int(getattr(self.model, "eot_samples", 1)))
+        samples = max(1, int(self.model.eot_samples))
         total = None
         for _ in range(samples):
             emb = attack_embed(self.model, x_adv)
@@ -173,11 +179,30 @@ def sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).pow(2).sum(-1)
 
 
+@dataclass
+class AttackInfo(EntryInfo):
+    """What `list attacks` and the harness know of an attack: its threat model and what it maximises."""
+
+    family: str = ""
+    knowledge: str = ""
+    side: str = ""
+    eps: float | None = None
+    steps: int | None = None
+    step: float | None = None
+    #: what the attack maximises: black-box attacks are compared with white-box ones of the same objective
+    objective: str = ""
+    #: False keeps an attack out of `--attack all` (the standard suite runs it instead)
+    in_all: bool = True
+    #: the library that implements it ("art"), empty for our own
+    backend: str = ""
+    family_note: str = ""
+
+
 ATTACKS: Registry[type[Attack]] = Registry(
     "attack", "reid_robustness_bench.attacks",
     builtin_modules=("attacks.fgsm", "attacks.ifgsm", "attacks.mifgsm", "attacks.sma", "attacks.fna",
                      "attacks.odfa", "attacks.tma", "attacks.muap", "attacks.transfer", "attacks.query_bb",
-                     "attacks.art_attacks", "attacks.apgd_attacks"))
+                     "attacks.art_attacks", "attacks.apgd_attacks"), info=AttackInfo)
 
 
 def register_attack(name: str, **meta: Any) -> Callable[[type[Attack]], type[Attack]]:
@@ -189,14 +214,10 @@ def register_attack(name: str, **meta: Any) -> Callable[[type[Attack]], type[Att
         meta.setdefault("family", cls.family.value)
         meta.setdefault("knowledge", cls.knowledge.value)
         meta.setdefault("side", cls.side.value)
-        meta.setdefault("eps", getattr(defaults, "eps", None))
-        meta.setdefault("steps", getattr(defaults, "steps", None))
-        meta.setdefault("step", getattr(defaults, "step", None))
+        for key in ("eps", "steps", "step"):
+            meta.setdefault(key, getattr(defaults, key) if cls.has_option(key) else None)
         meta.setdefault("summary", (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "")
-        #: what the attack maximises: black-box attacks are compared with white-box ones of the same objective
         meta.setdefault("objective", name)
-        #: False keeps an attack out of `--attack all` (the standard suite runs it instead)
-        meta.setdefault("in_all", True)
         return ATTACKS.register(name, **meta)(cls)
 
     return decorator

@@ -21,6 +21,8 @@ class AttackOptions:
     steps: int = 16
     random_start: bool = False
     norm: str = Norm.LINF.value
+    #: ascent schedule of a white-box attack: "pgd" (fixed step) or "apgd" (`attacks.apgd`)
+    schedule: str = "pgd"
 
 
 @dataclass
@@ -64,6 +66,23 @@ class AttackContext:
             self.cache["scorer"] = QueryScorer(self.gallery_feats, self.gallery_pids, self.gallery_camids, self.metric)
         idx = index.cpu()
         return self.cache["scorer"](emb, self.query_pids[idx], self.query_camids[idx])[0]
+
+
+class AttackTarget(Protocol):
+    """What attacks need of the model they attack (the harness gives them an `AttackView`).
+
+    `embed(x)` is what the defense computes; `attack_embed(x)` what white-box attacks differentiate
+    (the defense's adaptive forward: true value forward, declared surrogate backward); `eot_samples`
+    how many draws of a randomised defense each gradient averages (1: deterministic).
+    """
+
+    eot_samples: int
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings (B x D) of images in [0, 1]."""
+
+    def attack_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding white-box attacks differentiate."""
 
 
 class Ascender(Protocol):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from benchmark.core.registry import Registry
+from benchmark.core.registry import EntryInfo, Registry
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,15 @@ class Suite:
         return Suite(f"{self.name}@2x", tuple(members), self.floor, f"{self.name} with doubled iterations")
 
 
-SUITES: Registry[Suite] = Registry("suite", "reid_robustness_bench.suites", builtin_modules=())
+@dataclass
+class SuiteInfo(EntryInfo):
+    """What `list suites` knows of a suite besides its members."""
+
+    #: the short name --attack takes (standard)
+    alias: str = ""
+
+
+SUITES: Registry[Suite] = Registry("suite", "reid_robustness_bench.suites", builtin_modules=(), info=SuiteInfo)
 
 STANDARD_V1 = Suite(
     name="standard-v1",

@@ -1,6 +1,6 @@
 """How a white-box attacker differentiates through a defense: adaptive forwards (design §8).
 
-A defense with a test-time transform declares, in an optional hook `adaptive_forwards()`, one or
+A defense with a test-time transform declares, in its hook `Defense.adaptive_forwards()`, one or
 more `AdaptiveForward`s: the exact operation where it has a gradient almost everywhere (a median
 filter), a smooth approximation of a step that has none (JPEG's or bit-depth's rounding), and
 `eot_samples` > 1 for a randomised transform (expectation over transformation, Athalye et al.,
@@ -14,26 +14,11 @@ only a named choice (`IDENTITY_BPDA`), never the default.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from benchmark.core.errors import BenchmarkError
-from defenses.base import DefendedModel, Defense
-
-
-@dataclass(frozen=True)
-class AdaptiveForward:
-    """One way to differentiate through a transform: a name, a surrogate builder, EOT samples."""
-
-    name: str
-    #: builds a differentiable g ≈ transform used for the backward pass; None: differentiate the transform itself
-    surrogate: Callable[[], nn.Module] | None = None
-    eot_samples: int = 1
-    summary: str = ""
-
+from defenses.base import AdaptiveForward, DefendedModel, Defense
 
 DIRECT = AdaptiveForward("direct", summary="no test-time transform: the model's own gradients")
 EXACT = AdaptiveForward("exact", summary="the transform itself is differentiated")
@@ -43,13 +28,9 @@ IDENTITY_BPDA = AdaptiveForward("bpda", nn.Identity, summary="identity backward 
 
 def declared_forwards(defense: Defense) -> tuple[AdaptiveForward, ...]:
     """The defense's adaptive forwards, strongest-first: its hook's, or direct / exact by default."""
-    hook = getattr(defense, "adaptive_forwards", None)
-    if hook is not None:
-        forwards = tuple(hook())
-    elif defense.transform() is None:
-        forwards = (DIRECT,)
-    else:
-        forwards = (EXACT,)
+    forwards = tuple(defense.adaptive_forwards())
+    if not forwards:
+        forwards = (DIRECT,) if defense.transform() is None else (EXACT,)
     names = [f.name for f in forwards]
     if not forwards or len(set(names)) != len(names):
         raise BenchmarkError(f"defense '{defense.name}' declares adaptive forwards {names}: give at least one, "

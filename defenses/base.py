@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from benchmark.core.options import build_options
-from benchmark.core.registry import Registry
+from benchmark.core.registry import EntryInfo, Registry
 from benchmark.core.training import TrainConfig, TrainContext, standard_step, train_model
 from benchmark.data import SplitTensors
 from benchmark.models import ReidModel
@@ -35,6 +35,20 @@ class AblationStep:
 
 
 @dataclass(frozen=True)
+class AdaptiveForward:
+    """One way white-box attacks differentiate through a test-time transform (see `defenses.adaptive`).
+
+    A name, a builder of a differentiable g ≈ transform used for the backward pass (None:
+    differentiate the transform itself), and the EOT samples of a randomised transform.
+    """
+
+    name: str
+    surrogate: Callable[[], nn.Module] | None = None
+    eot_samples: int = 1
+    summary: str = ""
+
+
+@dataclass(frozen=True)
 class NoOptions:
     """A defense without options."""
     pass
@@ -46,10 +60,6 @@ class Defense:
     name: ClassVar[str] = ""
     trains_with: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type] = NoOptions
-    #: True when the defense changes inputs at test time and must be attacked through BPDA/EOT.
-    has_input_transform: ClassVar[bool] = False
-    #: how attacks reach the model: "direct", or "bpda" through a non-differentiable transform
-    attacked_with: ClassVar[str] = "direct"
     #: reuse the checkpoint of another defense whose training is identical (e.g. "none")
     trains_like: ClassVar[str | None] = None
     #: default training epochs (the CLI's --epochs overrides)
@@ -95,6 +105,19 @@ class Defense:
         """Test-time input transform (images in [0, 1] -> images in [0, 1]), or None."""
         return None
 
+    def adaptive_forwards(self) -> tuple[AdaptiveForward, ...]:
+        """How white-box attacks differentiate through `transform()`, strongest first.
+
+        Empty (the default) means: the model's own gradients without a transform, the transform
+        itself differentiated with one. A transform with a step that has no useful gradient (rounding,
+        quantisation) must declare a smooth surrogate here, and a randomised one its EOT samples.
+        """
+        return ()
+
+    def surrogate_choice(self) -> str:
+        """Which declared adaptive forward attacks use: 'auto' (all, strongest first) or one by name."""
+        return "auto"
+
 
 class DefendedModel(nn.Module):
     """What attacks and the evaluator see: optional input transform, then the ReID model."""
@@ -109,14 +132,33 @@ class DefendedModel(nn.Module):
             x = self.transform(x)
         return self.model.embed(x)
 
+    #: draws each attack gradient averages; attacks normally see the model through an `AttackView`
+    eot_samples = 1
+
+    def attack_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The transform differentiated as it is (an `AttackView` applies declared surrogates)."""
+        return self.model.attack_embed(self.transform(x) if self.transform is not None else x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed(x)
+
+
+@dataclass
+class DefenseInfo(EntryInfo):
+    """What `list defenses` and the harness know of a defense besides its class."""
+
+    #: baseline, adversarial training, input transform, reference, ...
+    kind: str = ""
+    #: the attacks it trains with (its rows for them are tagged seen)
+    trains_with: tuple[str, ...] = ()
+    #: forward passes one embedding costs (EOT or ensembles: more), for the cost check of `validate`
+    forward_passes: int = 1
 
 
 DEFENSES: Registry[type[Defense]] = Registry(
     "defense", "reid_robustness_bench.defenses",
     builtin_modules=("defenses.none", "defenses.adv_train", "defenses.metric_at", "defenses.goat",
-                     "defenses.transforms", "defenses.ddid"))
+                     "defenses.transforms", "defenses.ddid"), info=DefenseInfo)
 
 
 def register_defense(name: str, **meta: Any) -> Callable[[type[Defense]], type[Defense]]:

@@ -109,14 +109,16 @@ class TransformOptions:
 class TransformDefense(Defense):
     """Base for test-time input transforms on top of the undefended model."""
 
-    has_input_transform = True
     trains_like = "none"
-    attacked_with = "adaptive"
     Options = TransformOptions
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         select_forwards(self, self.options.surrogate)  # an unknown surrogate fails before any work
+
+    def surrogate_choice(self) -> str:
+        """The --defense-opt surrogate: 'auto' or one declared forward by name."""
+        return self.options.surrogate
 
     def preprocessor(self) -> Any:
         """The ART preprocessor of this transform."""
@@ -147,6 +149,10 @@ class JpegDefense(TransformDefense):
 
     Options = JpegOptions
 
+    def surrogate_choice(self) -> str:
+        """The --defense-opt surrogate: 'auto' or one declared forward by name."""
+        return self.options.surrogate
+
     def preprocessor(self) -> Any:
         """The ART preprocessor of this transform."""
         from art.defences.preprocessor import JpegCompression
@@ -172,6 +178,10 @@ class SqueezeDefense(TransformDefense):
 
     Options = SqueezeOptions
 
+    def surrogate_choice(self) -> str:
+        """The --defense-opt surrogate: 'auto' or one declared forward by name."""
+        return self.options.surrogate
+
     def preprocessor(self) -> Any:
         """The ART preprocessor of this transform."""
         from art.defences.preprocessor import FeatureSqueezing
@@ -196,6 +206,10 @@ class SmoothDefense(TransformDefense):
     """Median filtering of the input (ART SpatialSmoothing), attacked through the exact median in torch."""
 
     Options = SmoothOptions
+
+    def surrogate_choice(self) -> str:
+        """The --defense-opt surrogate: 'auto' or one declared forward by name."""
+        return self.options.surrogate
 
     def preprocessor(self) -> Any:
         """The ART preprocessor of this transform."""

@@ -23,9 +23,14 @@ class Flatten(nn.Module):
         self.weight = nn.Parameter(weight if weight is not None else torch.zeros(1), requires_grad=False)
         self.linear = weight is not None
 
+    eot_samples = 1
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.flatten(1)
         return flat @ self.weight.T if self.linear else flat
+
+    def attack_embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x)
 
 
 class ToTarget(Attack):

@@ -60,7 +60,7 @@ def test_attack_contract(name, tiny_ws, small_model):
         assert torch.equal(value, before[key]), f"{name} changed {key}"
     assert all(p.grad is None for p in model.parameters()), f"{name} leaked gradients into the model"
     meta = ATTACKS.meta(name)
-    assert meta["family"] and meta["knowledge"] and meta["summary"]
+    assert meta.family and meta.knowledge and meta.summary
 
 
 def test_unknown_attack_lists_valid_names_and_closest():
@@ -107,6 +107,6 @@ def test_white_box_attacks_halve_map_of_trained_model(trained_ws, trained_none):
         ctx.surrogate = surrogate
         adv = build_attack(name, model, **SLOW_TEST_OPTIONS.get(name, {})).run(ws.query.images, ctx)
         report[name] = score(adv)
-        if ATTACKS.meta(name)["knowledge"] == Knowledge.WHITE_BOX.value:
+        if ATTACKS.meta(name).knowledge == Knowledge.WHITE_BOX.value:
             assert report[name] <= clean / 2, f"{name}: mAP {clean:.1f} -> {report[name]:.1f}"
     print("clean", round(clean, 2), {k: round(v, 2) for k, v in report.items()})

@@ -20,7 +20,7 @@ def test_a_timm_backbone_runs_end_to_end(tiny_ws):
                       workspace=tiny_ws)
     assert 0 < outcome.clean.mAP <= 100 and outcome.attacks[0].metrics.num_queries == outcome.clean.num_queries
     assert outcome.spec.model.backbone == "timm:test_resnet"
-    assert BACKBONES.meta("timm:test_resnet")["version"] == f"timm {timm.__version__}"
+    assert BACKBONES.meta("timm:test_resnet").version == f"timm {timm.__version__}"
 
 
 def test_timm_weights_load_from_a_local_file_with_their_head(tmp_path):

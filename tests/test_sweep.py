@@ -180,12 +180,12 @@ def test_submitit_runs_each_cell_as_a_two_process_torch_distributed_job(tmp_path
 @pytest.fixture
 def tiny_suite(monkeypatch):
     """A one-member suite (3 APGD iterations) standing in for standard-v1, so the test runs in seconds."""
-    from attacks.suites import SUITES, Suite, SuiteMember
+    from attacks.suites import SUITES, Suite, SuiteInfo, SuiteMember
     from benchmark.core.registry import Entry
 
     SUITES.names()
     suite = Suite("tiny-v1", (SuiteMember("apgd-ce", (("steps", 3),)),), floor=0.01, summary="test suite")
-    monkeypatch.setattr(SUITES, "_entries", {**SUITES._entries, suite.name: Entry(suite.name, suite, {})})
+    monkeypatch.setattr(SUITES, "_entries", {**SUITES._entries, suite.name: Entry(suite.name, suite, SuiteInfo())})
     return suite
 
 

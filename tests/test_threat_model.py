@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from attacks import ATTACKS, Attack
-from attacks.base import sq_dist
+from attacks.base import AttackInfo, sq_dist
 from benchmark.core.errors import AttackValidityError
 from benchmark.core.registry import Entry
 from benchmark.run.execute import execute
@@ -65,7 +65,7 @@ class ShiftsBatchNorm(Attack):
 def rogue_attacks(monkeypatch):
     entries = dict(ATTACKS._entries)
     for cls in (RaisesOwnEps, IgnoresBall, EditsGallery, ShiftsBatchNorm):
-        entries[cls.name] = Entry(cls.name, cls, {"family": "gradient", "knowledge": "white-box", "dist": "test"})
+        entries[cls.name] = Entry(cls.name, cls, AttackInfo(family="gradient", knowledge="white-box", dist="test"))
     ATTACKS._ensure_loaded()
     monkeypatch.setattr(ATTACKS, "_entries", entries)
 

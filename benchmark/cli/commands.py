@@ -6,6 +6,7 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -33,17 +34,17 @@ REGISTRIES: dict[str, Registry] = {"datasets": DATASETS, "backbones": BACKBONES,
                                    "defenses": DEFENSES, "suites": SUITES}
 
 
-def _summary_line(title: str, name: str, meta: dict) -> str:
+def _summary_line(title: str, name: str, meta: Any) -> str:
     if title == "attacks":
-        return (f"{meta['family']:<9} {meta['knowledge']:<11} eps={meta['eps'] * 255:.0f}/255 "
-                f"steps={meta['steps']}  {meta.get('summary', '')}")
+        eps = f"{meta.eps * 255:.0f}/255" if meta.eps is not None else "-"
+        return f"{meta.family:<9} {meta.knowledge:<11} eps={eps} steps={meta.steps}  {meta.summary}"
     if title == "suites":
-        return f"alias '{meta.get('alias', '-')}'  {meta.get('summary', '')}"
+        return f"alias '{meta.alias or '-'}'  {meta.summary}"
     if title == "defenses":
-        seen = ",".join(meta.get("trains_with", ())) or "-"
-        return f"trains with: {seen:<14} {meta.get('summary', '')}"
-    return ", ".join(f"{k}={v}" for k, v in meta.items() if k not in ("default", "options", "torchvision_keys",
-                                                                       "dist"))
+        seen = ",".join(meta.trains_with) or "-"
+        return f"trains with: {seen:<14} {meta.summary}"
+    return ", ".join(f"{k}={v}" for k, v in meta.as_dict().items()
+                     if v not in ("", None, False) and k not in ("default", "options", "torchvision_keys", "dist"))
 
 
 def _details(name: str) -> int:
@@ -54,10 +55,10 @@ def _details(name: str) -> int:
     for title, registry in hits:
         entry = registry.entry(name)
         print(f"{title[:-1]} '{name}'")
-        for key, value in sorted(entry.meta.items()):
+        for key, value in sorted(entry.meta.as_dict().items()):
             if key not in ("options", "torchvision_keys"):
                 print(f"  {key}: {value}")
-        options_cls = getattr(entry.obj, "Options", None) or entry.meta.get("options")
+        options_cls = getattr(entry.obj, "Options", None) or getattr(entry.meta, "options", None)
         rows = option_table(options_cls) if options_cls else []
         print("  options (key  type  default):" if rows else "  options: none")
         for key, kind, default in rows:

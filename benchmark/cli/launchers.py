@@ -57,7 +57,7 @@ class Launcher:
     @property
     def processes_per_cell(self) -> int:
         """Data-parallel processes of one cell (its checkpoints are trained with that many: part of the key)."""
-        return int(getattr(self.options, "processes_per_cell", 1))
+        return 1
 
 
 LAUNCHERS: Registry[type[Launcher]] = Registry("launcher", "reid_robustness_bench.launchers")
@@ -103,6 +103,11 @@ class SubmititLauncher(Launcher):
     """SLURM through submitit: job arrays, training cells before evaluation cells (job dependencies)."""
 
     Options = SubmititOptions
+
+    @property
+    def processes_per_cell(self) -> int:
+        """The submitit option `processes_per_cell` (one torch.distributed process per GPU)."""
+        return int(self.options.processes_per_cell)
 
     def executor(self) -> Any:
         """A configured submitit AutoExecutor."""

@@ -69,7 +69,7 @@ def _roots(text: str | None, datasets: list[str]) -> dict[str, str]:
     """--data-root PATH (one data set needs a root) or NAME=PATH,NAME=PATH."""
     from benchmark.data import DATASETS
 
-    needing = [d for d in datasets if DATASETS.meta(d).get("needs_root", True)]
+    needing = [d for d in datasets if DATASETS.meta(d).needs_root]
     if not text:
         return {}
     if "=" not in text:

@@ -7,6 +7,7 @@ imports the module, whose decorators register the entries.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import importlib.metadata
@@ -33,19 +34,42 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
+@dataclass
+class EntryInfo:
+    """Typed metadata every registry entry carries (each registry's kind extends it, timm's `PretrainedCfg` idea).
+
+    Unknown keys at registration are an error, so a misspelt key never silently disappears.
+    """
+
+    #: one line for `list`
+    summary: str = ""
+    #: the paper or source the entry implements
+    paper: str = ""
+    #: anything else `list` should say
+    note: str = ""
+    #: the distribution that registered the entry, with its version (set by the registry)
+    dist: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The metadata as a dictionary (for `list --details` and records)."""
+        return dataclasses.asdict(self)
+
+
+
 @dataclass(frozen=True)
 class Entry(Generic[T]):
-    """A registered name, its object and its metadata."""
+    """A registered name, its object and its typed metadata."""
     name: str
     obj: T
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: EntryInfo = field(default_factory=EntryInfo)
 
 
 class Registry(Generic[T]):
     """Name -> object registry with decorator registration and entry-point plugins."""
     def __init__(self, kind: str, entry_point_group: str | None = None,
-                 builtin_modules: Iterable[str] = ()) -> None:
+                 builtin_modules: Iterable[str] = (), info: type[EntryInfo] = EntryInfo) -> None:
         self.kind = kind
+        self.info = info
         self.entry_point_group = entry_point_group
         self._builtin_modules = tuple(builtin_modules)
         self._entries: dict[str, Entry[T]] = {}
@@ -65,10 +89,19 @@ class Registry(Generic[T]):
             if name in self._entries and self._entries[name].obj is not obj:
                 raise ValueError(f"{self.kind} '{name}' is already registered "
                                  f"by {self._entries[name].obj!r}")
-            self._entries[name] = Entry(name, obj, dict(meta))
+            self._entries[name] = Entry(name, obj, self.make_info(name, meta))
             return obj
 
         return decorator
+
+    def make_info(self, name: str, meta: dict[str, Any]) -> EntryInfo:
+        """The typed metadata of an entry; a key its kind does not declare is an error naming the valid ones."""
+        fields = {f.name for f in dataclasses.fields(self.info)}
+        unknown = sorted(set(meta) - fields)
+        if unknown:
+            raise ValueError(f"{self.kind} '{name}': unknown metadata {', '.join(unknown)}; "
+                             f"{self.info.__name__} has {', '.join(sorted(fields))}")
+        return self.info(**meta)
 
     def add_family(self, prefix: str, resolve: Callable[[str], tuple[T, dict[str, Any]]], summary: str) -> None:
         """Names `PREFIX:NAME` resolved on first use: `resolve(NAME)` returns (object, metadata) or raises."""
@@ -89,7 +122,7 @@ class Registry(Generic[T]):
             if not rest or "\n" in rest or not rest.isprintable():
                 raise UnknownNameError(f"{self.kind} '{name}': write {prefix}:NAME")
             obj, meta = self._families[prefix][0](rest)
-            self._resolved[name] = Entry(name, obj, {**meta, "family": prefix})
+            self._resolved[name] = Entry(name, obj, self.make_info(name, meta))
         return self._resolved[name]
 
     def _ensure_loaded(self) -> None:
@@ -100,7 +133,7 @@ class Registry(Generic[T]):
             importlib.import_module(module)
         own = _distribution("reid-robustness-bench")
         for entry in self._entries.values():
-            entry.meta.setdefault("dist", own)
+            entry.meta.dist = entry.meta.dist or own
         if self.entry_point_group is None:
             return
         for ep in importlib.metadata.entry_points(group=self.entry_point_group):
@@ -112,7 +145,7 @@ class Registry(Generic[T]):
                 continue
             dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else ep.value
             for name in set(self._entries) - before:
-                self._entries[name].meta.setdefault("dist", dist)
+                self._entries[name].meta.dist = self._entries[name].meta.dist or dist
 
     def names(self, pattern: str = "*") -> list[str]:
         """Registered names matching a wildcard, sorted."""
@@ -133,8 +166,8 @@ class Registry(Generic[T]):
         """The registered object of a name."""
         return self.entry(name).obj
 
-    def meta(self, name: str) -> dict[str, Any]:
-        """The metadata of a name."""
+    def meta(self, name: str) -> Any:
+        """The typed metadata of a name (the registry's `info` dataclass)."""
         return self.entry(name).meta
 
     def __contains__(self, name: str) -> bool:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from benchmark.core.errors import DataError
-from benchmark.core.registry import Registry
+from benchmark.core.registry import EntryInfo, Registry
 
 JUNK_PID = -1
 DISTRACTOR_PID = 0
@@ -69,14 +69,31 @@ def assert_identity_disjoint(train_ids: set[int], test_ids: set[int], what: str)
 
 
 DatasetFactory = Callable[..., ReidDataset]
+@dataclass
+class DatasetInfo(EntryInfo):
+    """What `list datasets` and the loaders know of a data set."""
+
+    #: False for a generated data set (no --data-root)
+    needs_root: bool = True
+    #: the folder layout it reads
+    layout: str = ""
+    #: the dataclass of its --dataset-opt options (None: it has none)
+    options: type | None = None
+    #: the embedded default data set
+    default: bool = False
+    #: how it splits identities into training, query and gallery
+    split: str = ""
+
+
 DATASETS: Registry[DatasetFactory] = Registry(
-    "data set", builtin_modules=("benchmark.data.synthped", "benchmark.data.market", "benchmark.data.pku"))
+    "data set", builtin_modules=("benchmark.data.synthped", "benchmark.data.market", "benchmark.data.pku"),
+    info=DatasetInfo)
 
 
 def build_dataset(name: str, root: str | Path | None = None, seed: int = 0, options: Any = None) -> ReidDataset:
     """Build a registered data set; `options` is its typed options object (see `spec.DataSpec`), or None."""
     factory = DATASETS.get(name)
-    needs_root = DATASETS.meta(name).get("needs_root", True)
+    needs_root = DATASETS.meta(name).needs_root
     if needs_root:
         if root is None:
             raise DataError(f"data set '{name}' needs --data-root pointing at its folder")
@@ -85,7 +102,7 @@ def build_dataset(name: str, root: str | Path | None = None, seed: int = 0, opti
             raise DataError(f"data root '{root}' does not exist or is not a folder; pass the folder that "
                             f"holds the '{name}' data with --data-root")
     if options is None:
-        options_cls = DATASETS.meta(name).get("options")
+        options_cls = DATASETS.meta(name).options
         options = options_cls() if options_cls else None
     return factory(root=root, seed=seed, options=options)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import pickle
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,24 @@ import torchvision
 from torch import nn
 
 from benchmark.core.errors import BenchmarkError
-from benchmark.core.registry import Registry
+from benchmark.core.registry import EntryInfo, Registry
 
 log = logging.getLogger("benchmark")
 BackboneFactory = Callable[[], tuple[nn.Module, int]]
-BACKBONES: Registry[BackboneFactory] = Registry("backbone", "reid_robustness_bench.backbones")
+@dataclass
+class BackboneInfo(EntryInfo):
+    """What `list backbones` and the weights loader know of a backbone."""
+
+    params: str = ""
+    #: how a standard torchvision state dict maps onto this module (renames and the head to drop)
+    torchvision_keys: dict[str, Any] | None = None
+    #: prefix of the inner model's names in this module (a wrapped timm or torchreid model)
+    key_prefix: str = ""
+    #: the other library and version that builds it (part of its checkpoints' keys)
+    version: str = ""
+
+
+BACKBONES: Registry[BackboneFactory] = Registry("backbone", "reid_robustness_bench.backbones", info=BackboneInfo)
 
 
 def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -139,7 +153,7 @@ def load_backbone_weights(module: nn.Module, path: str | Path, name: str | None 
     if set(state) == set(own):
         module.load_state_dict(state)
         return
-    prefix = BACKBONES.meta(name).get("key_prefix") if name else None
+    prefix = BACKBONES.meta(name).key_prefix if name else ""
     if prefix:  # a wrapped model (timm): the file holds the inner model's own names, perhaps with its head
         prefixed = {prefix + k: v for k, v in state.items()}
         if set(own) <= set(prefixed):
@@ -148,7 +162,7 @@ def load_backbone_weights(module: nn.Module, path: str | Path, name: str | None 
                 log.info("backbone weights '%s': keys not in the headless model dropped (%s)", path.name,
                          ", ".join(sorted(k[len(prefix):] for k in set(prefixed) - set(own))))
             return
-    keys = BACKBONES.meta(name).get("torchvision_keys") if name else None
+    keys = BACKBONES.meta(name).torchvision_keys if name else None
     if keys:
         renamed, dropped = _from_torchvision(state, keys)
         if set(renamed) == set(own):

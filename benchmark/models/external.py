@@ -40,6 +40,9 @@ class ExternalModel(nn.Module):
                                  f"returned {shape} for {x.shape[0]} images")
         return out
 
+    #: draws each attack gradient averages (a user model is taken as deterministic)
+    eot_samples = 1
+
     def attack_embed(self, x: torch.Tensor) -> torch.Tensor:
         """What white-box attacks differentiate: the module's declared `attack_embed`, else its forward."""
         hook = getattr(self.module, "attack_embed", None)

@@ -71,6 +71,9 @@ class ReidModel(nn.Module):
         """The embedding white-box attacks differentiate: the test-time one (every step has a gradient)."""
         return self.embed(x)
 
+    #: draws each attack gradient averages (deterministic model: one)
+    eot_samples = 1
+
     def save(self, folder: str | Path) -> str:
         """Write model.safetensors + model.json; returns the sha256 of the weights file."""
         folder = Path(folder)

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.core.protocol import HEADLINE_ATTACKS
 from benchmark.core.seed_stats import paired_interval, paired_verdict, verdict
 from benchmark.report.boards import STANDARD_EPS, SUMMARY_TEXT, board_paths, read_board, rows_of_model
 from benchmark.run.spec import defense_label
 
 #: the single attacks reported next to the worst case (the paper's Table 3 columns)
-ATTACKS = ("fna", "sma", "ifgsm")
+ATTACKS = HEADLINE_ATTACKS
 METRICS = ("clean_mAP", "worst_case_mAP", *(f"{a}_mAP" for a in ATTACKS))
 
 

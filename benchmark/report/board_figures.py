@@ -15,6 +15,8 @@ import pandas as pd
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
+from benchmark.core.protocol import STANDARD_EPS_LABEL as EPS
+from benchmark.core.protocol import WORST_CASE
 from benchmark.report.boards import THROUGHPUT_UNITS
 
 ONE_COLUMN, TWO_COLUMNS = 3.4, 7.0
@@ -22,8 +24,7 @@ ONE_COLUMN, TWO_COLUMNS = 3.4, 7.0
 #: for lines on white, is replaced by grey)
 OKABE_ITO = ("#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#000000", "#999999")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-EPS = "8/255"
-AGGREGATES = ("clean", "worst-case")
+AGGREGATES = ("clean", WORST_CASE)
 Saver = Callable[[plt.Figure, Path], list[Path]]
 
 
@@ -115,7 +116,7 @@ def heatmap(board: pd.DataFrame, summary: pd.DataFrame, dataset: str, stem: Path
     seen = scope[scope["seen"] == "seen"].groupby(["defense", "attack"]).size()
     singles = sorted(c for c in table.columns if c not in AGGREGATES and c not in set(scope["suite"].dropna()))
     suites = sorted(c for c in table.columns if c in set(scope["suite"].dropna()) and c not in AGGREGATES)
-    columns = ["clean", *singles, *suites, *[c for c in ("worst-case",) if c in table.columns]]
+    columns = ["clean", *singles, *suites, *[c for c in (WORST_CASE,) if c in table.columns]]
     rows = [d for d in _ranked(_main_defenses(summary)) if d in table.index] or list(table.index)
     table = table.reindex(index=rows, columns=columns)
     fig, ax = plt.subplots(figsize=(TWO_COLUMNS, 0.32 * len(rows) + 1.6))
@@ -134,7 +135,7 @@ def heatmap(board: pd.DataFrame, summary: pd.DataFrame, dataset: str, stem: Path
     labels = seed_labels(_main_defenses(summary))
     ax.set_yticks(range(len(rows)), [labels.get(d, d) for d in rows], fontsize=7)
     ax.grid(False)
-    for boundary in (0.5, len(columns) - 0.5 - len(suites) - ("worst-case" in columns)):
+    for boundary in (0.5, len(columns) - 0.5 - len(suites) - (WORST_CASE in columns)):
         ax.axvline(boundary, color="white", linewidth=2)
     fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01).set_label("mAP (%)", fontsize=7)
     ax.set_title(f"mAP under each attack at ε = {EPS}, {dataset} (boxed: attack seen in training; "
@@ -144,7 +145,7 @@ def heatmap(board: pd.DataFrame, summary: pd.DataFrame, dataset: str, stem: Path
 
 def eps_curves(board: pd.DataFrame, dataset: str, stem: Path, save: Saver) -> list[Path]:
     """One panel per attack swept over ε, every defense on it; ticks at the measured ε; seen attacks hollow."""
-    attacked = board[~board["seen"].isin(["clean", "worst-case"]) & ~is_variant(board["defense"])]
+    attacked = board[~board["seen"].isin(["clean", WORST_CASE]) & ~is_variant(board["defense"])]
     counts = attacked.groupby(["attack", "defense"])["eps_value"].nunique()
     swept = counts[counts >= 2]
     if swept.empty:

@@ -30,6 +30,8 @@ from filelock import FileLock
 
 from benchmark.core.atomic import atomic_write_text
 from benchmark.core.enums import Seen
+from benchmark.core.protocol import STANDARD_EPS_LABEL as STANDARD_EPS
+from benchmark.core.protocol import WORST_CASE
 from benchmark.core.seed_stats import paired_interval, paired_verdict, verdict
 
 log = logging.getLogger("benchmark.report.boards")
@@ -38,7 +40,6 @@ ROW_KEY = ("dataset", "train_dataset", "defense", "backbone", "attack", "eps", "
 SUMMARY_KEY = ("dataset", "train_dataset", "defense", "backbone", "seed", "settings")
 #: one trained model (its rows may come from several runs of one checkpoint)
 MODEL_KEY = SUMMARY_KEY
-STANDARD_EPS = "8/255"
 #: what the `images_per_second` column of a throughput board counts, by row kind
 THROUGHPUT_UNITS = {"extract": "images / s (one forward pass each)",
                     "attack": "image-iterations / s (one gradient step or query per image)",
@@ -321,7 +322,7 @@ def summarise_run(run: pd.DataFrame) -> dict[str, Any]:
     suite_name = str(first.get("suite", "") or "")
     at_eps = aggregate[aggregate["eps"] == STANDARD_EPS]
     suite_row = at_eps[at_eps["attack"] == suite_name] if suite_name else at_eps.iloc[:0]
-    all_row = at_eps[at_eps["attack"] == "worst-case"]
+    all_row = at_eps[at_eps["attack"] == WORST_CASE]
     unseen = scope[scope["seen"] == Seen.UNSEEN.value]
     seen = scope[scope["seen"] == Seen.SEEN.value]
     white = scope[scope["knowledge"] == "white-box"]
@@ -370,7 +371,7 @@ def _keeps_suite_worst_case(old: pd.Series, new: pd.Series) -> bool:
     def has_suite(row: pd.Series) -> bool:
         return isinstance(row.get("suite", ""), str) and bool(row.get("suite", ""))
 
-    return str(old.get("attack")) == "worst-case" and has_suite(old) and not has_suite(new)
+    return str(old.get("attack")) == WORST_CASE and has_suite(old) and not has_suite(new)
 
 
 def _trained_at(frame: pd.DataFrame) -> pd.Series:

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmark.core.protocol import STANDARD_EPS_LABEL
 from benchmark.report import board_figures as figures  # noqa: E402
 from benchmark.report.boards import SUMMARY_TEXT, read_board  # noqa: E402
 
@@ -223,7 +224,7 @@ def _grouped_bars(table: pd.DataFrame, title: str, stem: Path) -> list[Path]:
 
 
 def _mAP_at_8(board: pd.DataFrame) -> pd.DataFrame:
-    scope = board[(board["eps"] == "8/255") | (board["seen"] == "clean")]
+    scope = board[(board["eps"] == STANDARD_EPS_LABEL) | (board["seen"] == "clean")]
     return scope.pivot_table(index="defense", columns="attack", values="mAP", aggfunc="mean")
 
 
@@ -237,7 +238,8 @@ def plot_variants(board: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
         sub = table.loc[rows].dropna(axis=1)
         if len(rows) < 2 or sub.empty:
             continue
-        paths += _grouped_bars(sub, f"{base} variants, mAP at 8/255, {dataset}", out / f"{dataset}-{base}-variants")
+        paths += _grouped_bars(sub, f"{base} variants, mAP at {STANDARD_EPS_LABEL}, {dataset}",
+                               out / f"{dataset}-{base}-variants")
     return paths
 
 

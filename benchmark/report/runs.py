@@ -13,11 +13,13 @@ from typing import Any
 import torch
 
 from attacks import ATTACKS
+from attacks.base import AttackInfo
 from benchmark.core.atomic import atomic_folder, atomic_write_text
 from benchmark.core.enums import Seen
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.hashing import fingerprint
 from benchmark.core.metrics import pairwise_distance
+from benchmark.core.protocol import WORST_CASE
 from benchmark.core.provenance import provenance, tree_dirty
 from benchmark.report.boards import LeaderboardRow, write_leaderboards
 from benchmark.run.checkpoints import embed
@@ -63,7 +65,7 @@ def build_rows(outcome: RunOutcome, flags: list[Flag], prov: dict[str, Any], rid
                   train_commit=str(trained.get("git_commit", "")),
                   train_date=str(trained.get("date", "")), checkpoint=str(outcome.train_info.get("checkpoint_key", "")),
                   data_digest=fingerprint(outcome.workspace.digests, 12),
-                  defense_dist=str(DEFENSES.meta(spec.defense.name).get("dist", "")), allow_dirty=allow_dirty,
+                  defense_dist=DEFENSES.meta(spec.defense.name).dist, allow_dirty=allow_dirty,
                   training_quality=training_quality(outcome.train_info.get("history", {})))
     # the key columns come from the run specification, the one source of a result's identity
     rows = [LeaderboardRow(**spec.row_key("clean", "0"), eps_value=0.0, family="-", knowledge="-",
@@ -75,20 +77,20 @@ def build_rows(outcome: RunOutcome, flags: list[Flag], prov: dict[str, Any], rid
         meta, m = _row_meta(r), r.metrics
         convergence = r.report.get("convergence") or {}
         rows.append(LeaderboardRow(
-            **spec.row_key(r.attack, eps_label(r.eps)), eps_value=r.eps, family=meta["family"],
-            knowledge=meta["knowledge"], seen=r.seen.value, mAP=m.mAP, R1=m.rank1, R5=m.rank5, R10=m.rank10,
+            **spec.row_key(r.attack, eps_label(r.eps)), eps_value=r.eps, family=meta.family,
+            knowledge=meta.knowledge, seen=r.seen.value, mAP=m.mAP, R1=m.rank1, R5=m.rank5, R10=m.rank10,
             mINP=m.mINP, mAP_drop=clean.mAP - m.mAP, id_ap_var=m.id_ap_variance,
             id_ap_worst10=m.id_ap_worst_decile, num_queries=m.num_queries, attack_seconds=r.seconds,
             queries_per_image=float(r.report.get("queries_per_image", math.nan)),
-            attack_dist=str(meta.get("dist", "")), forward=r.forward,
+            attack_dist=meta.dist, forward=r.forward,
             mAP_2x=float(convergence.get("mAP", math.nan)), **common))
     return rows
 
 
-def _row_meta(result: AttackResult) -> dict[str, Any]:
+def _row_meta(result: AttackResult) -> AttackInfo:
     """Registry metadata of an attack; for a per-query worst case, what it aggregates."""
     if result.seen is Seen.WORST_CASE:
-        return {"family": "worst-case", "knowledge": "mixed", "dist": ""}
+        return AttackInfo(family=WORST_CASE, knowledge="mixed")
     return ATTACKS.meta(result.attack)
 
 

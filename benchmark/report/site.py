@@ -21,6 +21,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from benchmark.core.atomic import atomic_folder, remove_folder
 from benchmark.core.errors import BenchmarkError
+from benchmark.core.protocol import WORST_CASE
 from benchmark.report.boards import THROUGHPUT_UNITS
 
 #: flags that question a number other than the worst-case mAP, by code (or code prefix before ':')
@@ -296,7 +297,7 @@ class SiteBuilder:
         for key in (*GROUP, "seed", "checkpoint"):  # one model: a curve never mixes checkpoints
             if key in board:
                 same = same[same[key] == run.get(key, "")]
-        same = same[~same["attack"].isin(["clean", "worst-case"])]
+        same = same[~same["attack"].isin(["clean", WORST_CASE])]
         eps_values = sorted(same["eps"].unique(), key=lambda e: _number(e.split("/")[0]) or 0.0)
         if len(eps_values) < 2:
             return [], []

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.core.protocol import HEADLINE_ATTACKS
 from benchmark.report import ablation
 from benchmark.report.boards import STANDARD_EPS, SUMMARY_TEXT, board_paths, read_board, rows_of_model, seeds_path
 
-HEADLINE_ATTACKS = ("fna", "sma", "ifgsm")
 NAMES = {"fna": "FNA", "sma": "SMA", "ifgsm": "I-FGSM"}
 MARKER = re.compile(r"(<!-- table:(?P<key>[\w.:-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 

@@ -26,6 +26,7 @@ import torch
 import benchmark.data.base as data_layer
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.options import changed_options, option_paths
+from benchmark.core.protocol import STANDARD_EPS as EPS
 from benchmark.core.training import TrainConfig
 from benchmark.models import ModelConfig, ReidModel, extract_embeddings
 from benchmark.run.cells import attack_context, run_attack, scaled_options
@@ -41,7 +42,6 @@ SMALL_SYNTHPED = {"num_ids": "40", "max_images": "12", "distractors": "8", "junk
 #: attacks run to check that attacking leaves the model alone, with budgets cut to seconds
 INTEGRITY_ATTACKS: dict[str, dict[str, Any]] = {"fna": {"steps": 4}, "apgd-ce": {"steps": 4},
                                                  "query-bb": {"queries": 20}}
-EPS = 8 / 255
 ATOL = 1e-4
 
 
@@ -224,7 +224,7 @@ def attacks_leave_model(subject: Subject) -> tuple[bool, str]:
 
 def inference_cost(subject: Subject) -> tuple[bool, str]:
     """Backbone passes per query, declared (registry metadata `forward_passes`, default 1) and measured."""
-    declared = int(DEFENSES.meta(subject.name).get("forward_passes", 1)) if subject.name in DEFENSES else 1
+    declared = DEFENSES.meta(subject.name).forward_passes if subject.name in DEFENSES else 1
     batches: list[int] = []
     handle = subject.model.backbone.register_forward_hook(lambda _m, inputs, _o: batches.append(len(inputs[0])))
     x = _queries(subject)

@@ -38,9 +38,10 @@ log = logging.getLogger("benchmark")
 
 def scaled_options(name: str, eps: float, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """ε, a step scaled with it (keeping the attack's default step/ε ratio), then `options`."""
-    defaults = ATTACKS.get(name).Options()
+    cls = ATTACKS.get(name)
+    defaults = cls.Options()
     scaled: dict[str, Any] = {"eps": eps}
-    if hasattr(defaults, "step"):
+    if cls.has_option("step"):
         scaled["step"] = defaults.step * eps / defaults.eps
     return {**scaled, **(options or {})}
 

@@ -50,7 +50,7 @@ def checkpoint_payload(recipe: DefenseSpec, defense: Defense, config: dict[str, 
              **({"amp": amp} if amp != "off" else {})}
     return {**extra, "defense": recipe.name, "defense_config": config, "model": model_spec.identity(),
             # a backbone from another library (timm) is that library's code: its version is part of the key
-            **({"backbone_version": v} if (v := BACKBONES.meta(model_spec.backbone).get("version")) else {}),
+            **({"backbone_version": v} if (v := BACKBONES.meta(model_spec.backbone).version) else {}),
             "num_classes": num_classes, "train": dataclasses.asdict(tcfg), "data": ws.digests["train"],
             "train_dataset": ws.train_name, "parent": parent_key, "numerics": numerics(device),
             "code": source_digest(type(defense), BACKBONES.get(model_spec.backbone))}
@@ -142,7 +142,7 @@ def deploy(defense: Defense, model: ReidModel) -> DefendedModel:
 
 def attack_views(defense: Defense, deployed: DefendedModel) -> list[AttackView]:
     """The deployed model as white-box attackers see it, one view per adaptive forward (strongest first)."""
-    choice = getattr(defense.options, "surrogate", "auto")
+    choice = defense.surrogate_choice()
     device = next(deployed.parameters()).device
     return [AttackView(deployed, f).to(device).eval() for f in select_forwards(defense, choice)]
 

@@ -14,6 +14,7 @@ import torch
 from attacks import ATTACKS, Attack, build_attack
 from benchmark.core.enums import Knowledge
 from benchmark.core.metrics import evaluate_features
+from benchmark.core.protocol import STANDARD_EPS
 from benchmark.models import extract_embeddings
 from benchmark.run.cells import attack_context, run_attack
 from benchmark.run.checkpoints import embed
@@ -63,11 +64,11 @@ def black_box_stronger(results: list[AttackResult]) -> list[Flag]:
             if ATTACKS.get(r.attack).knowledge == Knowledge.WHITE_BOX:
                 continue
             white = [w.metrics.mAP for w in at_eps if ATTACKS.get(w.attack).knowledge == Knowledge.WHITE_BOX
-                     and ATTACKS.meta(w.attack).get("objective") == meta.get("objective")]
+                     and ATTACKS.meta(w.attack).objective == meta.objective]
             if white and r.metrics.mAP < min(white) - TOLERANCE_MAP:
                 flags.append(Flag(f"blackbox-stronger:{r.attack}",
                                   f"{r.attack} (black-box) reaches mAP {r.metrics.mAP:.2f} < {min(white):.2f}, the "
-                                  f"best white-box attack on its objective ({meta.get('objective')}) at "
+                                  f"best white-box attack on its objective ({meta.objective}) at "
                                   f"{eps_label(eps)}"))
     return flags
 
@@ -117,7 +118,7 @@ def unchanged_outputs(outcome: RunOutcome) -> list[Flag]:
     return flags
 
 
-def more_iterations_weaker(outcome: RunOutcome, eps: float = 8 / 255) -> list[Flag]:
+def more_iterations_weaker(outcome: RunOutcome, eps: float = STANDARD_EPS) -> list[Flag]:
     """Rerun the probe attack with few steps: the full-step run must not be weaker."""
     full = [r for r in outcome.attacks if r.attack == WHITE_BOX_PROBE and abs(r.eps - eps) < 1e-9]
     if not full:

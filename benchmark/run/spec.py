@@ -22,6 +22,7 @@ from benchmark.core.errors import BenchmarkError
 from benchmark.core.hashing import fingerprint, sha256_file
 from benchmark.core.options import build_options, changed_options, format_value, parse_kv
 from benchmark.core.precision import AMP_MODES
+from benchmark.core.protocol import METRICS, STANDARD_INPUT, STANDARD_METRIC
 from benchmark.data import DATASETS
 from benchmark.models import BACKBONES, build_backbone
 from defenses import DEFENSES
@@ -30,9 +31,6 @@ from defenses import DEFENSES
 SPLITS = ("test", "validation")
 
 #: the protocol's standard settings (design.md §1): official boards take only runs made with them
-STANDARD_METRIC = "euclidean"
-STANDARD_INPUT = (128, 64)
-METRICS = ("euclidean", "cosine")
 MAX_LABEL = 80  # longer labels are shortened (with a hash) in folder names
 Options = tuple[tuple[str, Any], ...]
 
@@ -62,7 +60,7 @@ class DataSpec:
 
     def options_object(self) -> Any:
         """The typed options object of the data set."""
-        return build_options(DATASETS.meta(self.name).get("options", _NoOptions), f"data set '{self.name}'",
+        return build_options(DATASETS.meta(self.name).options or _NoOptions, f"data set '{self.name}'",
                              dict(self.options))
 
 
@@ -283,7 +281,7 @@ class RunSpec:
 
 def _data_from_json(record: Mapping[str, Any]) -> DataSpec:
     name = record["name"]
-    opts = build_options(DATASETS.meta(name).get("options", _NoOptions), f"data set '{name}'",
+    opts = build_options(DATASETS.meta(name).options or _NoOptions, f"data set '{name}'",
                          dict(record.get("options") or ()))
     return DataSpec(name, record.get("root"), _items(opts))
 
@@ -339,7 +337,7 @@ def parse_eps(text: str | float | tuple | list) -> tuple[float, ...]:
 
 def _data_spec(name: str, root: str | None, options: Mapping[str, str], flag: str) -> DataSpec:
     entry = DATASETS.entry(name)
-    needs_root = entry.meta.get("needs_root", True)
+    needs_root = entry.meta.needs_root
     if not needs_root and root is not None:
         raise BenchmarkError(f"data set '{name}' is generated, not read from a folder: drop {flag} (change it "
                              f"with --dataset-opt, e.g. num_ids=400)")
@@ -350,7 +348,7 @@ def _data_spec(name: str, root: str | None, options: Mapping[str, str], flag: st
             raise BenchmarkError(f"{flag} '{root}' does not exist or is not a folder; pass the folder that "
                                  f"holds the '{name}' data")
         root = str(Path(root).resolve())
-    opts = build_options(entry.meta.get("options", _NoOptions), f"data set '{name}'", dict(options))
+    opts = build_options(entry.meta.options or _NoOptions, f"data set '{name}'", dict(options))
     return DataSpec(name, root, _items(opts))
 
 
@@ -358,7 +356,7 @@ def split_attacks(text: str) -> tuple[list[str], str | None]:
     """(attack names, suite) of an --attack value: 'all' = every attack outside suites plus the default suite."""
     from attacks.suites import DEFAULT_SUITE, SUITES
 
-    aliases = {meta.get("alias"): name for name in SUITES.names() if (meta := SUITES.meta(name)).get("alias")}
+    aliases = {SUITES.meta(name).alias: name for name in SUITES.names() if SUITES.meta(name).alias}
     parts = [p.strip() for p in str(text).split(",") if p.strip() and p.strip() != "none"]
     suites = {aliases.get(p, p) for p in parts if p in aliases or p in SUITES}
     if len(suites) > 1:
@@ -367,7 +365,7 @@ def split_attacks(text: str) -> tuple[list[str], str | None]:
     rest = [p for p in parts if p not in aliases and p not in SUITES]
     if "all" in rest:
         suite = suite or DEFAULT_SUITE
-    outside = [n for n in ATTACKS.names() if not ATTACKS.meta(n).get("in_all", True)]
+    outside = [n for n in ATTACKS.names() if not ATTACKS.meta(n).in_all]
     names = ATTACKS.resolve(",".join(rest), exclude=outside) if rest else []
     return names, suite
 

@@ -53,7 +53,7 @@ class WorstState:
 
 def _member_options(name: str, eps: float, member_options: dict[str, Any], floor: float) -> dict[str, Any]:
     options = dict(member_options)
-    if "floor" in ATTACKS.get(name).Options.__dataclass_fields__:
+    if ATTACKS.get(name).has_option("floor"):
         options["floor"] = floor
     return scaled_options(name, eps, options)
 

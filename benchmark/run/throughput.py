@@ -15,12 +15,12 @@ import torch
 from attacks import ATTACKS, AttackContext, build_attack
 from benchmark.core.device import synchronize
 from benchmark.core.precision import mixed_precision
+from benchmark.core.protocol import STANDARD_INPUT as INPUT
 from benchmark.core.training import TrainConfig, TrainContext
 from benchmark.models import ModelConfig, ReidModel
 from defenses import DefendedModel, build_defense
 
 THROUGHPUT_KEY = ("kind", "name", "backbone", "input", "amp", "device")
-INPUT = (128, 64)  # the protocol's standard input (height, width)
 ITERATIONS = 4  # attack iterations timed per measurement
 
 

@@ -17,8 +17,8 @@ from benchmark.models import BACKBONES, ModelConfig, ReidModel
 from benchmark.run.throughput import training_rate
 from defenses import DEFENSES, DefendedModel
 
-GRADIENT_ATTACKS = [n for n in ATTACKS.names() if ATTACKS.meta(n)["family"] in ("gradient", "guided")
-                    and ATTACKS.meta(n).get("backend") != "art"]
+GRADIENT_ATTACKS = [n for n in ATTACKS.names() if ATTACKS.meta(n).family in ("gradient", "guided")
+                    and ATTACKS.meta(n).backend != "art"]
 
 
 def seconds(fn):
