@@ -1,6 +1,6 @@
 """Versioned attack suites (AutoAttack style): a fixed list of attacks and budgets under one name.
 
-A suite's result is the per-query worst case over its members (design §8): for every query, the
+A suite's result is the per-query worst case over its members: for every query, the
 adversarial image with the lowest AP. Members run in order and each works only on the queries
 whose worst AP so far is still above the suite's floor, so attacks are not spent on queries that
 are already broken. A white-box member runs once per adaptive forward the defense declares.
@@ -21,11 +21,6 @@ class SuiteMember:
     """One attack of a suite with its fixed options (ε comes from the run)."""
     attack: str
     options: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def label(self) -> str:
-        """The attack's name (options are fixed by the suite's version)."""
-        return self.attack
 
 
 @dataclass(frozen=True)

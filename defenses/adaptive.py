@@ -1,4 +1,4 @@
-"""How a white-box attacker differentiates through a defense: adaptive forwards (design §8).
+"""How a white-box attacker differentiates through a defense: adaptive forwards.
 
 A defense with a test-time transform declares, in its hook `Defense.adaptive_forwards()`, one or
 more `AdaptiveForward`s: the exact operation where it has a gradient almost everywhere (a median

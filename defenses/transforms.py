@@ -3,7 +3,7 @@ Das et al. 2017), feature squeezing (Xu et al., NDSS 2018) and median smoothing 
 
 The ReID model is the undefended one (same checkpoint as `none`); the ART transform runs before it
 at test time and has no gradient of its own. Each defense declares how a white-box attacker
-differentiates through it (design §8, `defenses.adaptive`): the forward value is always ART's
+differentiates through it (`defenses.adaptive`): the forward value is always ART's
 output, the backward pass that of
 
 - median smoothing: the same median filter in torch (`exact`, equal to ART's output, differentiable

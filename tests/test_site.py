@@ -125,3 +125,20 @@ def test_run_page_images_load_from_the_site_folder(browser, site):
         assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img), \
             f"image did not load: {img.get_attribute('src')}"
     _assert_local(_requested_urls(browser), site)
+
+
+def test_a_multi_seed_row_shows_numbers_over_the_same_seeds(site):
+    """Every number of a defense's row is over its seeds (from seeds-<dataset>.csv), never seed 0 beside a mean."""
+    import re
+
+    summary = pd.read_csv(REPO / "leaderboards" / "summary-synthped.csv", dtype=str)
+    seeds = pd.read_csv(REPO / "leaderboards" / "seeds-synthped.csv")
+    multi = seeds[(seeds["n"] > 1) & (seeds["settings"].isna())].iloc[0]
+    html = (site / "synthped.html").read_text()
+    row = re.search(rf'<tr data-row="{re.escape(multi["defense"])}".*?</tr>', html, re.S).group(0)
+    assert f"{multi['clean_mAP_mean']:.2f}" in row and f"{multi['worst_case_mAP_mean']:.2f}" in row
+    assert f"{multi['worst_case_mAP_sd']:.2f}" in row
+    first = summary[(summary["defense"] == multi["defense"]) & (summary["settings"].isna())]
+    seed0_clean = float(first.sort_values("seed").iloc[0]["clean_mAP"])
+    if round(seed0_clean, 2) != round(multi["clean_mAP_mean"], 2):
+        assert f"{seed0_clean:.2f}" not in row

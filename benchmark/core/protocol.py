@@ -1,4 +1,4 @@
-"""The protocol's standard settings (design §1, §8), written once: official boards take only runs made with them."""
+"""The protocol's standard settings, written once: official boards take only runs made with them."""
 
 from __future__ import annotations
 

@@ -100,11 +100,6 @@ class LeaderboardRow:
     mAP_2x: float = math.nan  # suite rows with --check-convergence: worst-case mAP with doubled APGD iterations
 
 
-def columns() -> list[str]:
-    """Column names of a leaderboard row, in order."""
-    return [f.name for f in fields(LeaderboardRow)]
-
-
 TEXT_COLUMNS = tuple(f.name for f in fields(LeaderboardRow) if f.type == "str")
 SUMMARY_TEXT = ("dataset", "train_dataset", "defense", "backbone", "settings", "eps", "worst_attack", "flags", "suite",
                 "attacked_with", "run_id", "git_commit", "train_commit", "device", "torch_version", "date",

@@ -75,6 +75,8 @@ BOARD_COLUMNS = (
     Column("train_commit", "train commit", text=True), Column("git_commit", "eval commit", text=True),
     Column("date", "date", text=True),
 )
+#: board columns the seeds board does not aggregate: shown for single-seed recipes only
+SINGLE_SEED_ONLY = ("clean_R1", "unseen_mAP_mean", "unseen_mAP_worst")
 ATTACK_COLUMNS = (
     Column("attack", "attack", text=True), Column("forward", "forward", text=True),
     Column("family", "family", text=True), Column("knowledge", "knowledge", text=True),
@@ -204,6 +206,7 @@ class SiteBuilder:
         board_path = self.boards / f"{dataset}.csv"
         needed = [c.key for c in ATTACK_COLUMNS] + [*GROUP, "seed", "run_id", "eps", "suite", "checkpoint", "date"]
         board = _read(board_path, needed) if board_path.is_file() else None
+        seeds = self.seed_rows(dataset)
         rows, pages = [], []
         for _, group in summary.groupby(list(GROUP), sort=False):
             group = group.sort_values("seed", key=lambda s: s.astype(int))
@@ -212,7 +215,8 @@ class SiteBuilder:
             for _, run in group.iterrows():
                 run_pages.append(self.run_page(out, dataset, run, board, group))
             pages += run_pages
-            rows.append(self.board_row(first, group, run_pages[0].relative_to(out).as_posix()))
+            over_seeds = seeds.get((str(first["train_dataset"]), *(str(first[k]) for k in GROUP)))
+            rows.append(self.board_row(first, group, run_pages[0].relative_to(out).as_posix(), over_seeds))
         rank = [c.key for c in BOARD_COLUMNS].index("worst_case_mAP")
         rows.sort(key=lambda r: -(_number(r.cells[rank].value) or -1.0))
         figures = []
@@ -226,17 +230,32 @@ class SiteBuilder:
                                     figures=figures))
         return pages
 
-    def board_row(self, first: pd.Series, group: pd.DataFrame, href: str) -> Row:
-        """One defense: the first seed's numbers, worst-case mean and spread over seeds, flags by column."""
+    def seed_rows(self, dataset: str) -> dict[tuple[str, ...], pd.Series]:
+        """The seeds board's rows (`seeds-<dataset>.csv`, where seed statistics are computed) by recipe."""
+        path = self.boards / f"seeds-{dataset}.csv"
+        if not path.is_file():
+            return {}
+        frame = _read(path, ["train_dataset", *GROUP, "n"])
+        return {(str(r["train_dataset"]), *(str(r[k]) for k in GROUP)): r for _, r in frame.iterrows()}
+
+    def board_row(self, first: pd.Series, group: pd.DataFrame, href: str, over_seeds: pd.Series | None = None
+                  ) -> Row:
+        """One defense. With several seeds every number is over all of them, as the seeds board has it (mean,
+        and the worst-case sd as spread); columns the seeds board does not aggregate are left empty rather
+        than showing one seed beside the others' mean."""
         values = dict(first)
-        worst = [v for v in (_number(x) for x in group["worst_case_mAP"]) if v is not None]
         values["seeds"] = len(group)
-        if len(worst) > 1:
-            values["worst_case_mAP"] = sum(worst) / len(worst)
-            mean = values["worst_case_mAP"]
-            values["spread"] = math.sqrt(sum((w - mean) ** 2 for w in worst) / (len(worst) - 1))
-        else:
-            values["spread"] = None
+        values["spread"] = None
+        if len(group) > 1:
+            for key in SINGLE_SEED_ONLY:
+                values[key] = None
+            if over_seeds is not None:
+                for key in ("clean_mAP", "worst_case_mAP", "worst_case_R1"):
+                    values[key] = over_seeds.get(f"{key}_mean")
+                values["spread"] = over_seeds.get("worst_case_mAP_sd")
+            else:  # a board without its seeds board: no mean is made up here
+                for key in ("clean_mAP", "worst_case_mAP", "worst_case_R1"):
+                    values[key] = None
         messages = _flag_messages(self.results / str(first["run_id"]))
         flags_at: dict[str, list[dict[str, str]]] = {}
         for code in sorted({c for flags in group["flags"] for c in _split_flags(flags)}):

@@ -92,7 +92,7 @@ def execute(spec: RunSpec, runtime: Runtime | None = None, write: Writer | None 
                               leave=False):
             outcome.attacks.append(_attack_cell(outcome, cells, name, eps, clean_images, device))
         if spec.suite is not None:
-            outcome.aggregates.extend(run_suites(outcome, cells, clean_images, runtime))
+            outcome.aggregates.extend(run_suites(outcome, cells, clean_images))
     except KeyboardInterrupt:
         raise RunInterrupted(f"interrupted after {len(outcome.attacks)} of {len(jobs)} attack cells; finished cells "
                              "are cached, run the same command again to resume") from None

@@ -9,6 +9,7 @@ and label, the run id and the run's `config.json`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -29,8 +30,6 @@ from defenses import DEFENSES
 
 #: what a run scores: the test identities, or validation identities held out of the training split (tuning)
 SPLITS = ("test", "validation")
-
-#: the protocol's standard settings (design.md §1): official boards take only runs made with them
 MAX_LABEL = 80  # longer labels are shortened (with a hash) in folder names
 Options = tuple[tuple[str, Any], ...]
 
@@ -418,8 +417,16 @@ def _weights(path: str | None, backbone: str) -> tuple[str | None, str | None]:
     if not p.is_file():
         raise BenchmarkError(f"backbone weights file '{path}' does not exist; pass a local .pt/.pth or "
                              ".safetensors file with --backbone-weights")
-    build_backbone(backbone, p)  # unreadable, unsafe or mismatched weights fail now, before any work
-    return str(p.resolve()), sha256_file(p)
+    stat = p.stat()
+    return _checked_weights(str(p.resolve()), stat.st_size, stat.st_mtime_ns, backbone)
+
+
+@functools.lru_cache(maxsize=16)
+def _checked_weights(path: str, size: int, mtime_ns: int, backbone: str) -> tuple[str, str]:
+    """Load (unreadable, unsafe or mismatched weights fail now, before any work) and hash a weights file once
+    per content version (size and mtime key the cache: one check for every seed of a run)."""
+    build_backbone(backbone, path)
+    return path, sha256_file(path)
 
 
 def make_spec(defense: str = "none", attacks: str = "none", dataset: str = "synthped",

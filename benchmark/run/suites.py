@@ -24,7 +24,7 @@ from benchmark.core.hashing import fingerprint
 from benchmark.core.metrics import RetrievalMetrics, evaluate_features, query_scores
 from benchmark.run.cells import CellStore, attack_context, run_attack, scaled_options
 from benchmark.run.checkpoints import embed
-from benchmark.run.outcome import AttackResult, RunOutcome, Runtime, eps_label
+from benchmark.run.outcome import AttackResult, RunOutcome, eps_label
 from benchmark.run.validity import check_adversarial
 from benchmark.run.worstcase import gather_choice, worst_case_choice, worst_case_map
 
@@ -59,7 +59,7 @@ def _member_options(name: str, eps: float, member_options: dict[str, Any], floor
 
 
 def run_suite(suite: Suite, eps: float, outcome: RunOutcome, cells: CellStore, clean_images: torch.Tensor,
-              state: WorstState, runtime: Runtime) -> tuple[list[dict[str, Any]], float]:
+              state: WorstState) -> tuple[list[dict[str, Any]], float]:
     """Run the suite's members on the still-open queries, updating `state`; returns member records and seconds."""
     spec, ws, deployed = outcome.spec, outcome.workspace, outcome.model
     device = next(deployed.parameters()).device
@@ -108,8 +108,7 @@ def _metrics(outcome: RunOutcome, images: torch.Tensor) -> RetrievalMetrics:
                              ws.gallery.camids, outcome.spec.metric)
 
 
-def run_suites(outcome: RunOutcome, cells: CellStore, clean_images: torch.Tensor, runtime: Runtime
-               ) -> list[AttackResult]:
+def run_suites(outcome: RunOutcome, cells: CellStore, clean_images: torch.Tensor) -> list[AttackResult]:
     """The run's suite at every ε (plus the convergence check when asked): one worst-case result per ε."""
     suite = SUITES.get(outcome.spec.suite)
     out = []
@@ -117,14 +116,14 @@ def run_suites(outcome: RunOutcome, cells: CellStore, clean_images: torch.Tensor
     for eps in outcome.spec.eps:
         state = WorstState(clean_images.clone(), clean.per_query_ap.clone(), clean.per_query_rank1.clone())
         start = time.perf_counter()
-        records, seconds = run_suite(suite, eps, outcome, cells, clean_images, state, runtime)
+        records, seconds = run_suite(suite, eps, outcome, cells, clean_images, state)
         check_adversarial(state.images, clean_images, eps, suite.name, outcome.spec.norm)
         metrics = _metrics(outcome, state.images)
         images = state.images.clone()
         report: dict[str, Any] = {"suite": suite.name, "floor": suite.floor, "members": records}
         if outcome.spec.check_convergence:
             doubled = suite.doubled()
-            records2, seconds2 = run_suite(doubled, eps, outcome, cells, clean_images, state, runtime)
+            records2, seconds2 = run_suite(doubled, eps, outcome, cells, clean_images, state)
             metrics2 = _metrics(outcome, state.images)
             report["convergence"] = {"suite": doubled.name, "mAP": metrics2.mAP, "R1": metrics2.rank1,
                                      "delta": metrics2.mAP - metrics.mAP, "members": records2, "seconds": seconds2}

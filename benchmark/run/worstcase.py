@@ -1,4 +1,4 @@
-"""Per-query worst case over attacks (design §8): a query's AP depends only on its own perturbation,
+"""Per-query worst case over attacks: a query's AP depends only on its own perturbation,
 so the robust mAP of an ensemble is the mean over queries of each query's lowest AP over the attacks.
 
 The minimum of per-attack mAPs is only an upper bound on it. Pure functions, tested against a
