@@ -193,7 +193,7 @@ def test_ddid_resample_mode_records_phase1_quality_filters_and_reports_it(tiny_w
     spec = tiny_config(defense="ddid", epochs=1, attacks="fgsm", defense_options={
         "train_steps": "2", "sample_steps": "2", "mode": "resample", "sigma_start": "0.01", "id_filter": "true"})
     outcome = execute(spec, cpu_runtime(), workspace=tiny_ws)
-    history = outcome.train_info["history"]
+    history = outcome.train_info.history
     phase1, quality = history["phase1"], history["quality"]
     assert phase1["used"] == phase1["kept_by_id_filter"] <= phase1["generated"]
     assert quality["used"] == phase1["used"] and 0 <= quality["id_fidelity"] <= 100

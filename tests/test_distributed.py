@@ -195,7 +195,7 @@ def test_amp_trains_and_extracts_in_bf16_but_attacks_in_float32(tiny_ws):
 
     spec = tiny_config(amp="bf16", epochs=1, attacks="ifgsm", attack_options={"ifgsm": {"steps": "2"}})
     outcome = execute(spec, cpu_runtime(), workspace=tiny_ws)
-    assert outcome.train_info["key"]["amp"] == "bf16"
+    assert outcome.train_info.key["amp"] == "bf16"
     assert outcome.query_feats.dtype == torch.float32
     model = outcome.model
     seen: list[torch.dtype] = []

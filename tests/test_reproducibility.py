@@ -24,7 +24,7 @@ from benchmark.run.spec import make_spec
 from tests.conftest import TINY_SYNTHPED as TINY
 spec = make_spec(defense=sys.argv[1], epochs=2, height=64, width=32, dataset_options=TINY)
 model, info = train_or_load(spec.defense, spec, load_workspace(spec), torch.device("cpu"))
-assert not info["cached"]
+assert not info.cached
 digest = hashlib.sha256()
 for name, tensor in sorted(model.state_dict().items()):
     digest.update(name.encode() + tensor.contiguous().numpy().tobytes())
@@ -77,18 +77,18 @@ def test_changed_defense_code_retrains(tmp_path, monkeypatch, tiny_ws):
     spec = tiny_config(defense="code-probe")
     first = train_or_load(spec.defense, spec, tiny_ws, torch.device("cpu"))[1]
     again = train_or_load(spec.defense, spec, tiny_ws, torch.device("cpu"))[1]
-    assert again["cached"] and again["checkpoint_key"] == first["checkpoint_key"]
+    assert again.cached and again.checkpoint_key == first.checkpoint_key
     (package / "__init__.py").write_text(textwrap.dedent(PLUGIN).replace('"""A defense whose source the test edits."""',
                                                                           '"""Documented anew."""  # a comment'))
     entries.pop("code-probe")
     importlib.reload(sys.modules["code_probe"])
     documented = train_or_load(spec.defense, spec, tiny_ws, torch.device("cpu"))[1]
-    assert documented["cached"], "docstrings and comments are not code: no retraining"
+    assert documented.cached, "docstrings and comments are not code: no retraining"
     (package / "__init__.py").write_text(textwrap.dedent(PLUGIN) + "\nSCALE = 2\n")
     entries.pop("code-probe")
     importlib.reload(sys.modules["code_probe"])
     changed = train_or_load(spec.defense, spec, tiny_ws, torch.device("cpu"))[1]
-    assert not changed["cached"] and changed["checkpoint_key"] != first["checkpoint_key"]
+    assert not changed.cached and changed.checkpoint_key != first.checkpoint_key
     sys.modules.pop("code_probe", None)
 
 

@@ -117,8 +117,8 @@ def cmd_train(args: argparse.Namespace, spec: RunSpec, module: nn.Module | None 
     outcome = execute(spec, runtime_from_args(args, progress=world().is_main), model=module)
     if not world().is_main:
         return 0
-    print(json.dumps({"checkpoint": outcome.train_info["checkpoint"], "cached": outcome.train_info.get("cached"),
-                      "train_seconds": outcome.train_info.get("train_seconds"),
+    print(json.dumps({"checkpoint": outcome.train_info.checkpoint, "cached": outcome.train_info.cached,
+                      "train_seconds": outcome.train_info.train_seconds,
                       "clean": outcome.clean.as_dict()}, indent=2))
     return 0
 

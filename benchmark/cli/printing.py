@@ -14,9 +14,9 @@ def print_outcome(outcome: RunOutcome) -> None:
         print(f"model {spec.model.backbone} ({str(spec.model.weights_sha256)[:12]}) behind defense "
               f"{spec.defense.label}: scored as it is (not trained by the benchmark)")
     else:
-        source = "loaded from cache" if info.get("cached") else "trained"
+        source = "loaded from cache" if info.cached else "trained"
         print(f"defense {spec.defense.label} / backbone {spec.model.backbone} / seed {spec.seed}: {source} "
-              f"({float(info.get('train_seconds') or 0):.0f} s training), checkpoint {info['checkpoint']}")
+              f"({float(info.train_seconds or 0):.0f} s training), checkpoint {info.checkpoint}")
     if outcome.resumed:
         print(f"resumed: {outcome.resumed} of {len(outcome.attacks)} attack cells came from the cache")
     if not spec.official:
@@ -25,8 +25,6 @@ def print_outcome(outcome: RunOutcome) -> None:
     summary = format_summary(outcome)
     if summary:
         print(summary)
-    if outcome.written:
-        for label, path in outcome.written.items():
-            print(f"{label}: {path}")
-    else:
-        print(format_flags(outcome.flags))
+    print(format_flags(outcome.flags))
+    for label, path in outcome.written.items():
+        print(f"{label}: {path}")

@@ -55,18 +55,19 @@ def build_rows(outcome: RunOutcome, flags: list[Flag], prov: dict[str, Any], rid
                allow_dirty: bool = False) -> list[LeaderboardRow]:
     """Leaderboard rows of a run: the clean row, then one per (attack, ε) cell."""
     spec, clean = outcome.spec, outcome.clean
-    trained = outcome.train_info.get("provenance", {})
+    trained = outcome.train_info.provenance
     common = dict(attacked_with=outcome.attacked_with, suite=spec.suite or "",
                   clean_mAP=clean.mAP, clean_R1=clean.rank1, clean_id_ap_var=clean.id_ap_variance,
                   flags=";".join(f.code for f in flags),
-                  train_seconds=float(outcome.train_info.get("train_seconds", math.nan)), run_id=rid,
+                  train_seconds=float(outcome.train_info.train_seconds if outcome.train_info.train_seconds is not None
+                                      else math.nan), run_id=rid,
                   package_version=prov["package_version"], torch_version=prov["torch_version"],
                   git_commit=prov["git_commit"], device=prov["device"], date=prov["date"], command=prov["command"],
                   train_commit=str(trained.get("git_commit", "")),
-                  train_date=str(trained.get("date", "")), checkpoint=str(outcome.train_info.get("checkpoint_key", "")),
+                  train_date=str(trained.get("date", "")), checkpoint=outcome.train_info.checkpoint_key,
                   data_digest=fingerprint(outcome.workspace.digests, 12),
                   defense_dist=DEFENSES.meta(spec.defense.name).dist, allow_dirty=allow_dirty,
-                  training_quality=training_quality(outcome.train_info.get("history", {})))
+                  training_quality=training_quality(outcome.train_info.history))
     # the key columns come from the run specification, the one source of a result's identity
     rows = [LeaderboardRow(**spec.row_key("clean", "0"), eps_value=0.0, family="-", knowledge="-",
                            seen=Seen.CLEAN.value, mAP=clean.mAP, R1=clean.rank1, R5=clean.rank5, R10=clean.rank10,
@@ -173,8 +174,8 @@ def write_run(outcome: RunOutcome, results_dir: str | Path, leaderboard_dir: str
               "seen_attacks": list(outcome.defense.seen_attacks()),
               "attacked_with": outcome.attacked_with, "provenance": prov, "allow_dirty": allow_dirty,
               "suite": _suite_record(outcome),
-              "checkpoint": outcome.train_info.get("checkpoint"),
-              "training_provenance": outcome.train_info.get("provenance", {}),
+              "checkpoint": outcome.train_info.checkpoint,
+              "training_provenance": outcome.train_info.provenance,
               "dataset": outcome.workspace.dataset.summary(), "data_digests": outcome.workspace.digests}
     metrics = {"clean": outcome.clean.as_dict(),
                "attacks": [{"attack": r.attack, "eps": eps_label(r.eps), "seen": r.seen.value, "seconds": r.seconds,
@@ -185,9 +186,9 @@ def write_run(outcome: RunOutcome, results_dir: str | Path, leaderboard_dir: str
                                 **r.metrics.as_dict(), **r.report} for r in outcome.aggregates],
                "flags": [dataclasses.asdict(f) for f in flags],
                # per-epoch losses and seconds (and DDID's phase-1 manifest), from when the checkpoint was trained
-               "training": {"train_seconds": outcome.train_info.get("train_seconds"),
-                            "loaded_from_cache": outcome.train_info.get("cached", False),
-                            "history": outcome.train_info.get("history", {})}}
+               "training": {"train_seconds": outcome.train_info.train_seconds,
+                            "loaded_from_cache": outcome.train_info.cached,
+                            "history": outcome.train_info.history}}
     record = ranking_record(outcome)
     flag_lines = format_flags(flags)
     log = (f"{outcome.workspace.dataset.summary()}\n{prov['command']}\n\n{format_table(outcome)}\n\n"
@@ -200,13 +201,12 @@ def write_run(outcome: RunOutcome, results_dir: str | Path, leaderboard_dir: str
         atomic_write_text(tmp / "per_query.csv", per_query_table(outcome))
         atomic_write_text(tmp / "ranking.json", json.dumps(record, indent=2))
         atomic_write_text(tmp / "log.txt", log)
-        copy_training_artifacts(outcome.train_info.get("history", {}), tmp)
+        copy_training_artifacts(outcome.train_info.history, tmp)
         from benchmark.report.plots import plot_run
 
         plot_run(outcome, record, tmp)
     paths: dict[str, Path] = {"run folder": folder}
     paths.update(write_leaderboards(rows, leaderboard_dir, official=outcome.spec.official))
-    print(flag_lines)
     return paths
 
 

@@ -23,6 +23,7 @@ from benchmark.core.provenance import training_provenance
 from benchmark.core.training import TrainConfig, cached_checkpoint
 from benchmark.models import BACKBONES, ModelConfig, ReidModel, extract_embeddings
 from benchmark.models.external import ExternalModel, content_hash, load_factory
+from benchmark.run.outcome import TrainInfo
 from benchmark.run.spec import DefenseSpec, ModelSpec, RunSpec
 from benchmark.run.workspace import Workspace
 from defenses import DEFENSES, DefendedModel, Defense
@@ -83,7 +84,7 @@ def _probe_finite(model: ReidModel, ws: Workspace, device: torch.device) -> None
 
 def train_or_load(recipe: DefenseSpec, spec: RunSpec, ws: Workspace, device: torch.device,
                   model_spec: ModelSpec | None = None, retrain: bool = False, defense: Defense | None = None,
-                  config: dict[str, Any] | None = None) -> tuple[ReidModel, dict[str, Any]]:
+                  config: dict[str, Any] | None = None) -> tuple[ReidModel, TrainInfo]:
     """The trained model of a recipe on this data, from the cache when possible (warm-start parents first).
 
     `defense` and its `config()` are passed when the caller already has them (built here otherwise);
@@ -99,7 +100,7 @@ def train_or_load(recipe: DefenseSpec, spec: RunSpec, ws: Workspace, device: tor
     warm_model, parent_key = None, None
     if recipe.parent is not None:
         warm_model, warm_info = train_or_load(recipe.parent, spec, ws, device, model_spec, retrain)
-        parent_key = warm_info["checkpoint_key"]
+        parent_key = warm_info.checkpoint_key
     key = checkpoint_payload(recipe, defense, config, model_spec, num_classes, spec.seed, ws, parent_key, device,
                              spec.train_processes, spec.amp)
 
@@ -125,9 +126,9 @@ def train_or_load(recipe: DefenseSpec, spec: RunSpec, ws: Workspace, device: tor
         return model.cpu(), {"train_seconds": seconds, "history": history,
                              "provenance": training_provenance(device, spec.seed)}
 
-    model, info, folder = cached_checkpoint(key, fit, retrain=retrain)
-    info["checkpoint"] = str(folder)
-    info["checkpoint_key"] = folder.name
+    model, record, folder = cached_checkpoint(key, fit, retrain=retrain)
+    info = TrainInfo(str(folder), folder.name, bool(record.get("cached", False)), record.get("train_seconds"),
+                     record.get("history") or {}, record.get("provenance") or {}, record.get("key") or key)
     return model.to(device).eval(), info
 
 
@@ -150,7 +151,7 @@ def attack_views(defense: Defense, deployed: DefendedModel) -> list[AttackView]:
 
 
 def external_model(model_spec: ModelSpec, device: torch.device, supplied: torch.nn.Module | None = None
-                   ) -> tuple[ExternalModel, dict[str, Any]]:
+                   ) -> tuple[ExternalModel, TrainInfo]:
     """A model the benchmark did not train: the caller's module, or the spec's factory (and weights file) called.
 
     Its content must still be what the spec names: a module changed since the spec was made is refused.
@@ -168,6 +169,5 @@ def external_model(model_spec: ModelSpec, device: torch.device, supplied: torch.
     if wrapped.non_finite():
         raise BenchmarkError(f"the model holds NaN or infinite values in {wrapped.non_finite()[0]}; pass intact "
                              "weights")
-    key = f"external-{digest[:16]}"
-    return wrapped, {"checkpoint": model_spec.factory or model_spec.source, "checkpoint_key": key, "cached": True,
-                     "train_seconds": 0.0, "history": {}, "provenance": {}}
+    return wrapped, TrainInfo(model_spec.factory or model_spec.source, f"external-{digest[:16]}", cached=True,
+                              train_seconds=0.0, key={"external": model_spec.identity()})

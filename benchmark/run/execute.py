@@ -79,10 +79,10 @@ def execute(spec: RunSpec, runtime: Runtime | None = None, write: Writer | None 
     gf = embed(deployed, ws.gallery.images, spec, device)
     if not (torch.isfinite(qf).all() and torch.isfinite(gf).all()):
         raise BenchmarkError(f"defense '{spec.defense.label}' gives non-finite embeddings; its checkpoint "
-                             f"{info['checkpoint']} is unusable, rerun with --retrain")
+                             f"{info.checkpoint} is unusable, rerun with --retrain")
     clean = evaluate_features(qf, gf, ws.query.pids, ws.gallery.pids, ws.query.camids, ws.gallery.camids,
                               spec.metric)
-    cells = CellStore(spec, info["checkpoint_key"], defense, config, ws, device)
+    cells = CellStore(spec, info.checkpoint_key, defense, config, ws, device)
     views = attack_views(defense, deployed)
     outcome = RunOutcome(spec, defense, clean, [], info, ws, deployed, qf, gf, views, [], defense_config=config)
     jobs = [(a.name, e) for a in spec.attacks for e in spec.eps]

@@ -35,6 +35,24 @@ class Runtime:
 
 # -- attacks -------------------------------------------------------------------------------------------
 @dataclass
+class TrainInfo:
+    """Where a run's model came from: its checkpoint, whether the cache had it, and how it was trained."""
+
+    #: the checkpoint folder (for an external model: its factory or class)
+    checkpoint: str
+    #: the cache key of the checkpoint (names its attack cells)
+    checkpoint_key: str
+    cached: bool = False
+    train_seconds: float | None = None
+    #: per-epoch losses and seconds, and a defense's own records (DDID: phase 1), from when it was trained
+    history: dict[str, Any] = field(default_factory=dict)
+    #: who trained it, when, with what command
+    provenance: dict[str, Any] = field(default_factory=dict)
+    #: everything the checkpoint depends on (its key's payload)
+    key: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class AttackResult:
     """Scores and outputs of one (attack, ε) cell."""
     attack: str
@@ -56,7 +74,7 @@ class RunOutcome:
     defense: Defense
     clean: RetrievalMetrics
     attacks: list[AttackResult]
-    train_info: dict[str, Any]
+    train_info: TrainInfo
     workspace: Workspace = field(repr=False)
     model: DefendedModel = field(repr=False)
     query_feats: torch.Tensor = field(repr=False)
