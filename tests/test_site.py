@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -142,3 +143,38 @@ def test_a_multi_seed_row_shows_numbers_over_the_same_seeds(site):
     seed0_clean = float(first.sort_values("seed").iloc[0]["clean_mAP"])
     if round(seed0_clean, 2) != round(multi["clean_mAP_mean"], 2):
         assert f"{seed0_clean:.2f}" not in row
+
+
+def test_site_never_deletes_a_folder_it_did_not_build(tmp_path, capsys):
+    """--out pointed at someone's files, at the boards, or at '.' is refused in one line, nothing removed."""
+    from benchmark.cli.main import main
+
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("\\\\documentclass{article}")
+    boards = tmp_path / "boards"
+    shutil.copytree(REPO / "leaderboards", boards, ignore=shutil.ignore_patterns("site", "figures"))
+    before = sorted(p.name for p in boards.iterdir())
+    for out in (mine, boards, tmp_path / "boards" / ".."):
+        assert main(["site", "--leaderboard-dir", str(boards), "--results-dir", str(REPO / "results"),
+                     "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "choose" in err
+    assert (mine / "thesis.tex").is_file() and sorted(p.name for p in boards.iterdir()) == before
+    cwd = Path.cwd()
+    try:
+        os.chdir(tmp_path)
+        assert main(["site", "--leaderboard-dir", str(boards), "--out", "."]) == 2
+    finally:
+        os.chdir(cwd)
+    assert "choose a folder of its own" in capsys.readouterr().err
+
+
+def test_a_stale_build_is_never_published(tmp_path):
+    out = tmp_path / "site"
+    (tmp_path / "site.new").mkdir()
+    (tmp_path / "site.new" / "index.html").write_text("stale")
+    (tmp_path / ".tmp-999999-site").mkdir()  # a build whose process died
+    build_site(REPO / "leaderboards", REPO / "results", out)
+    assert (out / "index.html").read_text() != "stale" and (out / ".rrb-site").is_file()
+    assert not (tmp_path / ".tmp-999999-site").exists()

@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                             formatter_class=fmt)
     p_site.add_argument("--leaderboard-dir", default="leaderboards")
     p_site.add_argument("--results-dir", default="results")
-    p_site.add_argument("--out", default="leaderboards/site", help="output folder (replaced whole)")
+    p_site.add_argument("--out", default="leaderboards/site",
+                        help="output folder: new, empty, or a site this command built (replaced whole)")
     p_val = sub.add_parser("validate", help="check a defense against the admission rules on a small synthped",
                            formatter_class=fmt)
     p_val.add_argument("--defense", required=True, help="defense name (see `list defenses`)")

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from benchmark.core.atomic import atomic_folder, remove_folder
+from benchmark.core.atomic import TMP_PREFIX, atomic_write_text, remove_folder, sweep_stale_temps
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.protocol import WORST_CASE
 from benchmark.report.boards import THROUGHPUT_UNITS
@@ -346,14 +346,51 @@ class SiteBuilder:
                            columns=THROUGHPUT_COLUMNS, rows=rows, figures=figures)
 
 
+#: a file every built site holds: proof that a folder is a site this command wrote (and may replace)
+SITE_MARKER = ".rrb-site"
+
+
+def check_site_folder(out: Path, protected: tuple[Path, ...]) -> None:
+    """Refuse, before any work, an --out that is not ours to replace: a file, a folder of someone else's files,
+    the current folder, or a folder holding (or inside) the boards or run folders the site is built from."""
+    target = out.resolve()
+    if out.exists() and not out.is_dir():
+        raise BenchmarkError(f"site --out {out}: it is a file; choose a folder (e.g. --out leaderboards/site)")
+    if target == Path.cwd().resolve():
+        raise BenchmarkError("site --out .: the site replaces its folder whole; choose a folder of its own, e.g. "
+                             "--out leaderboards/site")
+    for source in protected:
+        src = source.resolve()
+        if target == src or src.is_relative_to(target):
+            raise BenchmarkError(f"site --out {out} holds {source}, which the site is built from; choose a folder "
+                                 "of its own, e.g. --out leaderboards/site")
+    if out.is_dir() and any(out.iterdir()) and not (out / SITE_MARKER).is_file():
+        raise BenchmarkError(f"site --out {out} holds files this command did not write (no {SITE_MARKER} marker); "
+                             "choose an empty or new folder")
+
+
 def build_site(leaderboard_dir: str | Path = "leaderboards", results_dir: str | Path = "results",
                out: str | Path = "leaderboards/site") -> list[Path]:
-    """Render the site into `out` (replaced whole, never left half-written); returns the page paths."""
-    builder = SiteBuilder(Path(leaderboard_dir), Path(results_dir))
+    """Render the site into `out`; returns the page paths.
+
+    It is built in a temporary folder beside `out` and swapped in only when complete; an existing
+    `out` is replaced only when it is a site this command wrote (its marker file), never deleted
+    otherwise.
+    """
     out = Path(out)
-    staging = out.with_name(out.name + ".new")
-    with atomic_folder(staging) as tmp:
+    check_site_folder(out, (Path(leaderboard_dir), Path(results_dir)))
+    builder = SiteBuilder(Path(leaderboard_dir), Path(results_dir))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(out.parent)  # builds killed before they finished
+    tmp = out.parent / f"{TMP_PREFIX}{os.getpid()}-{out.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
         pages = [Path(p).relative_to(tmp) for p in builder.build(tmp)]
-    remove_folder(out)
-    os.rename(staging, out)
+        atomic_write_text(tmp / SITE_MARKER, "built by `python -m benchmark site`; the folder is replaced whole\n")
+        check_site_folder(out, (Path(leaderboard_dir), Path(results_dir)))  # nothing moved in meanwhile
+        remove_folder(out)
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return [out / p for p in pages]
