@@ -178,3 +178,32 @@ def test_a_stale_build_is_never_published(tmp_path):
     build_site(REPO / "leaderboards", REPO / "results", out)
     assert (out / "index.html").read_text() != "stale" and (out / ".rrb-site").is_file()
     assert not (tmp_path / ".tmp-999999-site").exists()
+
+
+def test_hostile_board_text_renders_as_text_and_writes_nowhere_else(tmp_path):
+    """<script>, ../ and {{ }} in every text column of a board: escaped on every page, no file outside --out."""
+    boards, results = tmp_path / "boards", tmp_path / "results"
+    boards.mkdir()
+    hostile = '<script>alert(1)</script>{{ 7*7 }}'
+    summary = pd.read_csv(REPO / "leaderboards" / "summary-synthped.csv", dtype=str, keep_default_na=False)
+    board = pd.read_csv(REPO / "leaderboards" / "synthped.csv", dtype=str, keep_default_na=False)
+    first = summary.iloc[:1].copy()
+    rows = board[board["run_id"] == first["run_id"].iloc[0]].copy()
+    for frame in (first, rows):
+        for column in ("defense", "backbone", "settings", "flags", "command", "suite"):
+            if column in frame:
+                frame[column] = hostile
+        frame["run_id"] = "../../../escaped"
+    first.to_csv(boards / "summary-synthped.csv", index=False)
+    rows.to_csv(boards / "synthped.csv", index=False)
+    results.mkdir()
+    out = tmp_path / "nest" / "site"
+    build_site(boards, results, out)
+    assert not (tmp_path / "escaped").exists()
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_relative_to(boards)
+               and not p.is_relative_to(out)]
+    assert written == [], written
+    for page in out.rglob("*.html"):
+        html = page.read_text()
+        assert "<script>alert" not in html, page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;{{ 7*7 }}" in (out / "synthped.html").read_text()

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from benchmark.core.atomic import TMP_PREFIX, atomic_write_text, remove_folder, sweep_stale_temps
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.protocol import WORST_CASE
 from benchmark.report.boards import THROUGHPUT_UNITS
+from benchmark.run.spec import safe_name
 
 #: flags that question a number other than the worst-case mAP, by code (or code prefix before ':')
 FLAG_COLUMN = {"nondeterministic": "clean_mAP", "eps-rise": "unseen_mAP_worst"}
@@ -144,7 +145,7 @@ class SiteBuilder:
     def __init__(self, leaderboard_dir: Path, results_dir: Path) -> None:
         self.boards = leaderboard_dir
         self.results = results_dir
-        self.env = Environment(loader=PackageLoader("benchmark.report", "templates"), autoescape=select_autoescape(),
+        self.env = Environment(loader=PackageLoader("benchmark.report", "templates"), autoescape=True,
                                undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.datasets = sorted(p.name[len("summary-"):-len(".csv")] for p in leaderboard_dir.glob("summary-*.csv"))
         self.throughput = sorted(leaderboard_dir.glob("throughput-*.csv"))
@@ -256,7 +257,7 @@ class SiteBuilder:
             else:  # a board without its seeds board: no mean is made up here
                 for key in ("clean_mAP", "worst_case_mAP", "worst_case_R1"):
                     values[key] = None
-        messages = _flag_messages(self.results / str(first["run_id"]))
+        messages = _flag_messages(self.results / safe_name(str(first["run_id"])))
         flags_at: dict[str, list[dict[str, str]]] = {}
         for code in sorted({c for flags in group["flags"] for c in _split_flags(flags)}):
             flags_at.setdefault(_flag_column(code, "worst_case_mAP"), []).append(
@@ -275,10 +276,10 @@ class SiteBuilder:
     def run_page(self, out: Path, dataset: str, run: pd.Series, board: pd.DataFrame | None,
                  group: pd.DataFrame) -> Path:
         """Every attack of one run, its ε curves and its figures."""
-        run_id = str(run["run_id"])
+        run_id = safe_name(str(run["run_id"]))  # a board field names no path outside the site or the results
         folder = self.results / run_id
         messages = _flag_messages(folder)
-        rows_of_run = board[board["run_id"] == run_id] if board is not None else pd.DataFrame()
+        rows_of_run = board[board["run_id"] == str(run["run_id"])] if board is not None else pd.DataFrame()
         flags = [{"code": c, "title": messages.get(c, c)} for c in _split_flags(run.get("flags"))]
         rows = []
         for _, r in rows_of_run.iterrows():
