@@ -204,3 +204,17 @@ def test_ddid_generator_folder_is_keyed_by_content(tmp_path):
     first = build_defense("ddid", generator=str(gen)).config()["generator_sha256"]
     (gen / "conditioning.json").write_text(json.dumps({"a": 2}))
     assert build_defense("ddid", generator=str(gen)).config()["generator_sha256"] != first
+
+
+def test_cached_files_are_shared_like_every_other_file(tmp_path):
+    """safetensors writes 0600; checkpoints and attack cells get the permissions of the rest of the cache."""
+    import os
+
+    from benchmark.core.atomic import default_mode, save_tensors
+
+    save_tensors({"x": torch.zeros(2)}, tmp_path / "x.safetensors")
+    assert os.stat(tmp_path / "x.safetensors").st_mode & 0o777 == default_mode()
+    model = ReidModel(ModelConfig("reidnet-s", 4, 64, 32))
+    model.save(tmp_path / "ckpt")
+    for name in ("model.safetensors", "model.json"):
+        assert os.stat(tmp_path / "ckpt" / name).st_mode & 0o777 == default_mode(), name

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 TMP_PREFIX = ".tmp-"
 
@@ -108,3 +109,21 @@ def remove_folder(folder: str | Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
     os.rename(folder, trash)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+def save_tensors(tensors: dict[str, Any], path: str | Path) -> None:
+    """Write a safetensors file with the permissions of every other file the benchmark writes.
+
+    safetensors creates its files readable by the owner only (0600); cached checkpoints, attack cells
+    and phase-1 images are shared like the rest of the cache.
+    """
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path))
+    os.chmod(path, default_mode())
+
+
+def share_tree(folder: str | Path) -> None:
+    """Give every file and folder under `folder` the default permissions (a library wrote some 0600)."""
+    for path in Path(folder).rglob("*"):
+        os.chmod(path, default_mode(folder=path.is_dir()))

@@ -15,10 +15,10 @@ from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from benchmark.core.atomic import atomic_write_text
+from benchmark.core.atomic import atomic_write_text, save_tensors
 from benchmark.core.errors import CorruptCacheError
 from benchmark.core.hashing import sha256_file
 from benchmark.models.backbones import build_backbone
@@ -79,7 +79,7 @@ class ReidModel(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / "model.safetensors"))
+        save_tensors(state, folder / "model.safetensors")
         atomic_write_text(folder / "model.json", json.dumps(asdict(self.config), indent=2))
         return sha256_file(folder / "model.safetensors")
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 from filelock import FileLock
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from attacks import ATTACKS, AttackContext, build_attack
-from benchmark.core.atomic import atomic_folder, atomic_write_text, remove_folder
+from benchmark.core.atomic import atomic_folder, atomic_write_text, remove_folder, save_tensors
 from benchmark.core.device import numerics
 from benchmark.core.distributed import from_main, gather_objects, sharded_attack, world
 from benchmark.core.errors import AttackValidityError
@@ -158,7 +158,7 @@ class CellStore:
             if (self.root / key).is_dir():
                 return
             with atomic_folder(self.root / key) as tmp:
-                save_file({"adv": adv.contiguous()}, str(tmp / "adv.safetensors"))
+                save_tensors({"adv": adv.contiguous()}, tmp / "adv.safetensors")
                 record = {"sha256": sha256_file(tmp / "adv.safetensors"), "report": report, "seconds": seconds,
                           "digest": tensor_digest([adv])[:16]}
                 atomic_write_text(tmp / "cell.json", json.dumps(record, default=str))

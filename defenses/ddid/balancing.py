@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from filelock import FileLock
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
-from benchmark.core.atomic import atomic_folder, atomic_write_text, remove_folder
+from benchmark.core.atomic import atomic_folder, atomic_write_text, remove_folder, save_tensors, share_tree
 from benchmark.core.device import numerics
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.hashing import file_digests, fingerprint, manifest_intact, sha256_tree
@@ -340,7 +340,8 @@ class ConditionalEDM:
         self.unet.save_pretrained(folder / "unet")
         self.scheduler.save_pretrained(folder / "scheduler")
         state = {k: v.cpu() for k, v in self.conditioner.state_dict().items()}
-        save_file(state, str(folder / "conditioning.safetensors"))
+        save_tensors(state, folder / "conditioning.safetensors")
+        share_tree(folder)  # diffusers writes its own files
         (folder / "conditioning.json").write_text(json.dumps(
             {"id_values": self.id_values, "cam_values": self.cam_values, "config": asdict(self.cfg)}, indent=2))
 
@@ -491,8 +492,8 @@ def _generate(train: SplitTensors, cfg: DiffusionConfig, seed: int, device: torc
         images, losses, source, fit_seconds = torch.empty((0, 3, *out_size), dtype=torch.uint8), [], None, 0.0
     generated = SplitTensors(images, torch.tensor([p for p, _, _ in plan], dtype=torch.long),
                              torch.tensor([c for _, c, _ in plan], dtype=torch.long))
-    save_file({"images": generated.images.contiguous(), "pids": generated.pids, "camids": generated.camids},
-              str(tmp / "generated.safetensors"))
+    save_tensors({"images": generated.images.contiguous(), "pids": generated.pids, "camids": generated.camids},
+                 tmp / "generated.safetensors")
     _save_grid(generated, train, tmp / "samples.png")
     manifest = {
         "delta1": delta1, "delta2": cfg.delta2, "generated": len(plan),
