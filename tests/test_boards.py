@@ -82,3 +82,10 @@ def test_the_spec_is_the_source_of_the_row_key():
     key = spec.row_key("fna", "8/255")
     assert tuple(key) == ROW_KEY
     assert key["defense"] == "ddid[ablate=fnes+self-meta]" and key["settings"] == "epochs=2"
+
+
+def test_provenance_reads_the_whole_checkout():
+    """The dirty-tree check looks at the checkout's root (attacks/ and defenses/ too), not only benchmark/."""
+    from benchmark.core.provenance import REPO
+
+    assert (REPO / "pyproject.toml").is_file() and (REPO / "attacks").is_dir()

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # the checkout: benchmark/core/provenance.py -> ../../..
 #: paths whose changes do not make the tree dirty: outputs and prose, not code
 NOT_CODE = (":(exclude)results", ":(exclude)leaderboards", ":(exclude)*.md")
 

@@ -30,7 +30,7 @@ from benchmark.core.protocol import STANDARD_EPS as EPS
 from benchmark.core.training import TrainConfig
 from benchmark.models import ModelConfig, ReidModel, extract_embeddings
 from benchmark.run.cells import attack_context, run_attack, scaled_options
-from benchmark.run.checkpoints import attack_views
+from benchmark.run.checkpoints import attack_views, deploy
 from benchmark.run.spec import RunSpec, make_spec
 from benchmark.run.throughput import timed
 from benchmark.run.workspace import Workspace, load_workspace
@@ -324,8 +324,7 @@ def validate_defense(name: str, defense: Defense, *, epochs: int = 1, device: st
                               else "not checked: fit() failed") for rule in RULES]
         return ValidationReport(name, defense.config(), setup, results, time.perf_counter() - start)
     model.eval()
-    transform = defense.transform()
-    deployed = DefendedModel(model, transform.to(dev) if transform is not None else None).eval()
+    deployed = deploy(defense, model)  # as every run deploys it
     subject = Subject(name, defense, model, deployed, ws, spec, fit, dev)
     results = []
     for rule in RULES:
