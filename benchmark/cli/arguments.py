@@ -16,6 +16,7 @@ from torch import nn
 from benchmark.core.distributed import requested_world_size
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.options import parse_kv
+from benchmark.core.paths import boards_dir, runs_dir
 from benchmark.core.precision import AMP_MODES
 from benchmark.core.provenance import package_version
 from benchmark.report.runs import RunWriter
@@ -96,11 +97,15 @@ def _add_run_args(p: argparse.ArgumentParser, attacks_default: str) -> None:
                         "named by the model's content hash)")
     p.add_argument("--weights", default=None, help="local state dict (.pt/.pth/.safetensors) loaded into --model")
     p.add_argument("--retrain", action="store_true", help="ignore cached checkpoints (the warm-start parent too)")
-    p.add_argument("--no-write", action="store_true", help="do not write results/ and leaderboards/")
+    p.add_argument("--no-write", action="store_true", help="write no run folder and no board rows")
     p.add_argument("--allow-dirty", action="store_true",
                    help="write official rows from a tree with uncommitted code changes (recorded in the rows)")
-    p.add_argument("--results-dir", default="results", help="where run folders go")
-    p.add_argument("--leaderboard-dir", default="leaderboards", help="where leaderboard CSVs go")
+    p.add_argument("--results-dir", default=None,
+                   help="where run folders go (default: runs/ in your workspace, $RRB_HOME or "
+                        "~/.local/share/reid-robustness-bench; `publish` copies them to results/)")
+    p.add_argument("--leaderboard-dir", default=None,
+                   help="where board rows go (default: leaderboards/ in your workspace; `publish` puts them on "
+                        "the official boards)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch CPU threads (default: torch's choice; recorded in every row)")
 
@@ -139,8 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_merge = sub.add_parser("merge", help="upsert the runs on another folder's boards into the leaderboards",
                              formatter_class=fmt)
     p_merge.add_argument("source", help="the --leaderboard-dir the runs wrote to (e.g. a sweep's on a cluster)")
-    p_merge.add_argument("--leaderboard-dir", default="leaderboards", help="the boards to merge into")
+    p_merge.add_argument("--leaderboard-dir", default=None,
+                         help="the boards to merge into (default: your workspace's; never the official ones, "
+                              "which only `publish` writes)")
     p_merge.add_argument("--dataset", default=None, help="only these data sets (comma list); default all found")
+    p_pub = sub.add_parser("publish", help="put runs of your workspace on the official boards and results/ "
+                           "(the only writer of both), after the admission rules", formatter_class=fmt)
+    p_pub.add_argument("runs", nargs="+", metavar="RUN", help="run folder names in your workspace's runs/")
+    p_pub.add_argument("--yes", action="store_true", help="replace published rows (the diff is printed first)")
+    p_pub.add_argument("--results-dir", default=None, help="the runs' folder (default: your workspace's runs/)")
+    p_pub.add_argument("--leaderboard-dir", default=None,
+                       help="the boards the runs wrote (default: your workspace's leaderboards/)")
     p_plots = sub.add_parser("plots", help="draw every figure from the leaderboards and the latest runs",
                              formatter_class=fmt)
     p_plots.add_argument("--leaderboard-dir", default="leaderboards")
@@ -160,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_val.add_argument("--backbone", default="reidnet-s")
     p_val.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p_val.add_argument("--report", default=None, metavar="PATH",
-                       help="report file, markdown or .json (default: validate-DEFENSE.md)")
+                       help="report file, markdown or .json (default: validate-DEFENSE.md in your workspace)")
     p_val.add_argument("--threads", type=_positive_int, default=None)
     p_tp = sub.add_parser("throughput", help="images/s of extraction, attacks and training steps", formatter_class=fmt)
     p_tp.add_argument("--device", default="auto")
@@ -169,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_tp.add_argument("--attack", default="all")
     p_tp.add_argument("--defense", default="all")
     p_tp.add_argument("--repeats", type=_positive_int, default=3)
-    p_tp.add_argument("--leaderboard-dir", default="leaderboards")
+    p_tp.add_argument("--leaderboard-dir", default=None, help="where the throughput board goes (default: your "
+                      "workspace's leaderboards/)")
     p_tp.add_argument("--threads", type=_positive_int, default=None)
     p_tp.add_argument("--height", type=_positive_int, default=128, help="input height (paper scale: 256)")
     p_tp.add_argument("--width", type=_positive_int, default=64, help="input width (paper scale: 128)")
@@ -228,7 +243,7 @@ def writer_from_args(args: argparse.Namespace) -> RunWriter | None:
     """Where `run` writes its records (None with --no-write)."""
     if args.no_write:
         return None
-    return RunWriter(args.results_dir, args.leaderboard_dir, args.allow_dirty)
+    return RunWriter(args.results_dir or runs_dir(), args.leaderboard_dir or boards_dir(), args.allow_dirty)
 
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
@@ -245,6 +260,8 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
                         "trained and scored on validation identities held out of the training split "
                         "(--split validation); writes tuning-<dataset>.csv/.png to --tune-out")
     p.add_argument("--budget", type=int, default=4, help="candidates per defense for --tune (defaults included)")
-    p.add_argument("--tune-out", default="leaderboards/studies", help="folder of the tuning tables and figures")
-    p.add_argument("--sweep-dir", default="sweeps/default", help="folder of the sweep's cells")
+    p.add_argument("--tune-out", default=None,
+                   help="folder of the tuning tables and figures (default: studies/ in your workspace)")
+    p.add_argument("--sweep-dir", default=None, help="folder of the sweep's cells (default: sweeps/default in "
+                   "your workspace)")
     p.add_argument("--status", action="store_true", help="print done / running / failed / pending per cell")

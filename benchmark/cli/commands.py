@@ -23,6 +23,8 @@ from benchmark.cli.printing import print_outcome
 from benchmark.core.distributed import world
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.options import format_value, option_table
+from benchmark.core.paths import OFFICIAL_BOARDS, boards_dir, home_dir
+from benchmark.core.provenance import REPO
 from benchmark.core.registry import Registry
 from benchmark.data import DATASETS
 from benchmark.models import BACKBONES
@@ -157,9 +159,26 @@ def cmd_merge(args: argparse.Namespace) -> int:
     """Upsert the runs on another folder's boards into --leaderboard-dir, by the boards' own rules."""
     from benchmark.report.merge import merge_boards
 
-    merged = merge_boards(args.source, args.leaderboard_dir, args.dataset.split(",") if args.dataset else None)
+    target = Path(args.leaderboard_dir) if args.leaderboard_dir else boards_dir()
+    if target.resolve() == (REPO / OFFICIAL_BOARDS).resolve():
+        raise BenchmarkError(f"merge: {target} holds the official boards, which only `python -m benchmark publish "
+                             "RUN...` writes (with its admission rules); merge into your workspace instead")
+    merged = merge_boards(args.source, target, args.dataset.split(",") if args.dataset else None)
     for board, runs in merged.items():
-        print(f"merged {runs} runs into {board} ({args.leaderboard_dir})")
+        print(f"merged {runs} runs into {board} ({target})")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Admit runs of the workspace onto the official boards and into results/ (the only writer of both)."""
+    from benchmark.core.paths import OFFICIAL_RESULTS, runs_dir
+    from benchmark.report.publish import publish
+
+    written = publish(args.runs, Path(args.results_dir) if args.results_dir else runs_dir(),
+                      Path(args.leaderboard_dir) if args.leaderboard_dir else boards_dir(),
+                      REPO / OFFICIAL_RESULTS, REPO / OFFICIAL_BOARDS, yes=args.yes)
+    for path in dict.fromkeys(written):
+        print(f"published: {path}")
     return 0
 
 
@@ -181,7 +200,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from defenses import build_defense
 
     defense = build_defense(args.defense, **parse_kv(args.defense_opt, "--defense-opt"))
-    report_path = Path(args.report or f"validate-{args.defense}.md")
+    report_path = Path(args.report) if args.report else home_dir() / f"validate-{args.defense}.md"
+    if not args.report:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
     if not report_path.parent.is_dir():
         raise BenchmarkError(f"--report {report_path}: folder '{report_path.parent}' does not exist; create it or "
                              "pass another path")
@@ -204,7 +225,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "list": cmd_list, "run": _per_seed(cmd_run), "eval": _per_seed(cmd_run), "train": _per_seed(cmd_train),
     "plots": cmd_plots,
     "throughput": cmd_throughput, "sweep": cmd_sweep, "table": cmd_table, "merge": cmd_merge,
-    "validate": cmd_validate, "site": cmd_site}
+    "validate": cmd_validate, "site": cmd_site, "publish": cmd_publish}
 
 
 #: commands that run one cell and may be launched by torchrun (one process per device)

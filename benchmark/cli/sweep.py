@@ -36,6 +36,7 @@ from benchmark.cli.printing import print_outcome
 from benchmark.core.atomic import atomic_write_text
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.options import parse_kv
+from benchmark.core.paths import boards_dir, home_dir
 from benchmark.core.provenance import command_argv
 
 
@@ -257,7 +258,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """Expand, then print the status (--status) or launch every cell that is not done."""
     from benchmark.cli.launchers import LAUNCHERS
 
-    sweep_dir = Path(args.sweep_dir)
+    sweep_dir = _sweep_dir(args)
     launcher_cls = LAUNCHERS.get(args.launcher)
     launcher = launcher_cls(sweep_dir, **parse_kv(args.launcher_opt, "--launcher-opt"))
     cells = expand(args, launcher.processes_per_cell)
@@ -279,17 +280,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if all(state(c.folder(sweep_dir)) == "done" for c in cells) else 1
 
 
+def _sweep_dir(args: argparse.Namespace) -> Path:
+    return Path(args.sweep_dir) if args.sweep_dir else home_dir() / "sweeps" / "default"
+
+
 def _tuning_report(args: argparse.Namespace) -> None:
     """Write and print each data set's tuning table: every candidate and the chosen one per defense."""
     from benchmark.report.tuning import report, write_report
 
     for dataset in _split(args.dataset):
-        frame = report(args.leaderboard_dir or "leaderboards", dataset, _split(args.tune), args.budget,
-                       sweep_dir=args.sweep_dir)
+        frame = report(args.leaderboard_dir or boards_dir(), dataset, _split(args.tune), args.budget,
+                       sweep_dir=_sweep_dir(args))
         if frame.empty:
             print(f"tuning on {dataset}: no validation results yet")
             continue
-        paths = write_report(frame, args.tune_out, dataset)
+        paths = write_report(frame, args.tune_out or home_dir() / "studies", dataset)
         for _, r in frame[frame["chosen"]].iterrows():
             print(f"tuning on {dataset}: {r['defense']} chooses candidate {r['candidate']} ({r['options']}): "
                   f"validation worst case {r['val_worst_case_mAP']:.2f}, clean {r['val_clean_mAP']:.2f}")

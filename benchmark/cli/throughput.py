@@ -10,6 +10,7 @@ import torch
 
 from attacks import ATTACKS
 from benchmark.core.device import resolve_device
+from benchmark.core.paths import boards_dir
 from benchmark.core.provenance import provenance
 from benchmark.models import BACKBONES
 from benchmark.report.boards import upsert
@@ -44,7 +45,7 @@ def cmd_throughput(args: argparse.Namespace) -> int:
                      "torch_version": prov["torch_version"], "git_commit": prov["git_commit"], "date": prov["date"],
                      "command": prov["command"]})
     tag = "cuda" if device.type == "cuda" else "cpu"
-    path = Path(args.leaderboard_dir) / f"throughput-{tag}-torch{torch.__version__.split('+')[0]}.csv"
+    path = Path(args.leaderboard_dir or boards_dir()) / f"throughput-{tag}-torch{torch.__version__.split('+')[0]}.csv"
     upsert(path, rows, THROUGHPUT_KEY)
     print(f"throughput: {path}")
     return 0
