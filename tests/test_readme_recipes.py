@@ -1,4 +1,4 @@
-"""The README's "Adding an attack" and "Submitting a defense" recipes work exactly as written."""
+"""The plug-in recipes of docs/plugins.md ("Adding an attack", "Submitting a defense") work exactly as written."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ BLOCK = re.compile(r"```(python|toml)\n(# (\S+)\n.*?)```", re.S)
 
 
 def recipe_files(section: str) -> dict[str, str]:
-    """{relative path: content} of the code blocks of a README section whose first line names a file."""
-    text = (REPO / "README.md").read_text()
+    """{relative path: content} of the code blocks of a docs/plugins.md section whose first line names a file."""
+    text = (REPO / "docs" / "plugins.md").read_text()
     start = text.index(f"## {section}")
     end = text.find("\n## ", start + 3)
     return {m.group(3): m.group(2) for m in BLOCK.finditer(text[start:end if end > 0 else None])}
@@ -31,12 +31,12 @@ def installed_recipes(tmp_path_factory):
     packages = set()
     for section in ("Adding an attack", "Submitting a defense"):
         files = recipe_files(section)
-        assert files, f"README section '{section}' lays out no files"
+        assert files, f"docs/plugins.md section '{section}' lays out no files"
         for rel, content in files.items():
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             (root / rel).write_text(content)
             packages.add(rel.split("/")[0])
-    for package in sorted(packages):  # `pip install ./<package>`, as the README says (into a private target)
+    for package in sorted(packages):  # `pip install ./<package>`, as the recipe says (into a private target)
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                         "--target", str(target), f"./{package}"], cwd=root, check=True)
     return target

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from benchmark.report.boards import write_leaderboards
 from benchmark.report.tables import readme_tables, render, summary_frame
 from tests.test_leaderboard import clean_row, make_row
@@ -11,11 +13,13 @@ from tests.test_leaderboard import clean_row, make_row
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_readme_tables_match_the_committed_boards():
-    text = (REPO / "README.md").read_text()
-    assert "<!-- table:synthped -->" in text
+@pytest.mark.parametrize("page, marker", [("README.md", "<!-- table:synthped:seeds -->"),
+                                          ("docs/results.md", "<!-- table:synthped -->")])
+def test_generated_tables_match_the_committed_boards(page, marker):
+    text = (REPO / page).read_text()
+    assert marker in text
     assert readme_tables(text, REPO / "leaderboards") == text, \
-        "README tables are stale: run `python -m benchmark table --readme README.md`"
+        f"{page} tables are stale: run `python -m benchmark table --readme {page}`"
 
 
 def test_formats(tmp_path):

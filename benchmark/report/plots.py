@@ -12,7 +12,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from benchmark.core.protocol import STANDARD_EPS_LABEL
 from benchmark.report import board_figures as figures  # noqa: E402
@@ -44,23 +43,24 @@ def _to_hwc(img: Any) -> np.ndarray:
     return arr.transpose(1, 2, 0) if arr.shape[0] == 3 else arr
 
 
-def save_examples_strip(clean: Any, adv: Any, path: Path) -> None:
-    """Lossless strip: row 0 clean queries, row 1 adversarial queries (re-read by `plots`)."""
-    top = np.concatenate([_to_hwc(c) for c in clean], axis=1)
-    bottom = np.concatenate([_to_hwc(a) for a in adv], axis=1)
-    Image.fromarray(np.concatenate([top, bottom], axis=0)).save(path)
+def save_examples(clean: Any, adversarial: Any, index: list[int], path: Path) -> None:
+    """The run's example perturbations as a small array file: per example query, adversarial minus clean in grey
+    levels (int8, |δ| ≤ ε·255) and the query's index. The clean images are re-read from the data set."""
+    clean_u8 = np.stack([_to_hwc(c) for c in clean]).astype(np.int16)
+    adv_u8 = np.stack([_to_hwc(a) for a in adversarial]).astype(np.int16)
+    np.savez_compressed(path, delta=(adv_u8 - clean_u8).astype(np.int8), index=np.asarray(index, dtype=np.int64))
 
 
-def plot_adversarial_grid(strip_path: Path, n: int, title: str, stem: Path) -> list[Path]:
-    """Clean, adversarial and amplified perturbation per query."""
-    strip = np.asarray(Image.open(strip_path)).astype(np.float32) / 255
-    h, w = strip.shape[0] // 2, strip.shape[1] // n
+def plot_adversarial_grid(clean: list[np.ndarray], adversarial: list[np.ndarray], title: str,
+                          stem: Path) -> list[Path]:
+    """Clean, adversarial and amplified perturbation per query (HWC uint8 images)."""
+    n = len(clean)
     fig, axes = plt.subplots(3, n, figsize=(1.1 * n, 6.2))
     for i in range(n):
-        clean, adv = strip[:h, i * w:(i + 1) * w], strip[h:, i * w:(i + 1) * w]
-        delta = adv - clean
+        c, a = clean[i].astype(np.float32) / 255, adversarial[i].astype(np.float32) / 255
+        delta = a - c
         scale = max(np.abs(delta).max(), 1e-6)
-        for row, img in enumerate((clean, adv, 0.5 + delta / (2 * scale))):
+        for row, img in enumerate((c, a, 0.5 + delta / (2 * scale))):
             ax = axes[row, i] if n > 1 else axes[row]
             ax.imshow(np.clip(img, 0, 1))
             ax.set_xticks([])
@@ -122,58 +122,67 @@ def plot_per_id(per_id_csv: Path, stem: Path, title: str) -> list[Path]:
 
 
 def plot_run(outcome: Any, record: dict[str, Any], folder: Path) -> list[Path]:
-    """Figures of one run, drawn when the run ends (images come from memory)."""
+    """Figures of one run, drawn when the run ends (images come from memory); writes its examples file too."""
     out: list[Path] = []
     title = f"{outcome.spec.defense.label} / {outcome.workspace.dataset.name}"
     out += plot_per_id(folder / "per_id_ap.csv", folder / "per_id_ap", f"per-ID AP, {title}")
     if record:
         idx = record["adversarial_index"]
         strongest = next(r for r in outcome.attacks + outcome.aggregates if r.attack == record["attack"])
-        save_examples_strip(outcome.workspace.query.images[idx], strongest.adversarial[idx], folder / "examples.png")
-        out += plot_adversarial_grid(folder / "examples.png", len(idx),
-                                     f"{record['attack']} @ {record['eps']} on {title}", folder / "adversarial")
-        out += plot_ranking(record, _lookup_from_run(outcome, record), folder / "ranking")
+        save_examples(outcome.workspace.query.images[idx], strongest.adversarial[idx], idx, folder / "examples.npz")
+        clean, adversarial = _examples(folder / "examples.npz", [_to_hwc(outcome.workspace.query.images[i])
+                                                                  for i in idx])
+        out += plot_adversarial_grid(clean, adversarial, f"{record['attack']} @ {record['eps']} on {title}",
+                                     folder / "adversarial")
+        out += plot_ranking(record, _lookup(record, clean, adversarial, _gallery_from_run(outcome, record)),
+                            folder / "ranking")
     return out
 
 
-def _lookup_from_run(outcome: Any, record: dict[str, Any]) -> dict[str, np.ndarray]:
-    ws = outcome.workspace
-    names = {it.path.name: i for i, it in enumerate(ws.dataset.gallery)}
-    qnames = {it.path.name: i for i, it in enumerate(ws.dataset.query)}
-    strongest = next(r for r in outcome.attacks + outcome.aggregates if r.attack == record["attack"])
-    lookup: dict[str, np.ndarray] = {}
-    for q in record["queries"]:
-        qi = qnames[q["query"]]
-        lookup[q["query"]] = _to_hwc(ws.query.images[qi])
-        lookup[f"adv:{q['query']}"] = _to_hwc(strongest.adversarial[qi])
-        for half in ("clean", "attacked"):
-            for hit in q[half]:
-                lookup[hit["name"]] = _to_hwc(ws.gallery.images[names[hit["name"]]])
+def _examples(path: Path, clean: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The example queries, clean and adversarial (clean + the stored perturbation), as HWC uint8."""
+    delta = np.load(path)["delta"].astype(np.int16)
+    adversarial = [np.clip(c.astype(np.int16) + d, 0, 255).astype(np.uint8) for c, d in zip(clean, delta, strict=True)]
+    return clean, adversarial
+
+
+def _lookup(record: dict[str, Any], clean: list[np.ndarray], adversarial: list[np.ndarray],
+            gallery: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Images of the ranking figure by name: the example queries (clean and `adv:` ones) and their gallery hits."""
+    lookup = dict(gallery)
+    for i, q in enumerate(record["queries"]):
+        lookup[q["query"]], lookup[f"adv:{q['query']}"] = clean[i], adversarial[i]
     return lookup
 
 
+def _gallery_from_run(outcome: Any, record: dict[str, Any]) -> dict[str, np.ndarray]:
+    ws = outcome.workspace
+    names = {it.path.name: i for i, it in enumerate(ws.dataset.gallery)}
+    return {hit["name"]: _to_hwc(ws.gallery.images[names[hit["name"]]])
+            for q in record["queries"] for half in ("clean", "attacked") for hit in q[half]}
+
+
 def replot_run(folder: Path) -> list[Path]:
-    """Redraw a run's figures from its files (per_id_ap.csv, ranking.json, examples.png) and its data set."""
+    """Redraw a run's figures from its records (per_id_ap.csv, ranking.json, examples.npz) and its data set."""
     out: list[Path] = []
     config = json.loads((folder / "config.json").read_text())
-    if "spec" in config:
-        title = f"{config['spec']['defense_label']} / {config['spec']['data']['name']}"
-    else:  # run folders written before the run specification existed
-        title = f"{config['run']['defense']} / {config['run']['dataset']}"
+    spec = config["spec"]
+    title = f"{spec['defense_label']} / {spec['data']['name']}"
     if (folder / "per_id_ap.csv").is_file():
         out += plot_per_id(folder / "per_id_ap.csv", folder / "per_id_ap", f"per-ID AP, {title}")
     record = json.loads((folder / "ranking.json").read_text()) if (folder / "ranking.json").is_file() else {}
-    if record and (folder / "examples.png").is_file():
-        out += plot_adversarial_grid(folder / "examples.png", len(record["adversarial_index"]),
-                                     f"{record['attack']} @ {record['eps']} on {title}", folder / "adversarial")
-        lookup = _lookup_from_folder(folder, record, config)
-        if lookup is not None:
-            out += plot_ranking(record, lookup, folder / "ranking")
+    images = _images_from_data(record, spec) if record and (folder / "examples.npz").is_file() else None
+    if images is not None:
+        clean, adversarial = _examples(folder / "examples.npz", images[0])
+        out += plot_adversarial_grid(clean, adversarial, f"{record['attack']} @ {record['eps']} on {title}",
+                                     folder / "adversarial")
+        out += plot_ranking(record, _lookup(record, clean, adversarial, images[1]), folder / "ranking")
     return out
 
 
-def _lookup_from_folder(folder: Path, record: dict[str, Any], config: dict[str, Any]) -> dict[str, np.ndarray] | None:
-    """Ranking images from the run's files: queries from examples.png, gallery hits re-read from the data set.
+def _images_from_data(record: dict[str, Any], spec: dict[str, Any]
+                      ) -> tuple[list[np.ndarray], dict[str, np.ndarray]] | None:
+    """The example queries and the ranking's gallery hits, re-read from the run's data set at its input size.
 
     None when the data set cannot be read here (e.g. a folder given by --data-root elsewhere).
     """
@@ -181,29 +190,18 @@ def _lookup_from_folder(folder: Path, record: dict[str, Any], config: dict[str, 
     from benchmark.data.base import build_dataset, load_image
     from benchmark.run.spec import DataSpec
 
-    spec = config.get("spec")
-    if not spec:
-        return None
     data = DataSpec(spec["data"]["name"], spec["data"]["root"], tuple(tuple(o) for o in spec["data"]["options"]))
     try:
         dataset = build_dataset(data.name, data.root, seed=int(spec["seed"]), options=data.options_object())
     except (BenchmarkError, OSError):
         return None
     size = (int(spec["model"]["height"]), int(spec["model"]["width"]))
-    gallery = {it.path.name: it.path for it in dataset.gallery}
-    strip = np.asarray(Image.open(folder / "examples.png"))
-    h, n = strip.shape[0] // 2, len(record["adversarial_index"])
-    w = strip.shape[1] // n
-    lookup: dict[str, np.ndarray] = {}
-    for i, q in enumerate(record["queries"]):
-        lookup[q["query"]] = strip[:h, i * w:(i + 1) * w]
-        lookup[f"adv:{q['query']}"] = strip[h:, i * w:(i + 1) * w]
-        for half in ("clean", "attacked"):
-            for hit in q[half]:
-                if hit["name"] not in gallery:
-                    return None
-                lookup[hit["name"]] = _to_hwc(load_image(gallery[hit["name"]], size))
-    return lookup
+    queries = [_to_hwc(load_image(dataset.query[i].path, size)) for i in record["adversarial_index"]]
+    gallery_paths = {it.path.name: it.path for it in dataset.gallery}
+    hits = {hit["name"] for q in record["queries"] for half in ("clean", "attacked") for hit in q[half]}
+    if not hits <= set(gallery_paths):
+        return None
+    return queries, {name: _to_hwc(load_image(gallery_paths[name], size)) for name in hits}
 
 
 # -- figures from the leaderboards ------------------------------------------------------------------

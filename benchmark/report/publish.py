@@ -27,7 +27,7 @@ from benchmark.run.spec import safe_name
 
 #: what a published run folder keeps: its records (figures are redrawn from them)
 RECORDS = ("config.json", "metrics.json", "per_query.csv", "per_id_ap.csv", "ranking.json", "log.txt",
-           "examples.png")
+           "examples.npz")
 
 
 @dataclass
