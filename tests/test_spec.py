@@ -53,7 +53,7 @@ BAD = [
     (["--dataset", "market1501", "--data-root", "/no/such/dir"], "does not exist"),
     (["--dataset", "market1501", "--data-root", str(MARKET), "--dataset-opt", "foo=1"], "has no option foo"),
     (["--seed", "x"], "argument --seed"),
-    (["--epochs", "0"], "at least 1 epoch"),
+    (["--epochs", "0"], "must be at least 1"),
     (["--epochs", "x"], "argument --epochs"),
     (["--height", "5"], "between 16 and 1024"),
     (["--backbone-weights", "/no/such/file.pt"], "does not exist"),

@@ -53,6 +53,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and {2**32 - 1}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
 def _add_run_args(p: argparse.ArgumentParser, attacks_default: str) -> None:
     p.add_argument("--defense", default="none", help="defense name (see `list defenses`)")
     p.add_argument("--attack", default=attacks_default,
@@ -69,7 +89,7 @@ def _add_run_args(p: argparse.ArgumentParser, attacks_default: str) -> None:
     p.add_argument("--backbone-weights", default=None,
                    help="local weights file: the backbone's own, or a torchvision state dict (head dropped)")
     p.add_argument("--eps", default="8", help="epsilons in units of 1/255: 8, 8/255, 0.5/255 or a list 2,4,8,16")
-    p.add_argument("--seed", type=_positive_int, default=0, help="seed of data, training and attacks")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of data, training and attacks")
     p.add_argument("--seeds", default=None,
                    help="comma list of seeds, e.g. 0,1,2: one model trained and evaluated per seed (the "
                         "seeds-<dataset>.csv board gives their mean, sd and n); overrides --seed")
@@ -83,7 +103,7 @@ def _add_run_args(p: argparse.ArgumentParser, attacks_default: str) -> None:
     p.add_argument("--split", default=None, choices=SPLITS,
                    help="what is scored: test (the protocol's test identities; default) or validation (a fixed "
                         "quarter of the training identities held out of training, for tuning; makes the run custom)")
-    p.add_argument("--epochs", type=_positive_int, default=None,
+    p.add_argument("--epochs", type=_count, default=None,
                    help="training epochs (default: the defense's own; any other value makes the run custom)")
     p.add_argument("--height", type=_positive_int, default=128, help="input height (standard: 128)")
     p.add_argument("--width", type=_positive_int, default=64, help="input width (standard: 64)")
@@ -106,7 +126,7 @@ def _add_run_args(p: argparse.ArgumentParser, attacks_default: str) -> None:
     p.add_argument("--leaderboard-dir", default=None,
                    help="where board rows go (default: leaderboards/ in your workspace; `publish` puts them on "
                         "the official boards)")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=_count, default=None,
                    help="torch CPU threads (default: torch's choice; recorded in every row)")
 
 
@@ -170,22 +190,22 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=fmt)
     p_val.add_argument("--defense", required=True, help="defense name (see `list defenses`)")
     p_val.add_argument("--defense-opt", action="append", help="key=value option of the defense (repeatable)")
-    p_val.add_argument("--epochs", type=_positive_int, default=1, help="training epochs before the checks")
+    p_val.add_argument("--epochs", type=_count, default=1, help="training epochs before the checks")
     p_val.add_argument("--backbone", default="reidnet-s")
     p_val.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p_val.add_argument("--report", default=None, metavar="PATH",
                        help="report file, markdown or .json (default: validate-DEFENSE.md in your workspace)")
-    p_val.add_argument("--threads", type=_positive_int, default=None)
+    p_val.add_argument("--threads", type=_count, default=None)
     p_tp = sub.add_parser("throughput", help="images/s of extraction, attacks and training steps", formatter_class=fmt)
     p_tp.add_argument("--device", default="auto")
     p_tp.add_argument("--backbone", default="reidnet-s")
-    p_tp.add_argument("--batch-size", type=_positive_int, default=32)
+    p_tp.add_argument("--batch-size", type=_count, default=32)
     p_tp.add_argument("--attack", default="all")
     p_tp.add_argument("--defense", default="all")
-    p_tp.add_argument("--repeats", type=_positive_int, default=3)
+    p_tp.add_argument("--repeats", type=_count, default=3)
     p_tp.add_argument("--leaderboard-dir", default=None, help="where the throughput board goes (default: your "
                       "workspace's leaderboards/)")
-    p_tp.add_argument("--threads", type=_positive_int, default=None)
+    p_tp.add_argument("--threads", type=_count, default=None)
     p_tp.add_argument("--height", type=_positive_int, default=128, help="input height (paper scale: 256)")
     p_tp.add_argument("--width", type=_positive_int, default=64, help="input width (paper scale: 128)")
     p_tp.add_argument("--amp", default="off", choices=AMP_MODES,
@@ -259,7 +279,7 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
                    help="fair tuning: each defense's defaults plus --budget - 1 random draws from its search space, "
                         "trained and scored on validation identities held out of the training split "
                         "(--split validation); writes tuning-<dataset>.csv/.png to --tune-out")
-    p.add_argument("--budget", type=int, default=4, help="candidates per defense for --tune (defaults included)")
+    p.add_argument("--budget", type=_count, default=4, help="candidates per defense for --tune (defaults included)")
     p.add_argument("--tune-out", default=None,
                    help="folder of the tuning tables and figures (default: studies/ in your workspace)")
     p.add_argument("--sweep-dir", default=None, help="folder of the sweep's cells (default: sweeps/default in "

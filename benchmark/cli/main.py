@@ -38,5 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     except (BenchmarkError, UnknownNameError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # one line whatever the user typed: a value with a line break is shown escaped
+        print("error: " + str(exc).replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
+        return 2
+    except OSError as exc:  # the file system refused: one line naming the path and what to do
+        what = f" {exc.filename}" if exc.filename else ""
+        print(f"error: could not use{what}: {exc.strerror or exc} (disk full, read-only, not a folder or a name too "
+              "long?); free space, fix the permissions or choose another path", file=sys.stderr)
         return 2

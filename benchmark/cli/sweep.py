@@ -91,6 +91,8 @@ def _recipes(args: argparse.Namespace) -> list[tuple[str, tuple[str, ...], int |
             raise BenchmarkError("--tune runs the search's own recipes: drop --ablation and --defense-opt")
         return [(d, opts, i) for d in _split(args.tune) for i, opts in enumerate(candidates(d, args.budget))]
     if not getattr(args, "ablation", None):
+        if not _split(args.defense):
+            raise BenchmarkError("sweep: --defense names no defense; give a comma list, e.g. --defense none,ddid")
         return [(d, tuple(args.defense_opt or ()), None) for d in _split(args.defense)]
     from defenses.base import DEFENSES
 

@@ -17,6 +17,8 @@ from benchmark.core.errors import BenchmarkError
 
 O = TypeVar("O")
 _TRUE = {"1", "true", "yes", "on"}
+#: options that are a size, a count or a budget: zero or negative is never meant
+POSITIVE = frozenset({"eps", "step", "steps", "queries", "restarts", "batch", "epochs", "batch_size"})
 _FALSE = {"0", "false", "no", "off"}
 
 
@@ -140,7 +142,10 @@ def build_options(cls: type[O], owner: str, values: dict[str, Any]) -> O:
     options: Any = cls()
     for key, raw in values.items():
         path = paths[key]
-        options = _set(options, path, coerce(raw, _get(options, path), owner, key))
+        value = coerce(raw, _get(options, path), owner, key)
+        if path[-1] in POSITIVE and isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            raise BenchmarkError(f"{owner}: option {key}={raw} must be positive")
+        options = _set(options, path, value)
     return options
 
 

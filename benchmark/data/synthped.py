@@ -21,6 +21,7 @@ from filelock import FileLock
 from PIL import Image, ImageFilter
 
 from benchmark.core.atomic import atomic_folder, atomic_write_text, remove_folder
+from benchmark.core.errors import BenchmarkError
 from benchmark.core.hashing import file_digests, fingerprint, manifest_intact
 from benchmark.core.paths import cache_dir
 from benchmark.data.base import DATASETS, ReidDataset
@@ -46,6 +47,23 @@ class SynthPedConfig:
     distractors: int = 60            # pid 0 gallery images of people outside the ID set
     junk: int = 20                   # pid -1 gallery images (bad crops), ignored by the evaluator
     version: ClassVar[int] = 1       # bump when rendering changes so caches are rebuilt
+
+    def __post_init__(self) -> None:
+        checks = [(self.num_ids >= 4, "num_ids must be at least 4 (half train, half test identities)"),
+                  (self.num_cams >= 2, "num_cams must be at least 2 (queries need a match in another camera)"),
+                  (16 <= self.height <= 1024 and 16 <= self.width <= 1024,
+                   "height and width must be between 16 and 1024 pixels"),
+                  (2 <= self.min_images <= self.max_images <= 1000,
+                   "min_images must be at least 2 and at most max_images (at most 1000)"),
+                  (0 < self.tail_power <= 100, "tail_power must be in (0, 100]"),
+                  (0 <= self.dominant_fraction <= 1, "dominant_fraction must be in [0, 1]"),
+                  (self.max_queries_per_id >= 1, "max_queries_per_id must be at least 1"),
+                  (0 <= self.distractors <= 100_000 and 0 <= self.junk <= 100_000,
+                   "distractors and junk must be between 0 and 100000"),
+                  (self.num_ids <= 100_000, "num_ids must be at most 100000")]
+        for ok, message in checks:
+            if not ok:
+                raise BenchmarkError(f"data set 'synthped': {message} (--dataset-opt)")
 
     def digest(self, seed: int) -> str:
         """Short hash of the configuration and seed (the cache folder's name)."""

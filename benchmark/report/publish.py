@@ -130,8 +130,12 @@ def publish(run_ids: list[str], workspace_runs: Path, workspace_boards: Path, re
         reason = _refusal(run, read_board(board_path)) or _diff(run, board_path)
         if reason:
             refusals.append(f"publish {run.run_id}: refused, {reason}")
+    if len(refusals) == 1:
+        raise BenchmarkError(refusals[0])
     if refusals:
-        raise BenchmarkError("\n".join(refusals) if len(refusals) > 1 else refusals[0])
+        for line in refusals:
+            say(line)
+        raise BenchmarkError(f"publish: {len(refusals)} of {len(runs)} runs refused (above); nothing was published")
     for run in runs:
         say(f"{run.run_id}: adds {len(run.added)} rows, replaces {len(run.replaced)}")
         for line in run.added + run.replaced:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.core.errors import BenchmarkError
 from benchmark.core.protocol import HEADLINE_ATTACKS
 from benchmark.report import ablation
 from benchmark.report.boards import STANDARD_EPS, SUMMARY_TEXT, board_paths, read_board, rows_of_model, seeds_path
@@ -138,8 +139,16 @@ def cmd_table(args: argparse.Namespace) -> int:
     """Print a summary table, or rewrite the README's marked tables (--readme)."""
     if args.readme:
         path = Path(args.readme)
+        if not path.is_file():
+            raise BenchmarkError(f"table --readme {path}: no such file; name the page whose marked tables to fill")
         path.write_text(readme_tables(path.read_text(), args.leaderboard_dir))
         print(f"updated the tables in {path}")
         return 0
+    board, _ = board_paths(args.leaderboard_dir, args.dataset, official=True)
+    if not board.is_file():
+        found = sorted(p.stem for p in Path(args.leaderboard_dir).glob("*.csv")
+                       if not p.stem.startswith(("summary-", "seeds-", "throughput-")))
+        raise BenchmarkError(f"table: no board {board}; boards in {args.leaderboard_dir}: "
+                             f"{', '.join(found) or 'none'} (--dataset, --leaderboard-dir)")
     print(render(summary_frame(args.leaderboard_dir, args.dataset, args.variants), args.format), end="")
     return 0

@@ -30,6 +30,7 @@ from defenses import DEFENSES
 
 #: what a run scores: the test identities, or validation identities held out of the training split (tuning)
 SPLITS = ("test", "validation")
+MAX_SEED = 2**32 - 1  # what every random generator the benchmark seeds accepts
 MAX_LABEL = 80  # longer labels are shortened (with a hash) in folder names
 Options = tuple[tuple[str, Any], ...]
 
@@ -328,6 +329,12 @@ def parse_eps(text: str | float | tuple | list) -> tuple[float, ...]:
                                  "or --eps 2,4,8,16") from None
         if not math.isfinite(value) or value <= 0 or value > 255:
             raise BenchmarkError(f"--eps {raw}: ε must be in (0, 255] units of 1/255, e.g. --eps 8")
+        if value < 1 and "/" not in raw:
+            raise BenchmarkError(f"--eps {raw} is in units of 1/255, i.e. {raw}/255 (under one grey level); did you "
+                                 f"mean --eps {value * 255:.4g} ({value:g} in [0, 1] units)? To attack below one grey "
+                                 f"level, write it as a fraction: --eps {raw}/255")
+        if round(value, 6) <= 0:
+            raise BenchmarkError(f"--eps {raw}: ε rounds to 0; give at least 0.000001/255")
         out.add(round(value, 6))
     if not out:
         raise BenchmarkError("--eps needs at least one value in units of 1/255, e.g. --eps 8 or --eps 2,4,8,16")
@@ -468,8 +475,8 @@ def make_spec(defense: str = "none", attacks: str = "none", dataset: str = "synt
     for side, value in (("--height", height), ("--width", width)):
         if not isinstance(value, int) or value < 16 or value > 1024:
             raise BenchmarkError(f"{side} {value}: give an integer between 16 and 1024 pixels")
-    if not isinstance(seed, int) or seed < 0:
-        raise BenchmarkError(f"--seed {seed}: give a non-negative integer")
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise BenchmarkError(f"--seed {seed}: give an integer between 0 and {MAX_SEED}")
     if external is None:
         weights_path, weights_sha = _weights(backbone_weights, backbone)
         model = ModelSpec(backbone, height, width, weights_sha, weights_path)

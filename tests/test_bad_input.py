@@ -1,0 +1,110 @@
+"""Bad input ends in one line naming the problem and the fix, exit code 2, before any expensive work."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from benchmark.cli.main import main
+
+LONG = "x" * 300
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--seed", "18446744073709551616"], "between 0 and 4294967295"),
+    (["run", "--eps", "1e-7"], "did you mean --eps 2.55e-05"),
+    (["run", "--eps", "0.03"], "did you mean --eps 7.65"),
+    (["run", "--eps", "0.0000001/255"], "rounds to 0"),
+    (["throughput", "--batch-size", "0"], "at least 1"),
+    (["throughput", "--repeats", "0"], "at least 1"),
+    (["validate", "--defense", "none", "--epochs", "0"], "at least 1"),
+    (["sweep", "--defense", ","], "names no defense"),
+    (["table", "--dataset", "nosuch"], "no board"),
+    (["table", "--leaderboard-dir", "/nonexistent"], "no board"),
+    (["table", "--readme", "/nonexistent.md"], "no such file"),
+    (["run", "--dataset-opt", "num_cams=1"], "num_cams must be at least 2"),
+    (["run", "--dataset-opt", "num_cams=0"], "num_cams must be at least 2"),
+    (["run", "--dataset-opt", "height=0"], "between 16 and 1024"),
+    (["run", "--dataset-opt", "width=-5"], "between 16 and 1024"),
+    (["run", "--dataset-opt", "min_images=0"], "min_images must be at least 2"),
+    (["run", "--dataset-opt", "tail_power=-6"], "tail_power must be in"),
+    (["run", "--dataset-opt", "min_images=20,max_images=10"], "at most max_images"),
+    (["run", "--dataset-opt", "dominant_fraction=5"], "dominant_fraction must be in"),
+    (["run", "--defense", "metric-at", "--defense-opt", "eps=-8/255"], "must be positive"),
+    (["run", "--defense", "metric-at", "--defense-opt", "steps=-3"], "must be positive"),
+    (["run", "--attack", "fna", "--attack-opt", "fna:steps=0"], "must be positive"),
+    (["run", "--attack", "query-bb", "--attack-opt", "query-bb:queries=-1"], "must be positive"),
+    (["run", "--dataset", "market1501", "--data-root", LONG], "File name too long"),
+    (["run", "--backbone-weights", LONG], "File name too long"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
+    assert _code([*argv, *(["--no-write"] if argv[0] == "run" else [])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def _code(argv: list[str]) -> int:
+    """The exit code of a command line (argparse's own errors exit rather than return)."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+def test_a_file_system_refusal_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["validate", "--defense", "none", "--report", str(blocker / "sub" / "r.md")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def _option_keys() -> list[tuple[str, str, str]]:
+    from attacks import ATTACKS
+    from benchmark.core.options import option_table
+    from benchmark.data import DATASETS
+    from defenses import DEFENSES
+
+    keys = [("--attack-opt", name, key) for name in ATTACKS.names()
+            for key, _, _ in option_table(ATTACKS.get(name).Options)]
+    keys += [("--defense-opt", name, key) for name in DEFENSES.names()
+             for key, _, _ in option_table(DEFENSES.get(name).Options)]
+    keys += [("--dataset-opt", name, key) for name in DATASETS.names() if DATASETS.meta(name).options
+             for key, _, _ in option_table(DATASETS.meta(name).options)]
+    return keys
+
+
+HOSTILE = ["", "nan", "inf", "-inf", "1e999", "-1", "0x10", "ünïcødé", "1/0", "true false", "9" * 40, "{{7*7}}", "a\nb"]
+
+
+def test_random_option_values_never_give_a_traceback(capsys, monkeypatch):
+    """Every registered attack, defense and data-set option, fed hostile strings: either one line and exit 2, or a
+    valid specification (which would run; here it stops before any work)."""
+    import benchmark.cli.commands as commands
+
+    class Reached(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Reached
+
+    monkeypatch.setattr(commands, "execute", stop)
+    rng = random.Random(0)
+    refused = 0
+    for flag, name, key in _option_keys():
+        for value in rng.sample(HOSTILE, 3):
+            if flag == "--attack-opt":
+                argv = ["eval", "--attack", name, flag, f"{name}:{key}={value}"]
+            elif flag == "--defense-opt":
+                argv = ["eval", "--defense", name, flag, f"{key}={value}"]
+            else:
+                root = [] if name == "synthped" else ["--data-root", "/"]
+                argv = ["eval", "--dataset", name, *root, flag, f"{key}={value}"]
+            try:
+                code = _code(argv)
+            except Reached:
+                continue
+            err = capsys.readouterr().err
+            assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
+            refused += 1
+    assert refused > 50
