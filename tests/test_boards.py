@@ -89,3 +89,23 @@ def test_provenance_reads_the_whole_checkout():
     from benchmark.core.provenance import REPO
 
     assert (REPO / "pyproject.toml").is_file() and (REPO / "attacks").is_dir()
+
+
+def test_rows_and_cache_keys_tell_machines_apart():
+    """CPU model and ISA, GPU, CUDA/cuDNN and the numeric libraries' versions: in provenance and every cache key."""
+    import dataclasses
+
+    import torch
+
+    from benchmark.core.device import numerics
+    from benchmark.core.provenance import provenance
+    from benchmark.report.boards import LeaderboardRow
+
+    cpu = torch.device("cpu")
+    prov, key = provenance(cpu, 0), numerics(cpu)
+    assert prov["cpu_capability"] == torch.backends.cpu.get_cpu_capability() == key["cpu_capability"]
+    assert prov["cpu_model"] and prov["cpu_model"] == key["cpu_model"]
+    assert all(f"{lib}=" in prov["libraries"] for lib in ("diffusers", "kornia", "adversarial-robustness-toolbox",
+                                                          "numpy"))
+    fields = {f.name for f in dataclasses.fields(LeaderboardRow)}
+    assert {"cpu_model", "cpu_capability", "gpu", "cuda_version", "cudnn_version", "libraries"} <= fields

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from benchmark.core.device import machine
+
 REPO = Path(__file__).resolve().parents[2]  # the checkout: benchmark/core/provenance.py -> ../../..
 #: paths whose changes do not make the tree dirty: outputs and prose, not code
 NOT_CODE = (":(exclude)results", ":(exclude)leaderboards", ":(exclude)*.md")
@@ -93,7 +95,7 @@ def now() -> str:
 def training_provenance(device: torch.device, seed: int) -> dict[str, Any]:
     """What a checkpoint records about how it was trained."""
     return {"git_commit": commit_label(), "date": now(), "torch_version": torch.__version__,
-            "package_version": package_version(), "device": device_name(device), "seed": seed,
+            "package_version": package_version(), "device": device_name(device), **machine(device), "seed": seed,
             "command": command_line()}
 
 
@@ -106,6 +108,7 @@ def provenance(device: torch.device, seed: int) -> dict[str, Any]:
         "python_version": platform.python_version(),
         "git_commit": commit_label(),
         "device": device_name(device),
+        **machine(device),
         "date": now(),
         "command": command_line(),
     }

@@ -98,6 +98,13 @@ class LeaderboardRow:
     suite: str = ""           # versioned attack suite of the run (standard-v1), '' if none
     forward: str = ""         # adaptive forward the attack differentiated through ('' for worst-case rows)
     mAP_2x: float = math.nan  # suite rows with --check-convergence: worst-case mAP with doubled APGD iterations
+    # what tells machines apart (bits differ between CPU models and GPUs): see benchmark.core.device.machine
+    cpu_model: str = ""
+    cpu_capability: str = ""  # torch.backends.cpu.get_cpu_capability(): the ISA the CPU kernels use
+    gpu: str = ""
+    cuda_version: str = ""
+    cudnn_version: str = ""
+    libraries: str = ""       # versions of the libraries that compute numbers (diffusers, kornia, ART, numpy)
 
 
 TEXT_COLUMNS = tuple(f.name for f in fields(LeaderboardRow) if f.type == "str")

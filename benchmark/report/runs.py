@@ -63,6 +63,8 @@ def build_rows(outcome: RunOutcome, flags: list[Flag], prov: dict[str, Any], rid
                                       else math.nan), run_id=rid,
                   package_version=prov["package_version"], torch_version=prov["torch_version"],
                   git_commit=prov["git_commit"], device=prov["device"], date=prov["date"], command=prov["command"],
+                  **{k: prov[k] for k in ("cpu_model", "cpu_capability", "gpu", "cuda_version", "cudnn_version",
+                                          "libraries")},
                   train_commit=str(trained.get("git_commit", "")),
                   train_date=str(trained.get("date", "")), checkpoint=outcome.train_info.checkpoint_key,
                   data_digest=fingerprint(outcome.workspace.digests, 12),
