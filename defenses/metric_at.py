@@ -17,7 +17,7 @@ class MetricATOptions:
     """Metric PGD settings."""
     eps: float = 8 / 255
     step: float = 2 / 255
-    #: 7, not 5: chosen by `sweep --tune metric-at` on validation identities (leaderboards/studies/tuning-synthped.csv)
+    #: chosen by `sweep --tune metric-at` on validation identities (leaderboards/studies/tuning-synthped.csv)
     steps: int = 7
     clean_weight: float = 0.5
 

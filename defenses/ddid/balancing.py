@@ -57,7 +57,7 @@ class DiffusionConfig:
     p_std: float = 1.2
     sigma_data: float = 0.5
     delta1: int = 0          # 0 = median images per identity (our default; the paper leaves it open)
-    delta2: float = 0.6      # chosen by `sweep --tune ddid` (was 0.7)
+    delta2: float = 0.6      # chosen by `sweep --tune ddid`
     #: generate: pure conditional sampling from noise; resample: SDEdit (Meng et al., ICLR 2022) from a real
     #: image of the same identity, noised to sigma_start and denoised towards the target camera
     mode: str = "resample"

@@ -68,7 +68,7 @@ class DDIDOptions:
     step: float = 2 / 255
     steps: int = 5
     fnes: FNESConfig = field(default_factory=FNESConfig)
-    lambda_e: float = 0.3    # lambda_e and meta_split: chosen by `sweep --tune ddid` (were 0.1, 0.5)
+    lambda_e: float = 0.3    # lambda_e and meta_split: chosen by `sweep --tune ddid`
     meta_split: float = 0.67  # share of a batch's identities in meta-train (the rest: meta-test)
     second_order: bool = False
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
