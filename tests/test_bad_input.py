@@ -12,7 +12,7 @@ LONG = "x" * 300
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["run", "--seed", "18446744073709551616"], "between 0 and 4294967295"),
+    (["run", "--seed", "18446744073709551616"], "must be between 0 and 4294967295"),
     (["run", "--eps", "1e-7"], "did you mean --eps 2.55e-05"),
     (["run", "--eps", "0.03"], "did you mean --eps 7.65"),
     (["run", "--eps", "0.0000001/255"], "rounds to 0"),

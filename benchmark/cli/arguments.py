@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 import torch
@@ -21,7 +22,7 @@ from benchmark.core.precision import AMP_MODES
 from benchmark.core.provenance import package_version
 from benchmark.report.runs import RunWriter
 from benchmark.run.outcome import Runtime
-from benchmark.run.spec import SPLITS, ModelSpec, RunSpec, external_model_spec, make_spec
+from benchmark.run.spec import MAX_SEED, SPLITS, ModelSpec, RunSpec, external_model_spec, make_spec
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -43,34 +44,24 @@ def attack_options(pairs: list[str] | None) -> dict[str, dict[str, str]]:
     return out
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
+def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [low, high], else one line saying which range."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{text} must be {bound}")
+        return value
+
+    return parse
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 0 <= value <= 2**32 - 1:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and {2**32 - 1}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
+_positive_int = _integer(0)
+_seed = _integer(0, MAX_SEED)
+_count = _integer(1)
 
 
 def _add_run_args(p: argparse.ArgumentParser, attacks_default: str) -> None:
