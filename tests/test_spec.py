@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from benchmark.cli.main import main
+from benchmark.core.errors import BenchmarkError
 from benchmark.run.spec import make_spec, parse_eps
 from tests.conftest import SHARED
 
@@ -93,7 +94,8 @@ def test_unsafe_pickle_weights_are_one_line(tmp_path, no_work, capsys):
 
 def test_eps_units_and_canonical_order():
     assert parse_eps("8") == (8.0,) and parse_eps("8/255") == (8.0,) and parse_eps("0.5/255") == (0.5,)
-    assert parse_eps("0.5") == (0.5,)  # always units of 1/255, never a fraction of 1
+    with pytest.raises(BenchmarkError, match="did you mean --eps 127.5"):  # units of 1/255: 0.5 means 0.5/255
+        parse_eps("0.5")
     assert parse_eps("16,2,8,4,8") == (2.0, 4.0, 8.0, 16.0)
 
 
@@ -194,7 +196,6 @@ def test_a_spec_reads_back_from_its_json_unchanged(overrides):
 
 
 def test_a_spec_json_from_another_version_is_refused():
-    from benchmark.core.errors import BenchmarkError
     from benchmark.run.spec import RunSpec, make_spec
 
     record = make_spec().to_json()
