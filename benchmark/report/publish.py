@@ -42,6 +42,11 @@ class RunToPublish:
     added: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
 
+    @property
+    def dataset(self) -> str:
+        """The data set whose boards the run's rows belong to."""
+        return self.config["spec"]["data"]["name"]
+
 
 def _load(run_id: str, runs: Path, boards: Path) -> RunToPublish:
     name = safe_name(run_id)
@@ -125,8 +130,7 @@ def publish(run_ids: list[str], workspace_runs: Path, workspace_boards: Path, re
     runs = [_load(r, workspace_runs, workspace_boards) for r in run_ids]
     refusals = []
     for run in runs:
-        dataset = run.config["spec"]["data"]["name"]
-        board_path = board_paths(boards, dataset, official=True)[0]
+        board_path = board_paths(boards, run.dataset, official=True)[0]
         reason = _refusal(run, read_board(board_path)) or _diff(run, board_path)
         if reason:
             refusals.append(f"publish {run.run_id}: refused, {reason}")
@@ -150,8 +154,7 @@ def publish(run_ids: list[str], workspace_runs: Path, workspace_boards: Path, re
                 for name in RECORDS:
                     if (run.folder / name).is_file():
                         shutil.copy2(run.folder / name, tmp / name)
-        dataset = run.config["spec"]["data"]["name"]
-        board_path, summary_path = board_paths(boards, dataset, official=True)
+        board_path, summary_path = board_paths(boards, run.dataset, official=True)
         upsert_rows(board_path, run.rows.to_dict("records"))
         upsert_summaries(summary_path, run.summary.to_dict("records"))
         written += [target, board_path, summary_path]
