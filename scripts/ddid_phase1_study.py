@@ -4,7 +4,8 @@
 trains (or loads) the warm-start model and one generator, resamples the balancing plan at every
 sigma_start x guidance x kept centre (and samples it from noise, as `generate` does, at every guidance),
 and writes
-`leaderboards/studies/ddid-phase1-<dataset>-<HxW>.csv` and `.png`. Only the training split is used:
+`leaderboards/studies/ddid-phase1-<dataset>-<HxW>.csv` and its figure (`.png`, `.pdf`; not committed:
+`python -m benchmark plots` redraws it from the CSV). Only the training split is used:
 choosing phase 1's settings from this study never looks at a test identity.
 """
 
@@ -20,13 +21,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from benchmark.core.atomic import atomic_write_text  # noqa: E402
 from benchmark.core.device import resolve_device  # noqa: E402
 from benchmark.core.errors import BenchmarkError  # noqa: E402
+from benchmark.report.plots import save_figure  # noqa: E402
+from benchmark.report.study_figures import ddid_phase1  # noqa: E402
 from benchmark.run.checkpoints import train_or_load  # noqa: E402
 from benchmark.run.spec import make_spec  # noqa: E402
 from benchmark.run.workspace import load_workspace  # noqa: E402
@@ -70,41 +72,6 @@ def study(dataset: str, data_root: str | None, sigmas: list[float], id_guidance:
     return pd.DataFrame(rows)
 
 
-def plot(frame: pd.DataFrame, path: Path) -> None:
-    """Identity against camera fidelity, one point per variant, with the target region, the real-image
-    reference and chance: the trade-off sigma_start and guidance move along."""
-    fig, ax = plt.subplots(figsize=(7.0, 4.6))
-    first = frame.iloc[0]
-    ax.axhspan(50, 105, xmin=first["cam_chance"] / 105, color="#009E73", alpha=0.08,
-               label="target: identity >= 50 %, camera above chance")
-    ax.axvline(first["cam_chance"], color="#999999", ls="--", lw=0.8, label="camera: chance")
-    ax.axhline(first["id_top1_real_at_generator_res"], color="#0072B2", ls="--", lw=0.8,
-               label="identity: real images at generator resolution")
-    markers = dict(zip(sorted(frame["sigma_start"].dropna().unique()), "osD^v<>p", strict=False))
-    colors = dict(zip(sorted({(r.id_guidance, r.cam_guidance) for r in frame.itertuples()}),
-                      ["#000000", "#D55E00", "#0072B2", "#CC79A7", "#E69F00", "#56B4E9"], strict=False))
-    for (gid, gcam), color in colors.items():
-        for r in frame[(frame["id_guidance"] == gid) & (frame["cam_guidance"] == gcam)].itertuples():
-            gen = r.mode == "generate"
-            kept = r.keep_center > 0
-            ax.scatter(r.cam_fidelity, r.id_fidelity, marker="*" if gen else markers[r.sigma_start],
-                       s=80 if gen else 40, color=color if gen or kept else "none", edgecolors=color)
-        ax.scatter([], [], color=color, marker="s", label=f"guidance id {gid:g}, camera {gcam:g}")
-    for sigma, m in markers.items():
-        ax.scatter([], [], color="#777777", marker=m, label=f"resample, sigma_start {sigma:g}")
-    ax.scatter([], [], color="#777777", marker="*", s=80, label="generate (from noise)")
-    ax.scatter([], [], color="#777777", marker="o", label="filled: centre kept (RePaint); hollow: plain SDEdit")
-    ax.set_xlim(0, 105)
-    ax.set_ylim(0, 105)
-    ax.set_xlabel("camera fidelity: camera classifier top-1 vs target camera (%)")
-    ax.set_ylabel("identity fidelity: warm-start top-1 vs identity (%)")
-    ax.set_title(f"DDID phase 1 on {first['dataset']} training identities ({int(first['height'])}x"
-                 f"{int(first['width'])} generator, {int(first['train_steps'])} steps)", fontsize=10)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
 def _floats(text: str, flag: str, low: float, high: float) -> list[float]:
     values = [float(s) for s in text.split(",") if s.strip()]
     if not values or any(not low <= v <= high for v in values):
@@ -146,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stem = f"ddid-phase1-{args.dataset}-{args.height}x{args.width}"
     atomic_write_text(out / f"{stem}.csv", frame.drop(columns=["samples"]).to_csv(index=False))
-    plot(frame, out / f"{stem}.png")
+    ddid_phase1(frame, out / stem, save_figure)
     print(frame[["mode", "sigma_start", "id_guidance", "cam_guidance", "keep_center", "id_fidelity", "cam_fidelity",
                  "cam_chance"]].to_string(index=False))
     print(f"{out / stem}.csv, .png")

@@ -66,7 +66,7 @@ def test_summary_separates_seen_and_unseen(tmp_path):
 
 def test_board_figures_draw_sweeps_per_attack_and_variants_apart(tmp_path):
     from benchmark.report import board_figures as figures
-    from benchmark.report.plots import _save, plot_variants
+    from benchmark.report.plots import plot_variants, save_figure
 
     rows = []
     for defense in ("none", "ddid", "ddid[ablate=fnes]"):
@@ -78,13 +78,13 @@ def test_board_figures_draw_sweeps_per_attack_and_variants_apart(tmp_path):
     board = pd.DataFrame(rows)
     summary = pd.DataFrame([{"defense": d, "worst_case_mAP": 5.0, "clean_mAP": 60.0, "seed": 0, "run_id": d}
                             for d in ("none", "ddid")])
-    assert [p.name for p in figures.eps_curves(board, "d", tmp_path / "d-eps-curves", _save)] == \
+    assert [p.name for p in figures.eps_curves(board, "d", tmp_path / "d-eps-curves", save_figure)] == \
         ["d-eps-curves.png", "d-eps-curves.pdf"]
     assert [p.name for p in plot_variants(board, "d", tmp_path)] == ["d-ddid-variants.png", "d-ddid-variants.pdf"]
-    assert (tmp_path / "d-heatmap.png") in figures.heatmap(board, summary, "d", tmp_path / "d-heatmap", _save)
-    assert (tmp_path / "d-cvw.png") in figures.clean_vs_worst_case(summary, "d", tmp_path / "d-cvw", _save)
+    assert (tmp_path / "d-heatmap.png") in figures.heatmap(board, summary, "d", tmp_path / "d-heatmap", save_figure)
+    assert (tmp_path / "d-cvw.png") in figures.clean_vs_worst_case(summary, "d", tmp_path / "d-cvw", save_figure)
     # a board without any swept (defense, attack) pair has no epsilon figure
-    assert figures.eps_curves(board[board["defense"] != "none"], "e", tmp_path / "e", _save) == []
+    assert figures.eps_curves(board[board["defense"] != "none"], "e", tmp_path / "e", save_figure) == []
 
 
 def test_heatmap_rows_name_their_seeds_when_seed_sets_differ():

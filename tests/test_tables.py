@@ -2,24 +2,62 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from benchmark.report.boards import write_leaderboards
+from benchmark.report.boards import LeaderboardRow, SummaryRow, ThroughputRow, write_leaderboards
+from benchmark.report.columns import seeds_columns
 from benchmark.report.tables import readme_tables, render, summary_frame
+from benchmark.run.sanity import Flag
 from tests.test_leaderboard import clean_row, make_row
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("page, marker", [("README.md", "<!-- table:synthped:seeds -->"),
-                                          ("docs/results.md", "<!-- table:synthped -->")])
+                                          ("docs/results.md", "<!-- table:synthped -->"),
+                                          ("leaderboards/README.md", "<!-- columns:row -->"),
+                                          ("docs/protocol.md", "<!-- columns:flags -->")])
 def test_generated_tables_match_the_committed_boards(page, marker):
     text = (REPO / page).read_text()
     assert marker in text
     assert readme_tables(text, REPO / "leaderboards") == text, \
         f"{page} tables are stale: run `python -m benchmark table --readme {page}`"
+
+
+def test_every_page_with_generated_tables_is_current():
+    pages = [p for p in [REPO / "README.md", *REPO.glob("docs/*.md"), *REPO.glob("leaderboards/**/*.md")]
+             if "<!-- table:" in p.read_text() or "<!-- columns:" in p.read_text()]
+    assert len(pages) >= 4
+    stale = [p.name for p in pages if readme_tables(p.read_text(), REPO / "leaderboards") != p.read_text()]
+    assert not stale, f"stale generated tables in {stale}: run `python -m benchmark table --readme PAGE`"
+
+
+def test_every_committed_board_column_is_documented():
+    documented = {"row": [f.name for f in fields(LeaderboardRow)], "summary": [f.name for f in fields(SummaryRow)],
+                  "seeds": [c for c, _ in seeds_columns()], "throughput": [f.name for f in fields(ThroughputRow)]}
+    for board in (REPO / "leaderboards").glob("*.csv"):
+        kind = next((k for k in ("summary", "seeds", "throughput") if board.name.startswith(k)), "row")
+        header = pd.read_csv(board, nrows=0).columns
+        assert set(header) <= set(documented[kind]), (board.name, set(header) - set(documented[kind]))
+    for row_type in (LeaderboardRow, SummaryRow, ThroughputRow):
+        assert all(len(f.metadata.get("doc", "")) > 10 for f in fields(row_type)), row_type
+
+
+def test_a_flag_without_documentation_is_refused():
+    with pytest.raises(ValueError, match="FLAG_MEANINGS"):
+        Flag("new-flag", "undocumented")
+    assert Flag("eps-rise:fna", "documented").code == "eps-rise:fna"
+
+
+def test_latex_and_markdown_escape_every_special_character():
+    frame = pd.DataFrame([{"defense": "a_b\\c{d}%$#&~^|e", "mAP": 1.0}])
+    latex = render(frame, "latex").splitlines()[4]
+    assert latex == (r"a\_b\textbackslash{}c\{d\}\%\$\#\&\textasciitilde{}\textasciicircum{}|e & 1.0 \\")
+    assert "a_b\\c{d}%$#&~^\\|e" in render(frame, "md")
 
 
 def test_formats(tmp_path):

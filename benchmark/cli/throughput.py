@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from benchmark.core.device import resolve_device
 from benchmark.core.paths import boards_dir
 from benchmark.core.provenance import provenance
 from benchmark.models import BACKBONES
-from benchmark.report.boards import upsert
+from benchmark.report.boards import ThroughputRow, upsert
 from benchmark.run.throughput import ITERATIONS, THROUGHPUT_KEY, attack_rate, extraction_rate, training_rate
 from defenses import DEFENSES
 
@@ -39,11 +40,11 @@ def cmd_throughput(args: argparse.Namespace) -> int:
         rate, batch = job()
         backbone = name if kind == "extract" else args.backbone
         print(f"{kind:<10} {name:<12} {backbone:<11} batch {batch:>3}  {rate:10.1f} images/s")
-        rows.append({"kind": kind, "name": name, "backbone": backbone, "batch_size": batch,
-                     "images_per_second": rate, "input": f"{size[0]}x{size[1]}",
-                     "amp": "off" if kind == "attack" else amp, "device": prov["device"],
-                     "torch_version": prov["torch_version"], "git_commit": prov["git_commit"], "date": prov["date"],
-                     "command": prov["command"]})
+        rows.append(dataclasses.asdict(ThroughputRow(
+            kind=kind, name=name, backbone=backbone, batch_size=batch, images_per_second=rate,
+            input=f"{size[0]}x{size[1]}", amp="off" if kind == "attack" else amp, device=prov["device"],
+            torch_version=prov["torch_version"], git_commit=prov["git_commit"], date=prov["date"],
+            command=prov["command"])))
     tag = "cuda" if device.type == "cuda" else "cpu"
     path = Path(args.leaderboard_dir or boards_dir()) / f"throughput-{tag}-torch{torch.__version__.split('+')[0]}.csv"
     upsert(path, rows, THROUGHPUT_KEY)

@@ -47,64 +47,151 @@ THROUGHPUT_UNITS = {"extract": "images / s (one forward pass each)",
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
+def column(doc: str, default: Any = dataclasses.MISSING) -> Any:
+    """A board column whose meaning travels with its field: `leaderboards/README.md` is generated from it."""
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
 @dataclass
 class LeaderboardRow:
     """One (defense, attack, ε) result of one run, with the provenance of its training and evaluation."""
 
-    dataset: str
-    train_dataset: str
-    defense: str
-    backbone: str
-    attack: str               # registry name, or "clean"
-    eps: str                  # "8/255"; "0" for the clean row
-    eps_value: float
-    family: str
-    knowledge: str
-    seen: str                 # clean / seen / unseen
-    attacked_with: str        # direct, or bpda through an input transform
-    clean_mAP: float
-    clean_R1: float
-    mAP: float
-    R1: float
-    R5: float
-    R10: float
-    mINP: float
-    mAP_drop: float           # clean_mAP - mAP
-    id_ap_var: float          # variance of per-identity AP (percent^2)
-    id_ap_worst10: float      # mean AP of the worst 10 % identities
-    clean_id_ap_var: float
-    num_queries: int
-    attack_seconds: float
-    queries_per_image: float  # query-based attacks only, else NaN
-    flags: str                # sanity flags of this defense run, ';'-separated
-    train_seconds: float
-    run_id: str
-    seed: int
-    package_version: str
-    torch_version: str
-    git_commit: str           # evaluation commit ('+dirty' if tracked code had changes)
-    device: str
-    date: str
-    command: str
-    settings: str = ""        # custom settings ('' on official boards)
-    train_commit: str = ""    # commit the checkpoint was trained at
-    train_date: str = ""
-    checkpoint: str = ""      # checkpoint cache key
-    data_digest: str = ""     # content hash of the train / query / gallery splits
-    defense_dist: str = ""    # distribution providing the defense (plugin name and version)
-    attack_dist: str = ""
-    allow_dirty: bool = False  # written with --allow-dirty from a tree with uncommitted code
-    training_quality: str = ""  # a defense's own training diagnostics, 'name=value;...' (DDID: phase-1 fidelity)
-    suite: str = ""           # versioned attack suite of the run (standard-v1), '' if none
-    forward: str = ""         # adaptive forward the attack differentiated through ('' for worst-case rows)
-    mAP_2x: float = math.nan  # suite rows with --check-convergence: worst-case mAP with doubled APGD iterations
-    # what tells machines apart (bits differ between CPU models and GPUs): see benchmark.core.device.machine
-    cpu_model: str = ""
-    cpu_capability: str = ""  # torch.backends.cpu.get_cpu_capability(): the ISA the CPU kernels use
-    gpu: str = ""
-    cuda_version: str = ""
-    cudnn_version: str = ""
-    libraries: str = ""       # versions of the libraries that compute numbers (diffusers, kornia, ART, numpy)
+    dataset: str = column("test data set (query + gallery; identities unseen in training)")
+    train_dataset: str = column("data set the model was trained on (differs for cross-domain runs)")
+    defense: str = column("canonical defense label: the registry name, then its non-default options in sorted order "
+                          "(`ddid[ablate=fnes+self-meta]`)")
+    backbone: str = column("backbone registry name (`osnet_small`, `resnet50`, `timm:NAME`, ...)")
+    attack: str = column("attack registry name; `clean` for the unattacked row; a suite's name (`standard-v1`) for its "
+                         "per-query worst case; `worst-case` for the per-query worst case over every attack of the run "
+                         "and the clean image")
+    eps: str = column("L∞ budget as a fraction of 255 (`8/255`); `0` on the clean row")
+    eps_value: float = column("the same budget in [0, 1] units")
+    family: str = column("the attack's declared family (gradient, guided, universal, transfer, query)")
+    knowledge: str = column("the attack's declared knowledge (white-box, transfer, score-based)")
+    seen: str = column("`clean`, `seen` (the defense trains with this attack), `unseen`, or `worst-case`")
+    attacked_with: str = column("the adaptive forwards white-box attacks differentiated through, `+`-joined: `direct`, "
+                                "`exact`, `diff-jpeg`, `cubic+ste`, or `bpda` on request")
+    clean_mAP: float = column("mAP of the same model on clean queries (percent)")
+    clean_R1: float = column("rank-1 of the same model on clean queries (percent)")
+    mAP: float = column("mAP in percent under the Market-1501 rule (same-ID-same-camera and junk ignored, distractors "
+                        "kept)")
+    R1: float = column("rank-1 matching rate (percent)")
+    R5: float = column("rank-5 matching rate (percent)")
+    R10: float = column("rank-10 matching rate (percent)")
+    mINP: float = column("mean inverse negative penalty (percent)")
+    mAP_drop: float = column("`clean_mAP - mAP`")
+    id_ap_var: float = column("population variance of per-identity AP (percent²): a bias metric")
+    id_ap_worst10: float = column("mean AP of the worst 10 % of identities: a bias metric")
+    clean_id_ap_var: float = column("`id_ap_var` of the clean row")
+    num_queries: int = column("queries with a valid positive (the others are skipped)")
+    attack_seconds: float = column("wall time of the attack over all queries")
+    queries_per_image: float = column("model queries per image of a query-based (score-based) attack; empty for others")
+    flags: str = column("sanity flags raised for this run, `;`-separated (glossary in docs/protocol.md)")
+    train_seconds: float = column("training time of the model (near 0 when its checkpoint came from the cache)")
+    run_id: str = column("the run's folder: `runs/RUN_ID` in the workspace, `results/RUN_ID` once published")
+    seed: int = column("training seed")
+    package_version: str = column("version of this package")
+    torch_version: str = column("torch version")
+    git_commit: str = column("commit of the evaluation (`+dirty` if tracked code had uncommitted changes)")
+    device: str = column("device of the evaluation (`cpu`, `cuda:0`)")
+    date: str = column("time of the evaluation (UTC, ISO 8601)")
+    command: str = column("the command that made the row: rerun it at `git_commit` to reproduce it")
+    settings: str = column("custom settings that differ from the protocol, `;`-joined (`epochs=2;input=64x32`); empty "
+                           "on official boards", "")
+    train_commit: str = column("commit the checkpoint was trained at", "")
+    train_date: str = column("time the checkpoint was trained", "")
+    checkpoint: str = column("the checkpoint's cache key (a hash of the data, every option, the warm-start parent and "
+                             "the training code)", "")
+    data_digest: str = column("content hash of the train, query and gallery splits", "")
+    defense_dist: str = column("the distribution (name and version) that provided the defense: this package or a "
+                               "plug-in", "")
+    attack_dist: str = column("the distribution that provided the attack", "")
+    allow_dirty: bool = column("the row was written with `--allow-dirty` from a tree with uncommitted code", False)
+    training_quality: str = column("the defense's own training diagnostics, `name=value;...` (DDID: phase-1 identity "
+                                   "and camera fidelity in percent, chance, images used)", "")
+    suite: str = column("the versioned suite the run included (`standard-v1`); empty if none", "")
+    forward: str = column("the adaptive forward this row's attack used; empty on worst-case rows", "")
+    mAP_2x: float = column("suite rows of runs with `--check-convergence`: worst-case mAP with doubled APGD "
+                           "iterations", math.nan)
+    cpu_model: str = column("CPU model of the evaluating machine (bits differ between CPU models)", "")
+    cpu_capability: str = column("the instruction set torch's CPU kernels use (`torch.backends.cpu."
+                                 "get_cpu_capability()`)", "")
+    gpu: str = column("GPU name, if the evaluation ran on one", "")
+    cuda_version: str = column("CUDA version torch was built with", "")
+    cudnn_version: str = column("cuDNN version", "")
+    libraries: str = column("versions of the other libraries that compute numbers (diffusers, kornia, ART, numpy)", "")
+
+
+def doc_of(row_type: type, name: str) -> str:
+    """The documented meaning of one column of a row dataclass."""
+    return next(f.metadata["doc"] for f in fields(row_type) if f.name == name)
+
+
+def _as_on_board(name: str, default: Any = dataclasses.MISSING) -> Any:
+    return column(doc_of(LeaderboardRow, name), default)
+
+
+@dataclass
+class SummaryRow:
+    """One trained model's headline numbers, all from ONE run of it (`summary-<dataset>.csv`)."""
+
+    dataset: str = _as_on_board("dataset")
+    train_dataset: str = _as_on_board("train_dataset")
+    defense: str = _as_on_board("defense")
+    backbone: str = _as_on_board("backbone")
+    seed: int = _as_on_board("seed")
+    settings: str = _as_on_board("settings")
+    clean_mAP: float = _as_on_board("clean_mAP")
+    clean_R1: float = _as_on_board("clean_R1")
+    clean_id_ap_var: float = _as_on_board("clean_id_ap_var")
+    eps: str = column("the ε the numbers below are at: `8/255`, or `all` when the run did not attack at 8/255, `-` "
+                      "when it attacked nothing")
+    worst_case_mAP: float = column("**the headline**: mAP of the per-query worst case of the suite named in `suite` "
+                                   "at 8/255")
+    worst_case_R1: float = column("rank-1 of the same per-query worst case")
+    suite: str = _as_on_board("suite")
+    worst_case_mAP_2x: float = column("the convergence check: `worst_case_mAP` with doubled APGD iterations")
+    worst_case_all_mAP: float = column("per-query worst case over every attack of the run and the suite")
+    attacks: int = column("how many single attacks the run made at this ε")
+    robust_mAP_mean: float = column("mean mAP over the single attacks")
+    robust_mAP_worst: float = column("lowest mAP of a single attack: an upper bound on the worst case, kept for "
+                                     "comparison")
+    worst_attack: str = column("the single attack with the lowest mAP")
+    unseen_mAP_mean: float = column("mean mAP over the attacks the defense never trained on")
+    unseen_mAP_worst: float = column("lowest mAP over the attacks the defense never trained on")
+    seen_mAP_mean: float = column("mean mAP over the attacks the defense trained on")
+    seen_mAP_worst: float = column("lowest mAP over the attacks the defense trained on")
+    whitebox_R1_mean: float = column("mean rank-1 over the white-box single attacks")
+    attacked_id_ap_var_mean: float = column("mean `id_ap_var` over the single attacks")
+    flags: str = _as_on_board("flags")
+    train_seconds: float = _as_on_board("train_seconds")
+    attacked_with: str = _as_on_board("attacked_with")
+    run_id: str = _as_on_board("run_id")
+    git_commit: str = _as_on_board("git_commit")
+    train_commit: str = _as_on_board("train_commit")
+    checkpoint: str = _as_on_board("checkpoint")
+    device: str = _as_on_board("device")
+    torch_version: str = _as_on_board("torch_version")
+    date: str = _as_on_board("date")
+    command: str = column("the command of the run: it reproduces every number of the row")
+
+
+@dataclass
+class ThroughputRow:
+    """One measured rate of `python -m benchmark throughput` (`throughput-<device>-torch<version>.csv`)."""
+
+    kind: str = column("`extract` (one forward pass), `attack` (one gradient step or query) or `train-step`")
+    name: str = column("the backbone, attack or defense measured")
+    backbone: str = column("the backbone the attack or training step ran on")
+    batch_size: int = column("images per batch, after halving on running out of memory")
+    images_per_second: float = column("images per second; for attacks image-iterations per second")
+    input: str = column("input size, height x width")
+    amp: str = column("mixed precision (`off`, `bf16`, `fp16`); attacks always run in float32")
+    device: str = _as_on_board("device")
+    torch_version: str = _as_on_board("torch_version")
+    git_commit: str = _as_on_board("git_commit")
+    date: str = _as_on_board("date")
+    command: str = _as_on_board("command")
 
 
 TEXT_COLUMNS = tuple(f.name for f in fields(LeaderboardRow) if f.type == "str")
@@ -328,33 +415,33 @@ def summarise_run(run: pd.DataFrame) -> dict[str, Any]:
     unseen = scope[scope["seen"] == Seen.UNSEEN.value]
     seen = scope[scope["seen"] == Seen.SEEN.value]
     white = scope[scope["knowledge"] == "white-box"]
-    return {
+    return dataclasses.asdict(SummaryRow(
         **{k: first[k] for k in SUMMARY_KEY},
-        "clean_mAP": float(clean["mAP"].iloc[0]) if len(clean) else math.nan,
-        "clean_R1": float(clean["R1"].iloc[0]) if len(clean) else math.nan,
-        "clean_id_ap_var": float(clean["id_ap_var"].iloc[0]) if len(clean) else math.nan,
-        "eps": STANDARD_EPS if len(default_eps) or len(suite_row) else ("all" if len(attacked) else "-"),
-        "worst_case_mAP": _at(suite_row, "mAP"),
-        "worst_case_R1": _at(suite_row, "R1"),
-        "suite": suite_name if len(suite_row) else "",
-        "worst_case_mAP_2x": _at(suite_row, "mAP_2x"),
-        "worst_case_all_mAP": _at(all_row, "mAP", _at(suite_row, "mAP")),
-        "attacks": len(scope),
-        "robust_mAP_mean": _mean(scope["mAP"]),
-        "robust_mAP_worst": float(scope["mAP"].min()) if len(scope) else math.nan,
-        "worst_attack": str(scope.loc[scope["mAP"].idxmin(), "attack"]) if len(scope) else "",
-        "unseen_mAP_mean": _mean(unseen["mAP"]),
-        "unseen_mAP_worst": float(unseen["mAP"].min()) if len(unseen) else math.nan,
-        "seen_mAP_mean": _mean(seen["mAP"]),
-        "seen_mAP_worst": float(seen["mAP"].min()) if len(seen) else math.nan,
-        "whitebox_R1_mean": _mean(white["R1"]),
-        "attacked_id_ap_var_mean": _mean(scope["id_ap_var"]),
-        "flags": first["flags"] if isinstance(first["flags"], str) else "",
-        "train_seconds": first["train_seconds"], "attacked_with": first["attacked_with"],
-        "run_id": first["run_id"], "git_commit": first["git_commit"], "train_commit": first.get("train_commit", ""),
-        "checkpoint": first.get("checkpoint", ""), "device": first["device"],
-        "torch_version": first["torch_version"], "date": first["date"], "command": first["command"],
-    }
+        clean_mAP=float(clean["mAP"].iloc[0]) if len(clean) else math.nan,
+        clean_R1=float(clean["R1"].iloc[0]) if len(clean) else math.nan,
+        clean_id_ap_var=float(clean["id_ap_var"].iloc[0]) if len(clean) else math.nan,
+        eps=STANDARD_EPS if len(default_eps) or len(suite_row) else ("all" if len(attacked) else "-"),
+        worst_case_mAP=_at(suite_row, "mAP"),
+        worst_case_R1=_at(suite_row, "R1"),
+        suite=suite_name if len(suite_row) else "",
+        worst_case_mAP_2x=_at(suite_row, "mAP_2x"),
+        worst_case_all_mAP=_at(all_row, "mAP", _at(suite_row, "mAP")),
+        attacks=len(scope),
+        robust_mAP_mean=_mean(scope["mAP"]),
+        robust_mAP_worst=float(scope["mAP"].min()) if len(scope) else math.nan,
+        worst_attack=str(scope.loc[scope["mAP"].idxmin(), "attack"]) if len(scope) else "",
+        unseen_mAP_mean=_mean(unseen["mAP"]),
+        unseen_mAP_worst=float(unseen["mAP"].min()) if len(unseen) else math.nan,
+        seen_mAP_mean=_mean(seen["mAP"]),
+        seen_mAP_worst=float(seen["mAP"].min()) if len(seen) else math.nan,
+        whitebox_R1_mean=_mean(white["R1"]),
+        attacked_id_ap_var_mean=_mean(scope["id_ap_var"]),
+        flags=first["flags"] if isinstance(first["flags"], str) else "",
+        train_seconds=first["train_seconds"], attacked_with=first["attacked_with"],
+        run_id=first["run_id"], git_commit=first["git_commit"], train_commit=first.get("train_commit", ""),
+        checkpoint=first.get("checkpoint", ""), device=first["device"],
+        torch_version=first["torch_version"], date=first["date"], command=first["command"],
+    ))
 
 
 def _covers_more(old: pd.Series, new: pd.Series) -> bool:

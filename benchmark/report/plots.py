@@ -14,8 +14,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from benchmark.core.protocol import STANDARD_EPS_LABEL
-from benchmark.report import board_figures as figures  # noqa: E402
+from benchmark.report import board_figures as figures
 from benchmark.report.boards import SUMMARY_TEXT, read_board  # noqa: E402
+from benchmark.report.study_figures import plot_studies  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 120, "savefig.bbox": "tight", "font.size": 9, "axes.grid": True,
                      "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False})
@@ -24,7 +25,8 @@ plt.rcParams.update({"figure.dpi": 120, "savefig.bbox": "tight", "font.size": 9,
 MATCH_COLOR, MISS_COLOR = "#0072B2", "#D55E00"  # Okabe-Ito blue and vermillion
 
 
-def _save(fig: plt.Figure, stem: Path) -> list[Path]:
+def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
+    """Write a figure as `<stem>.png` and `<stem>.pdf` and close it."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     # not with_suffix: stems such as "throughput-cpu-torch2.14.1" contain dots
     paths = [stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.pdf"]
@@ -69,7 +71,7 @@ def plot_adversarial_grid(clean: list[np.ndarray], adversarial: list[np.ndarray]
     for row, label in enumerate(("clean", "adversarial", "perturbation\n(amplified)")):
         (axes[row, 0] if n > 1 else axes[row]).set_ylabel(label)
     fig.suptitle(title)
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 def plot_ranking(record: dict[str, Any], image_lookup: dict[str, np.ndarray], stem: Path) -> list[Path]:
@@ -106,7 +108,7 @@ def plot_ranking(record: dict[str, Any], image_lookup: dict[str, np.ndarray], st
     top = max(ax.get_position().y1 for ax in axes[0])
     fig.suptitle(f"top-{k} retrieval, clean vs {record['attack']} @ {record['eps']}\n"
                  "✓ blue: same identity   ✗ vermillion: other identity", y=top + 0.003, va="bottom", fontsize=8)
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 def plot_per_id(per_id_csv: Path, stem: Path, title: str) -> list[Path]:
@@ -118,7 +120,7 @@ def plot_per_id(per_id_csv: Path, stem: Path, title: str) -> list[Path]:
     ax.set_ylabel("per-identity AP (%)")
     ax.set_title(title)
     ax.tick_params(axis="x", rotation=60)
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 def plot_run(outcome: Any, record: dict[str, Any], folder: Path) -> list[Path]:
@@ -218,7 +220,7 @@ def _grouped_bars(table: pd.DataFrame, title: str, stem: Path) -> list[Path]:
     ax.set_ylabel("mAP (%)")
     ax.set_title(title)
     ax.legend(fontsize=6, ncols=2, bbox_to_anchor=(1.01, 1), loc="upper left")
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 def _mAP_at_8(board: pd.DataFrame) -> pd.DataFrame:
@@ -270,7 +272,7 @@ def plot_ablations(leaderboard_dir: Path, dataset: str, out: Path) -> list[Path]
                           if ax is axes[0] else [])
         fig.suptitle(f"{name} ablation on {dataset}: mean ± sd over seeds (dots: single seeds)", fontsize=10)
         fig.tight_layout()
-        paths += _save(fig, out / f"{dataset}-{name}-ablation")
+        paths += save_figure(fig, out / f"{dataset}-{name}-ablation")
     return paths
 
 
@@ -281,20 +283,21 @@ def plot_all(leaderboard_dir: str | Path, results_dir: str | Path, out: str | Pa
     for board_path in sorted(leaderboard_dir.glob("*.csv")):
         name = board_path.stem
         if name.startswith("throughput-"):
-            paths += figures.throughput(pd.read_csv(board_path), name, out / name, _save)
+            paths += figures.throughput(pd.read_csv(board_path), name, out / name, save_figure)
             continue
         if name.startswith(("summary-", "seeds-")):  # derived from the board of the same data set
             continue
         board = read_board(board_path)
         summary = read_board(leaderboard_dir / f"summary-{name}.csv", SUMMARY_TEXT)
-        paths += figures.heatmap(board, summary, name, out / f"{name}-heatmap", _save)
-        paths += figures.eps_curves(board, name, out / f"{name}-eps-curves", _save)
-        paths += figures.clean_vs_worst_case(summary, name, out / f"{name}-clean-vs-worst-case", _save)
-        paths += figures.worst_case_ap(summary, results_dir, name, out / f"{name}-worst-case-ap", _save)
-        paths += figures.cmc(board, summary, name, out / f"{name}-cmc", _save)
-        paths += figures.seen_unseen(summary, name, out / f"{name}-seen-unseen", _save)
+        paths += figures.heatmap(board, summary, name, out / f"{name}-heatmap", save_figure)
+        paths += figures.eps_curves(board, name, out / f"{name}-eps-curves", save_figure)
+        paths += figures.clean_vs_worst_case(summary, name, out / f"{name}-clean-vs-worst-case", save_figure)
+        paths += figures.worst_case_ap(summary, results_dir, name, out / f"{name}-worst-case-ap", save_figure)
+        paths += figures.cmc(board, summary, name, out / f"{name}-cmc", save_figure)
+        paths += figures.seen_unseen(summary, name, out / f"{name}-seen-unseen", save_figure)
         paths += plot_variants(board, name, out)
         paths += plot_ablations(leaderboard_dir, name, out)
+    paths += plot_studies(leaderboard_dir / "studies", out / "studies", save_figure)
     for folder in sorted(p for p in results_dir.glob("*") if (p / "config.json").is_file()):
         paths += replot_run(folder)
     return paths

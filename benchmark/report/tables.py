@@ -19,9 +19,16 @@ from benchmark.core.errors import BenchmarkError
 from benchmark.core.protocol import HEADLINE_ATTACKS
 from benchmark.report import ablation
 from benchmark.report.boards import STANDARD_EPS, SUMMARY_TEXT, board_paths, read_board, rows_of_model, seeds_path
+from benchmark.report.columns import fill_references
 
 NAMES = {"fna": "FNA", "sma": "SMA", "ifgsm": "I-FGSM"}
 MARKER = re.compile(r"(<!-- table:(?P<key>[\w.:-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+#: every character LaTeX treats specially, as text (a label is data, never markup)
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_LATEX_SPECIAL = re.compile("|".join(re.escape(c) for c in _LATEX_ESCAPES))
 
 
 def _fmt(value: float) -> str:
@@ -88,11 +95,12 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
         [_fmt(v) if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
     if fmt == "md":
         lines = ["| " + " | ".join(cells[0]) + " |", "| " + " | ".join("---" for _ in cells[0]) + " |"]
-        lines += ["| " + " | ".join(r) + " |" for r in cells[1:]]
+        # a `|` inside a label would end its cell
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in cells[1:]]
         return "\n".join(lines) + "\n"
     if fmt == "latex":
         def esc(text: str) -> str:
-            return text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+            return _LATEX_SPECIAL.sub(lambda m: _LATEX_ESCAPES[m.group()], text)
 
         lines = [r"\begin{tabular}{l" + "r" * (len(cells[0]) - 1) + "}", r"\toprule",
                  " & ".join(esc(c) for c in cells[0]) + r" \\", r"\midrule"]
@@ -132,7 +140,7 @@ def readme_tables(text: str, leaderboard_dir: str | Path) -> str:
             frame = summary_frame(leaderboard_dir, dataset, variants=variant == "variants")
         return match.group(1) + render(frame, "md") + match.group(4)
 
-    return MARKER.sub(fill, text)
+    return fill_references(MARKER.sub(fill, text))
 
 
 def cmd_table(args: argparse.Namespace) -> int:

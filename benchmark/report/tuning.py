@@ -100,28 +100,12 @@ def report(leaderboard_dir: str | Path, dataset: str, defenses: list[str], budge
 
 
 def write_report(frame: pd.DataFrame, out_dir: str | Path, dataset: str) -> list[Path]:
-    """`tuning-<dataset>.csv` and a figure: validation worst case against clean mAP per candidate."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """`tuning-<dataset>.csv` and its figure (validation worst case against clean mAP per candidate)."""
+    from benchmark.report.plots import save_figure
+    from benchmark.report.study_figures import tuning
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / f"tuning-{dataset}.csv"
     write_csv(frame, csv)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    colors = ["#0072B2", "#D55E00", "#009E73", "#CC79A7"]
-    for color, (defense, block) in zip(colors, frame.groupby("defense"), strict=False):
-        ax.scatter(block["val_clean_mAP"], block["val_worst_case_mAP"], color=color, label=defense)
-        for r in block.itertuples():
-            ax.annotate(f"{r.candidate}" + (" (chosen)" if r.chosen else ""), (r.val_clean_mAP, r.val_worst_case_mAP),
-                        fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("validation clean mAP (%)")
-    ax.set_ylabel("validation worst-case mAP (%)")
-    ax.set_title(f"Tuning on held-out training identities of {dataset} (0 = defaults)", fontsize=10)
-    ax.legend(fontsize=8)
-    png = out / f"tuning-{dataset}.png"
-    fig.savefig(png, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return [csv, png]
+    return [csv, *tuning(frame, dataset, out / f"tuning-{dataset}", save_figure)]

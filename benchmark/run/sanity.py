@@ -27,11 +27,34 @@ WEAK_ATTACK_MAP = 5.0          # suite this far below the best single attack: th
 UNCHANGED = 0.5 / 255          # an output within half a grey level of its input counts as unchanged
 
 
+#: every flag code and when it is raised; docs/protocol.md's glossary is generated from it
+FLAG_MEANINGS: dict[str, str] = {
+    "eps-rise": "robust mAP of an attack (`eps-rise:<attack>`) rises by more than 1 point when ε grows",
+    "blackbox-stronger": "a transfer or score-based attack (`blackbox-stronger:<attack>`) beats, by more than 1 "
+                         "point, every white-box attack of the same objective (the registry's `objective`: Square "
+                         "and fgsm/sma share the self-distance, transfer and ifgsm/mifgsm the push loss)",
+    "more-iters-weaker": "SMA with 16 steps leaves mAP more than 1 point above SMA with 4 steps",
+    "zero-grad": "some queries have an all-zero input gradient at a white-box attack's (`zero-grad:<attack>`) own "
+                 "starting point, through the adaptive forward",
+    "unchanged": "an attack (`unchanged:<attack>`) left more than half of the queries within half a grey level of "
+                 "the clean image",
+    "attack-raises-map": "an attack (`attack-raises-map:<attack>`) leaves mAP more than 1 point above clean",
+    "weak-attack": "the suite's worst case is more than 5 points below the best single attack: the single-attack "
+                   "numbers overstate robustness",
+    "not-converged": "doubling the suite's APGD iterations lowers the worst-case mAP by more than 1 point",
+    "nondeterministic": "two embeddings of the same images differ (a randomised defense then needs EOT)",
+}
+
+
 @dataclass(frozen=True)
 class Flag:
-    """A sanity flag: a machine-readable code and a sentence."""
+    """A sanity flag: a machine-readable code (`FLAG_MEANINGS`, optionally `:<attack>`) and a sentence."""
     code: str
     message: str
+
+    def __post_init__(self) -> None:
+        if self.code.partition(":")[0] not in FLAG_MEANINGS:
+            raise ValueError(f"sanity flag {self.code!r} is not in FLAG_MEANINGS; document it there")
 
 
 def eps_monotonicity(results: list[AttackResult]) -> list[Flag]:
