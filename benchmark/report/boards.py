@@ -30,6 +30,7 @@ from filelock import FileLock
 
 from benchmark.core.atomic import atomic_write_text
 from benchmark.core.enums import Seen
+from benchmark.core.errors import BenchmarkError
 from benchmark.core.protocol import STANDARD_EPS_LABEL as STANDARD_EPS
 from benchmark.core.protocol import WORST_CASE
 from benchmark.core.seed_stats import paired_interval, paired_verdict, verdict
@@ -313,6 +314,67 @@ def read_board(path: str | Path, text: Iterable[str] = TEXT_COLUMNS) -> pd.DataF
     for c in text_cols:
         frame[c] = frame[c].fillna("").astype(str)
     return frame
+
+
+def board_kind(path: Path) -> str:
+    """Which board a CSV is, by its name: `summary`, `seeds`, `throughput` or `row` (`<dataset>.csv`)."""
+    return next((k for k in ("summary", "seeds", "throughput") if path.name.startswith(f"{k}-")), "row")
+
+
+def _schema(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(required, numeric) columns of a board kind."""
+    def numeric(row_type: type) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(row_type) if f.type in ("float", "int"))
+
+    if kind == "seeds":
+        return (*SEED_GROUP, "n", "worst_case_mAP_mean"), ("n", *(f"{m}_{s}" for m in SEED_METRICS
+                                                                   for s in ("mean", "sd")))
+    if kind == "throughput":
+        return ("kind", "name", "images_per_second"), numeric(ThroughputRow)
+    if kind == "summary":
+        return (*SUMMARY_KEY, "clean_mAP", "run_id", "date"), numeric(SummaryRow)
+    return (*ROW_KEY, "mAP", "seen", "run_id", "date"), numeric(LeaderboardRow)
+
+
+def check_board(path: Path) -> None:
+    """Refuse, in one line naming the file, line and column, a board a reader cannot trust: empty, a column
+    missing, or a number that is not one. Readers (site, table, plots, merge) check before any work."""
+    fix = "restore it from git or from the run folders, or remove the row (boards are written by run and publish)"
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise BenchmarkError(f"{path}: not a readable CSV board ({str(exc).splitlines()[0]}); {fix}") from None
+    kind = board_kind(path)
+    if kind == "seeds" and frame.empty:  # rebuilt from a summary whose runs have no suite yet
+        return
+    required, numeric = _schema(kind)
+    missing = [c for c in required if c not in frame]
+    if frame.empty or missing:
+        what = "has no rows" if not missing else f"is not a leaderboard (no column {', '.join(missing)})"
+        raise BenchmarkError(f"{path} {what}; {fix}")
+    if "dataset" in frame:  # it names board files: never a path
+        bad_name = ~frame["dataset"].str.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")
+        if bad_name.any():
+            raise BenchmarkError(f"{path}, line {int(bad_name.idxmax()) + 2}, column dataset: "
+                                 f"{frame.at[bad_name.idxmax(), 'dataset']!r} is not a data set name; {fix}")
+    for column in (c for c in numeric if c in frame):
+        text = frame[column].str.strip().str.lstrip("'")
+        values = pd.to_numeric(text.where(text != ""), errors="coerce")
+        bad = values.isna() & (text != "") & ~text.str.lower().isin(("nan", "inf", "-inf"))
+        if column in ("seed", "n", "num_queries", "attacks", "batch_size"):
+            bad |= values.notna() & (values != values.round())
+        if bad.any():
+            line = int(bad.idxmax()) + 2  # the header is line 1
+            raise BenchmarkError(f"{path}, line {line}, column {column}: {frame.at[bad.idxmax(), column]!r} is not "
+                                 f"a{'n integer' if column in ('seed', 'n') else ' number'}; {fix}")
+
+
+def check_boards(folder: Path) -> list[Path]:
+    """Check every board in a folder (and its `custom/`); returns them."""
+    boards = sorted([*folder.glob("*.csv"), *(folder / "custom").glob("*.csv")])
+    for board in boards:
+        check_board(board)
+    return boards
 
 
 def _keys(frame: pd.DataFrame, key: tuple[str, ...]) -> pd.Series:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,8 @@ import pandas as pd  # noqa: E402
 
 from benchmark.core.protocol import STANDARD_EPS_LABEL
 from benchmark.report import board_figures as figures
-from benchmark.report.boards import SUMMARY_TEXT, read_board  # noqa: E402
+from benchmark.report.boards import SUMMARY_TEXT, check_boards, read_board  # noqa: E402
+from benchmark.report.records import read_json_record
 from benchmark.report.study_figures import plot_studies  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 120, "savefig.bbox": "tight", "font.size": 9, "axes.grid": True,
@@ -167,12 +167,12 @@ def _gallery_from_run(outcome: Any, record: dict[str, Any]) -> dict[str, np.ndar
 def replot_run(folder: Path) -> list[Path]:
     """Redraw a run's figures from its records (per_id_ap.csv, ranking.json, examples.npz) and its data set."""
     out: list[Path] = []
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json_record(folder / "config.json")
     spec = config["spec"]
     title = f"{spec['defense_label']} / {spec['data']['name']}"
     if (folder / "per_id_ap.csv").is_file():
         out += plot_per_id(folder / "per_id_ap.csv", folder / "per_id_ap", f"per-ID AP, {title}")
-    record = json.loads((folder / "ranking.json").read_text()) if (folder / "ranking.json").is_file() else {}
+    record = read_json_record(folder / "ranking.json") if (folder / "ranking.json").is_file() else {}
     images = _images_from_data(record, spec) if record and (folder / "examples.npz").is_file() else None
     if images is not None:
         clean, adversarial = _examples(folder / "examples.npz", images[0])
@@ -279,6 +279,7 @@ def plot_ablations(leaderboard_dir: Path, dataset: str, out: Path) -> list[Path]
 def plot_all(leaderboard_dir: str | Path, results_dir: str | Path, out: str | Path) -> list[Path]:
     """Every figure from the boards in `leaderboard_dir` and the run folders."""
     leaderboard_dir, results_dir, out = Path(leaderboard_dir), Path(results_dir), Path(out)
+    check_boards(leaderboard_dir)
     paths: list[Path] = []
     for board_path in sorted(leaderboard_dir.glob("*.csv")):
         name = board_path.stem

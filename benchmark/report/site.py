@@ -8,7 +8,6 @@ adversarial examples), one page for throughput. Flags stand next to the number t
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -22,7 +21,8 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from benchmark.core.atomic import TMP_PREFIX, atomic_write_text, remove_folder, sweep_stale_temps
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.protocol import WORST_CASE
-from benchmark.report.boards import THROUGHPUT_UNITS
+from benchmark.report.boards import THROUGHPUT_UNITS, check_boards
+from benchmark.report.records import read_json_record
 from benchmark.run.spec import safe_name
 
 #: flags that question a number other than the worst-case mAP, by code (or code prefix before ':')
@@ -135,7 +135,7 @@ def _flag_messages(run_folder: Path) -> dict[str, str]:
     path = run_folder / "metrics.json"
     if not path.is_file():
         return {}
-    flags = json.loads(path.read_text()).get("flags", [])
+    flags = read_json_record(path).get("flags", [])
     return {f["code"]: f.get("message", "") for f in flags if isinstance(f, dict) and "code" in f}
 
 
@@ -380,6 +380,7 @@ def build_site(leaderboard_dir: str | Path = "leaderboards", results_dir: str | 
     """
     out = Path(out)
     check_site_folder(out, (Path(leaderboard_dir), Path(results_dir)))
+    check_boards(Path(leaderboard_dir))
     builder = SiteBuilder(Path(leaderboard_dir), Path(results_dir))
     out.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_temps(out.parent)  # builds killed before they finished

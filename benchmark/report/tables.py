@@ -15,10 +15,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.core.atomic import atomic_write_text
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.protocol import HEADLINE_ATTACKS
 from benchmark.report import ablation
-from benchmark.report.boards import STANDARD_EPS, SUMMARY_TEXT, board_paths, read_board, rows_of_model, seeds_path
+from benchmark.report.boards import (
+    STANDARD_EPS,
+    SUMMARY_TEXT,
+    board_paths,
+    check_boards,
+    read_board,
+    rows_of_model,
+    seeds_path,
+)
 from benchmark.report.columns import fill_references
 
 NAMES = {"fna": "FNA", "sma": "SMA", "ifgsm": "I-FGSM"}
@@ -149,11 +158,14 @@ def cmd_table(args: argparse.Namespace) -> int:
         path = Path(args.readme)
         if not path.is_file():
             raise BenchmarkError(f"table --readme {path}: no such file; name the page whose marked tables to fill")
-        path.write_text(readme_tables(path.read_text(), args.leaderboard_dir))
+        check_boards(Path(args.leaderboard_dir))
+        atomic_write_text(path, readme_tables(path.read_text(), args.leaderboard_dir))
         print(f"updated the tables in {path}")
         return 0
     board, _ = board_paths(args.leaderboard_dir, args.dataset, official=True)
-    if not board.is_file():
+    if board.is_file():
+        check_boards(Path(args.leaderboard_dir))
+    else:
         found = sorted(p.stem for p in Path(args.leaderboard_dir).glob("*.csv")
                        if not p.stem.startswith(("summary-", "seeds-", "throughput-")))
         raise BenchmarkError(f"table: no board {board}; boards in {args.leaderboard_dir}: "
