@@ -108,3 +108,17 @@ def test_random_option_values_never_give_a_traceback(capsys, monkeypatch):
             assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
             refused += 1
     assert refused > 50
+
+
+def test_weights_holding_nan_are_refused_before_training(tmp_path, capsys):
+    import torch
+
+    from benchmark.models.backbones import build_backbone
+
+    state = build_backbone("reidnet-s")[0].state_dict()
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first] = torch.full_like(state[first], float("nan"))
+    torch.save(state, tmp_path / "nan.pt")
+    assert _code(["run", "--backbone-weights", str(tmp_path / "nan.pt"), "--no-write"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "NaN or infinity" in err and first in err and len(err.splitlines()) == 1, err

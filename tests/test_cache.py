@@ -56,6 +56,21 @@ def test_damaged_checkpoints_are_trained_again_never_loaded(caplog):
     assert not list(folder.parent.glob(".tmp-*"))
 
 
+@pytest.mark.parametrize("record", [None, "", "abc", 7])
+def test_a_checkpoint_whose_record_lacks_its_sha256_is_trained_again(caplog, record):
+    key = {"test": f"no-sha-{record}"}
+    calls: list = []
+    _, _, folder = cached_checkpoint(key, _train(calls))
+    info = json.loads((folder / "train.json").read_text())
+    if record is None:
+        del info["weights_sha256"]
+    else:
+        info["weights_sha256"] = record
+    (folder / "train.json").write_text(json.dumps(info))
+    _, info, _ = cached_checkpoint(key, _train(calls))
+    assert not info["cached"] and len(calls) == 2 and "no sha256" in caplog.text
+
+
 def test_non_finite_models_are_never_cached():
     def fit():
         model = _tiny_model()
@@ -218,3 +233,26 @@ def test_cached_files_are_shared_like_every_other_file(tmp_path):
     model.save(tmp_path / "ckpt")
     for name in ("model.safetensors", "model.json"):
         assert os.stat(tmp_path / "ckpt" / name).st_mode & 0o777 == default_mode(), name
+
+
+def test_an_altered_attack_cell_is_run_again_not_blamed_on_the_attack(tmp_path, monkeypatch, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from benchmark.cli.main import main
+    from benchmark.core.hashing import sha256_file
+
+    monkeypatch.setenv("RRB_CACHE_DIR", str(tmp_path))
+    argv = ["eval", "--defense", "none", "--attack", "fgsm", "--epochs", "1", "--device", "cpu", "--height", "64",
+            "--width", "32", "--dataset-opt", ",".join(f"{k}={v}" for k, v in TINY_SYNTHPED.items())]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    (cell,) = [p for p in (tmp_path / "cells").iterdir() if p.is_dir()]
+    adv = load_file(str(cell / "adv.safetensors"))["adv"]
+    save_file({"adv": (adv + 0.5).clamp(0, 1)}, str(cell / "adv.safetensors"))  # far outside the ball
+    record = json.loads((cell / "cell.json").read_text())
+    record["sha256"] = sha256_file(cell / "adv.safetensors")  # altered consistently: only the ball check sees it
+    (cell / "cell.json").write_text(json.dumps(record))
+    assert main(argv) == 0
+    second = capsys.readouterr()
+    assert "is corrupt" in second.err and "running it again" in second.err
+    assert second.out.split("fgsm")[1][:40] == first.split("fgsm")[1][:40]

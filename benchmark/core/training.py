@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -190,7 +191,10 @@ def _load_checkpoint(folder: Path) -> tuple[ReidModel, dict[str, Any]] | None:
         return None
     try:
         info = json.loads((folder / "train.json").read_text())
-        model = ReidModel.load(folder, expected_sha256=info.get("weights_sha256"))
+        sha = info.get("weights_sha256") if isinstance(info, dict) else None
+        if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+            raise CorruptCacheError("its record holds no sha256 of the weights, so they cannot be verified")
+        model = ReidModel.load(folder, expected_sha256=sha)
     except (CorruptCacheError, OSError, ValueError) as exc:
         logging.getLogger("benchmark").warning("checkpoint %s is damaged (%s); training it again", folder.name, exc)
         return None

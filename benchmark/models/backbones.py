@@ -97,7 +97,16 @@ def mobilenetv2() -> tuple[nn.Module, int]:
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
-    """The state dict in a local .safetensors or .pt/.pth file (tensors only: no unsafe pickle)."""
+    """The finite state dict in a local .safetensors or .pt/.pth file (tensors only: no unsafe pickle)."""
+    state = _read_tensors(path)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise BenchmarkError(f"'{path}' holds NaN or infinity in {len(bad)} tensors (e.g. {bad[0]}); pass weights "
+                             "from a training that did not diverge")
+    return state
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file

@@ -134,6 +134,22 @@ class CellStore:
         """A verified cached cell, or None (a damaged one is removed); under torchrun, rank 0's answer for all."""
         return from_main(lambda: self._load(key))
 
+    def load_checked(self, key: str, clean: torch.Tensor, eps: float, attack: str, norm: str
+                     ) -> tuple[torch.Tensor, dict[str, Any], float] | None:
+        """`load`, then the threat-model check every fresh output passes: a stored cell that fails it was altered
+        after it was written (it passed the same check before), so it is removed and run again, with a note."""
+        cached = self.load(key)
+        if cached is None:
+            return None
+        try:
+            check_adversarial(cached[0], clean, eps, attack, norm)
+        except AttackValidityError as exc:
+            log.warning("cached attack cell %s is corrupt (%s); running it again", key, exc)
+            if world().is_main:
+                remove_folder(self.root / key)
+            return None
+        return cached
+
     def _load(self, key: str) -> tuple[torch.Tensor, dict[str, Any], float] | None:
         folder = self.root / key
         try:

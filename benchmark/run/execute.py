@@ -27,7 +27,6 @@ from benchmark.run.outcome import AttackResult, RunOutcome, Runtime, eps_label, 
 from benchmark.run.sanity import sanity_flags
 from benchmark.run.spec import RunSpec
 from benchmark.run.suites import run_suites, run_worst_cases
-from benchmark.run.validity import check_adversarial
 from benchmark.run.workspace import Workspace, load_workspace
 
 log = logging.getLogger("benchmark")
@@ -111,10 +110,9 @@ def _attack_cell(outcome: RunOutcome, cells: CellStore, name: str, eps: float, c
     spec, ws, view = outcome.spec, outcome.workspace, outcome.views[0]
     options = attack_options(spec, name, eps)
     key = cells.key(name, eps, options, view.surrogate_name)
-    cached = cells.load(key)
+    cached = cells.load_checked(key, clean_images, eps, name, spec.norm)
     if cached is not None:
         adv, report, seconds = cached
-        check_adversarial(adv, clean_images, eps, name, spec.norm)
     else:
         ctx = attack_context(spec, ws, outcome.query_feats, outcome.gallery_feats, device, name)
         adv, report, seconds = run_attack(name, eps, view, ws, ctx, spec, clean_images)

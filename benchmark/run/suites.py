@@ -78,10 +78,9 @@ def run_suite(suite: Suite, eps: float, outcome: RunOutcome, cells: CellStore, c
             options = _member_options(member.attack, eps, dict(member.options), suite.floor)
             key = cells.key(member.attack, eps, options, view.surrogate_name, suite=suite.name, position=position,
                             queries=fingerprint(open_.tolist()))
-            cached = cells.load(key)
+            cached = cells.load_checked(key, clean_images[open_], eps, member.attack, spec.norm)
             if cached is not None:
                 adv, report, seconds = cached
-                check_adversarial(adv, clean_images[open_], eps, member.attack, spec.norm)
             else:
                 ctx = attack_context(spec, ws, outcome.query_feats, outcome.gallery_feats, device, member.attack)
                 adv, report, seconds = run_attack(member.attack, eps, view, ws, ctx, spec, clean_images, options,
