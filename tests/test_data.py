@@ -52,16 +52,85 @@ def test_corrupt_image_names_its_path(tmp_path):
 def test_market_layout_loader(tmp_path):
     from PIL import Image
 
+    levels = iter(range(10, 250, 20))  # every file differs: identical bytes would be dropped as copies
     for folder, names in {"bounding_box_train": ["0001_c1s1_000001_00.jpg", "0001_c2s1_000002_00.jpg"],
                           "query": ["0003_c1s1_000003_00.jpg"],
                           "bounding_box_test": ["0003_c2s1_000004_00.jpg", "0000_c1s1_000005_00.jpg",
                                                 "-1_c1s1_000006_00.jpg"]}.items():
         (tmp_path / folder).mkdir()
         for n in names:
-            Image.new("RGB", (64, 128)).save(tmp_path / folder / n)
+            level = next(levels)
+            Image.new("RGB", (64, 128), color=(level, level, level)).save(tmp_path / folder / n)
     ds = build_dataset("market1501", tmp_path)
     assert ds.train_ids == {1} and ds.test_ids == {3}
     assert sorted(it.pid for it in ds.gallery) == [-1, 0, 3]
+
+
+def _market(root: Path, query: dict[str, int], gallery: dict[str, int]) -> Path:
+    """A tiny Market-1501 folder: file name -> grey level (equal levels make byte-identical files)."""
+    from PIL import Image
+
+    for folder, names in {"bounding_box_train": {"0001_c1s1_000001_00.png": 1, "0001_c2s1_000002_00.png": 2},
+                          "query": query, "bounding_box_test": gallery}.items():
+        (root / folder).mkdir(parents=True)
+        for name, level in names.items():
+            Image.new("RGB", (64, 128), color=(level, level, level)).save(root / folder / name)
+    return root
+
+
+def test_gallery_copies_of_query_images_are_left_out_with_a_warning(tmp_path, caplog):
+    root = _market(tmp_path, {"0003_c1s1_000003_00.png": 30},
+                   {"0003_c1s1_000099_00.png": 30, "0003_c2s1_000004_00.png": 40, "0000_c1s1_000005_00.png": 50})
+    with caplog.at_level("WARNING", logger="benchmark.data"):
+        ds = build_dataset("market1501", root)
+    assert sorted(it.path.name for it in ds.gallery) == ["0000_c1s1_000005_00.png", "0003_c2s1_000004_00.png"]
+    assert "1 gallery images are byte-identical copies of query images" in caplog.text
+
+
+@pytest.mark.parametrize("query, gallery, message", [
+    ({"0003_c1s1_000003_00.png": 30}, {"0003_c1s1_000004_00.png": 40}, "no query has a positive"),
+    ({"12345678901234567890_c1s1_000003_00.png": 30}, {"12345678901234567890_c2s1_000004_00.png": 40},
+     "identity 12345678901234567890 or camera 1 is outside"),
+])
+def test_market_folders_that_cannot_be_scored_are_refused(tmp_path, query, gallery, message):
+    with pytest.raises(DataError, match=message):
+        build_dataset("market1501", _market(tmp_path, query, gallery))
+
+
+def _png_header_claiming(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width x height (the pixel data is a 1x1 image's): only a header check is safe."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.new("RGB", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("side", [5000, 60000])
+def test_huge_images_are_refused_from_their_header(tmp_path, side):
+    path = _png_header_claiming(tmp_path / "0001_c1s1_000001_00.png", side, side)
+    with pytest.raises(DataError, match="person crop|DecompressionBomb") as exc:
+        load_image(path, (128, 64))
+    assert str(path) in str(exc.value)
+
+
+@pytest.mark.parametrize("lines, message", [
+    ("0001_000_01_0303morning_0015_0.jpg abc\n", "label 'abc' is not an integer"),
+    ("0001_000_01_0303morning_0015_0.jpg 99999999999999999999\n", "is not an integer"),
+    ("", "lists no images"),
+])
+def test_msmt_list_files_with_bad_labels_are_refused(tmp_path, lines, message):
+    for name in ("list_train.txt", "list_query.txt", "list_gallery.txt"):
+        (tmp_path / name).write_text(lines)
+    with pytest.raises(DataError, match=message):
+        build_dataset("msmt17", tmp_path)
 
 
 def test_pku_subset_split():

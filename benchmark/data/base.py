@@ -16,6 +16,10 @@ from benchmark.core.registry import EntryInfo, Registry
 
 JUNK_PID = -1
 DISTRACTOR_PID = 0
+#: a person crop is small; a larger image is refused from its header, before it is decoded (decompression bombs)
+MAX_IMAGE_PIXELS = 4096 * 4096
+#: labels are stored as int64 tensors and compared as Python ints: keep them far from any overflow
+MAX_LABEL = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,15 @@ class ReidDataset:
         for split in ("train", "query", "gallery"):
             if not getattr(self, split):
                 raise DataError(f"data set '{self.name}' has an empty {split} split; check the data root")
+        for split in ("train", "query", "gallery"):
+            for it in getattr(self, split):
+                if not (-1 <= it.pid <= MAX_LABEL and 0 <= it.camid <= MAX_LABEL):
+                    raise DataError(f"'{it.path}': identity {it.pid} or camera {it.camid} is outside [-1, {MAX_LABEL}]"
+                                    f" (a data set label must be a small integer); rename or remove the file")
         assert_identity_disjoint(self.train_ids, self.test_ids, f"data set '{self.name}'")
+        if not any(scoreable_queries(self.query, self.gallery)):
+            raise DataError(f"data set '{self.name}': no query has a positive (same identity, another camera) in "
+                            "the gallery, so nothing can be scored; check the query and gallery folders")
 
     @property
     def train_ids(self) -> set[int]:
@@ -57,6 +69,14 @@ class ReidDataset:
         return (f"{self.name}: train {len(self.train)} images / {len(self.train_ids)} IDs, "
                 f"query {len(self.query)}, gallery {len(self.gallery)} / {len(self.test_ids)} test IDs, "
                 f"{len(cams)} cameras")
+
+
+def scoreable_queries(query: Sequence[Item], gallery: Sequence[Item]) -> list[bool]:
+    """Per query: does the gallery hold its identity in another camera (the Market-1501 rule's valid query)?"""
+    cameras: dict[int, set[int]] = {}
+    for it in gallery:
+        cameras.setdefault(it.pid, set()).add(it.camid)
+    return [q.pid > DISTRACTOR_PID and bool(cameras.get(q.pid, set()) - {q.camid}) for q in query]
 
 
 def assert_identity_disjoint(train_ids: set[int], test_ids: set[int], what: str) -> None:
@@ -111,11 +131,14 @@ def load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
     """Read one RGB image as uint8 CHW resized to (height, width)."""
     try:
         with Image.open(path) as img:
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise DataError(f"image '{path}' is {img.width}x{img.height} pixels, more than a person crop can be "
+                                f"({MAX_IMAGE_PIXELS} pixels); it is not decoded: remove or shrink it")
             img = img.convert("RGB")
             if img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read image '{path}' ({type(exc).__name__}); the file is corrupt or not an "
                         "image, remove or replace it") from exc
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()

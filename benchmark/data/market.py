@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import re
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from benchmark.data.base import DATASETS, Item, ReidDataset
 # Market: 0002_c1s1_000451_03.jpg, junk -1_c1s1_..., Duke: 0005_c2_f0046985.jpg
 _MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+log = logging.getLogger("benchmark.data")
 
 
 def parse_market_name(path: Path) -> tuple[int, int]:
@@ -41,8 +44,25 @@ def load_market_layout(root: Path, name: str) -> ReidDataset:
     """A data set from Market-1501 folders (bounding_box_train, query, bounding_box_test)."""
     train = [it for it in _scan_market_folder(root / "bounding_box_train") if it.pid >= 0]
     query = _scan_market_folder(root / "query")
-    gallery = _scan_market_folder(root / "bounding_box_test")
+    gallery = _without_copies_of(query, _scan_market_folder(root / "bounding_box_test"), name)
     return ReidDataset(name, train, query, gallery)
+
+
+def _without_copies_of(query: list[Item], gallery: list[Item], name: str) -> list[Item]:
+    """The gallery less byte-identical copies of query images, which would be free rank-1 hits (with a warning)."""
+    def digest(path: Path) -> str:
+        return hashlib.sha1(path.read_bytes()).hexdigest()
+
+    query_sizes = {it.path.stat().st_size for it in query}
+    candidates = [it for it in gallery if it.path.stat().st_size in query_sizes]  # only same-size files can match
+    if not candidates:
+        return gallery
+    query_digests = {digest(it.path) for it in query}
+    copies = {it.path for it in candidates if digest(it.path) in query_digests}
+    if copies:
+        log.warning("%s: %d gallery images are byte-identical copies of query images (free rank-1 hits); left "
+                    "out of the gallery", name, len(copies))
+    return [it for it in gallery if it.path not in copies]
 
 
 @DATASETS.register("market1501", needs_root=True, layout="Market-1501 folders")
@@ -70,11 +90,16 @@ def _read_msmt_list(root: Path, list_name: str, image_dir: str) -> list[Item]:
         if len(parts) != 2:
             raise DataError(f"{list_file}:{line_no}: expected '<relative path> <pid>', got '{line}'")
         rel, pid = parts
+        if not re.fullmatch(r"-?\d{1,9}", pid):
+            raise DataError(f"{list_file}:{line_no}: the label '{pid}' is not an integer identity; expected "
+                            "'<relative path> <pid>'")
         name_fields = Path(rel).name.split("_")
         if len(name_fields) < 3 or not name_fields[2].isdigit():
             raise DataError(f"{list_file}:{line_no}: cannot read the camera from '{rel}', expected "
                             "MSMT17 naming <pid>_<index>_<cam>_...")
         items.append(Item(root / image_dir / rel, int(pid), int(name_fields[2])))
+    if not items:
+        raise DataError(f"list file '{list_file}' lists no images; expected lines '<relative path> <pid>'")
     return items
 
 
