@@ -122,3 +122,32 @@ def test_weights_holding_nan_are_refused_before_training(tmp_path, capsys):
     assert _code(["run", "--backbone-weights", str(tmp_path / "nan.pt"), "--no-write"]) == 2
     err = capsys.readouterr().err.strip()
     assert "NaN or infinity" in err and first in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("flag", ["--results-dir", "--leaderboard-dir"])
+def test_an_unusable_destination_is_refused_before_training(tmp_path, capsys, monkeypatch, flag):
+    import benchmark.run.execute as execute
+
+    def never(*args, **kwargs):
+        raise AssertionError("the run started before its destination was checked")
+
+    monkeypatch.setattr(execute, "load_workspace", never)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert _code(["run", "--defense", "none", "--attack", "fgsm", "--epochs", "1", flag, str(blocker / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "could not use" in err and str(blocker) in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--launcher-opt", "cluster=nosuch"], "unknown cluster 'nosuch'"),
+    ([], "no `srun` on the PATH"),
+    (["--launcher-opt", "cluster=local,processes_per_cell=0"], "processes_per_cell must be"),
+])
+def test_a_sweep_its_launcher_cannot_run_is_refused_before_any_cell(tmp_path, capsys, monkeypatch, options, message):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun
+    sweep_dir = tmp_path / "sweep"
+    assert _code(["sweep", "--defense", "none", "--launcher", "submitit", *options, "--sweep-dir", str(sweep_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not sweep_dir.exists()

@@ -212,12 +212,12 @@ def test_weight_files_are_keyed_by_content(tmp_path):
 
 def test_ddid_generator_folder_is_keyed_by_content(tmp_path):
     from defenses import build_defense
+    from tests.test_ddid_parts import tiny_generator
 
-    gen = tmp_path / "gen"
-    gen.mkdir()
-    (gen / "conditioning.json").write_text(json.dumps({"a": 1}))
+    gen = tiny_generator(tmp_path / "gen")
     first = build_defense("ddid", generator=str(gen)).config()["generator_sha256"]
-    (gen / "conditioning.json").write_text(json.dumps({"a": 2}))
+    meta = json.loads((gen / "conditioning.json").read_text())
+    (gen / "conditioning.json").write_text(json.dumps({**meta, "note": "edited"}))
     assert build_defense("ddid", generator=str(gen)).config()["generator_sha256"] != first
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -328,6 +329,45 @@ def test_a_generator_folder_without_unconditional_rows_is_refused_in_one_line(tm
     save_file(old, str(path))
     with pytest.raises(BenchmarkError, match="older DDID phase 1"):
         ConditionalEDM.load(tmp_path / "gen", torch.device("cpu"))
+
+
+def tiny_generator(folder: Path) -> Path:
+    """A generator folder as a DDID run writes it (an untrained 8x4 UNet)."""
+    cfg = DiffusionConfig(height=8, width=4, channels=(16, 16), train_steps=1, batch_size=2, sample_steps=2)
+    ConditionalEDM(cfg, [3, 7], [1, 2], torch.device("cpu")).save(folder)
+    return folder
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda g: [p.unlink() for p in g.rglob("*") if p.is_file()], "not a DDID generator folder"),
+    (lambda g: (g / "conditioning.json").write_text("{broken"), "damaged generator record"),
+    (lambda g: (g / "conditioning.json").write_text("[1, 2]"), "does not hold a DDID generator"),
+    (lambda g: (g / "unet" / "config.json").write_text('{"_class_name": "VQModel"}'), "does not hold a DDID"),
+])
+def test_a_generator_folder_that_is_not_one_is_refused_before_any_work(tmp_path, damage, message):
+    from defenses import build_defense
+
+    gen = tiny_generator(tmp_path / "gen")
+    build_defense("ddid", generator=str(gen))  # intact: accepted
+    damage(gen)
+    with pytest.raises(BenchmarkError, match=message) as exc:
+        build_defense("ddid", generator=str(gen))
+    assert "\n" not in str(exc.value)
+    with pytest.raises(BenchmarkError, match="is not a folder"):
+        build_defense("ddid", generator=str(gen / "conditioning.json"))
+
+
+@pytest.mark.parametrize("part", ["unet/diffusion_pytorch_model.safetensors", "conditioning.safetensors"])
+def test_a_generator_with_damaged_weights_is_refused_in_one_line_when_loaded(tmp_path, part):
+    gen = tiny_generator(tmp_path / "gen")
+    _truncate(gen / part)
+    with pytest.raises(BenchmarkError, match="cannot load the DDID generator") as exc:
+        ConditionalEDM.load(gen, torch.device("cpu"))
+    assert "\n" not in str(exc.value)
 
 
 def test_resampling_with_a_kept_centre_re_renders_only_the_background():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing as mp
+import shutil
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,10 @@ CellRunner = Callable[..., int]  # run_cell(folder, writes_markers=True) -> exit
 class LocalOptions:
     """Worker processes."""
     workers: int = 1
+
+
+#: submitit's executors: SLURM, and the local one (what the tests drive)
+SUBMITIT_CLUSTERS = ("slurm", "local")
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,9 @@ class Launcher:
     def __init__(self, sweep_dir: Path, **options: Any) -> None:
         self.sweep_dir = sweep_dir
         self.options = build_options(self.Options, f"launcher '{self.name}'", options)
+
+    def check(self) -> None:
+        """Before any cell is written: refuse, in one line, options this machine cannot launch with."""
 
     def launch(self, train: Sequence[str], evaluate: Sequence[str], run_cell: CellRunner) -> None:
         """Run every training cell, then every evaluation cell."""
@@ -109,6 +117,18 @@ class SubmititLauncher(Launcher):
         """The submitit option `processes_per_cell` (one torch.distributed process per GPU)."""
         return int(self.options.processes_per_cell)
 
+    def check(self) -> None:
+        """A cluster submitit knows, `srun` on the PATH for SLURM, at least one process per cell."""
+        o = self.options
+        if o.cluster not in SUBMITIT_CLUSTERS:
+            raise BenchmarkError(f"launcher 'submitit': unknown cluster {o.cluster!r}; use "
+                                 f"--launcher-opt cluster={' or cluster='.join(SUBMITIT_CLUSTERS)}")
+        if o.cluster == "slurm" and shutil.which("srun") is None:
+            raise BenchmarkError("launcher 'submitit': no `srun` on the PATH, so this is not a SLURM machine; run "
+                                 "the sweep on a login node, or use --launcher local")
+        if o.processes_per_cell < 1:
+            raise BenchmarkError("launcher 'submitit': processes_per_cell must be at least 1")
+
     def executor(self) -> Any:
         """A configured submitit AutoExecutor."""
         import submitit
@@ -118,8 +138,6 @@ class SubmititLauncher(Launcher):
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster=o.cluster)
         params: dict[str, Any] = {"timeout_min": o.time_limit, "cpus_per_task": o.cpus_per_task,
                                   "slurm_array_parallelism": o.array_parallelism, "name": "reid-bench"}
-        if o.processes_per_cell < 1:
-            raise BenchmarkError("launcher 'submitit': processes_per_cell must be at least 1")
         if o.processes_per_cell > 1:  # one SLURM task per process, each joining the cell's process group
             params["tasks_per_node"] = o.processes_per_cell
         if o.gpus_per_task:

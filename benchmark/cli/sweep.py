@@ -263,6 +263,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep_dir = _sweep_dir(args)
     launcher_cls = LAUNCHERS.get(args.launcher)
     launcher = launcher_cls(sweep_dir, **parse_kv(args.launcher_opt, "--launcher-opt"))
+    launcher.check()
     cells = expand(args, launcher.processes_per_cell)
     if args.status:
         print(format_status(cells, sweep_dir))

@@ -127,3 +127,20 @@ def share_tree(folder: str | Path) -> None:
     """Give every file and folder under `folder` the default permissions (a library wrote some 0600)."""
     for path in Path(folder).rglob("*"):
         os.chmod(path, default_mode(folder=path.is_dir()))
+
+
+def ensure_writable(folder: str | Path) -> Path:
+    """Create `folder` if needed and prove a file can be written in it, before any work that would write there.
+
+    Raises the OSError a later write would raise (not a folder, read-only, disk full), with the path.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
+    try:
+        os.write(fd, b"probe")
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+    return folder
+

@@ -14,14 +14,14 @@ import torch
 
 from attacks import ATTACKS
 from attacks.base import AttackInfo
-from benchmark.core.atomic import atomic_folder, atomic_write_text
+from benchmark.core.atomic import atomic_folder, atomic_write_text, ensure_writable
 from benchmark.core.enums import Seen
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.hashing import fingerprint
 from benchmark.core.metrics import pairwise_distance
 from benchmark.core.protocol import WORST_CASE
 from benchmark.core.provenance import provenance, tree_dirty
-from benchmark.report.boards import LeaderboardRow, write_leaderboards
+from benchmark.report.boards import LeaderboardRow, board_paths, write_leaderboards
 from benchmark.run.checkpoints import embed
 from benchmark.run.outcome import AttackResult, RunOutcome, eps_label, format_summary, format_table
 from benchmark.run.sanity import Flag, format_flags
@@ -221,10 +221,13 @@ class RunWriter:
     allow_dirty: bool = False
 
     def check(self, spec: RunSpec) -> None:
-        """Before any work: official rows need a clean tree (or --allow-dirty, recorded in every row)."""
+        """Before any work: official rows need a clean tree (or --allow-dirty, recorded in every row), and both
+        destinations must take a file (a results folder left without its rows is found now, not after the run)."""
         if spec.official and not self.allow_dirty and tree_dirty():
             raise BenchmarkError("the code has uncommitted changes: official rows must come from a clean tree; "
                                  "commit first, or pass --allow-dirty (recorded in every row) or --no-write")
+        ensure_writable(self.results_dir)
+        ensure_writable(board_paths(self.leaderboard_dir, spec.data.name, spec.official)[0].parent)
 
     def __call__(self, outcome: RunOutcome) -> dict[str, Path]:
         """Write the run folder and upsert its rows; returns the paths by label."""

@@ -205,6 +205,34 @@ def make_scheduler(cfg: DiffusionConfig):
                              prediction_type="epsilon")
 
 
+GENERATOR_FILES = ("unet/config.json", "scheduler/scheduler_config.json", "conditioning.json",
+                   "conditioning.safetensors")
+
+
+def check_generator_folder(folder: Path) -> None:
+    """Refuse, before any work, a folder that is not a DDID generator as `ConditionalEDM.save` writes it:
+    the diffusers UNet and scheduler configs, its weights, and the conditioning record and tensors."""
+    folder = Path(folder)
+    fix = ("pass a folder written by a DDID run (under the cache's ddid-generators/, named in its phase-1 "
+           "manifest) with --defense-opt generator=PATH")
+    if not folder.is_dir():
+        raise BenchmarkError(f"DDID generator '{folder}' is not a folder; {fix}")
+    missing = [f for f in GENERATOR_FILES if not (folder / f).is_file()]
+    if not any((folder / "unet").glob("diffusion_pytorch_model*")):
+        missing.append("unet/diffusion_pytorch_model.safetensors")
+    if missing:
+        raise BenchmarkError(f"'{folder}' is not a DDID generator folder (no {', '.join(missing)}); {fix}")
+    try:
+        meta = json.loads((folder / "conditioning.json").read_text())
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BenchmarkError(f"'{folder}' holds a damaged generator record ({exc}); {fix}") from None
+    if not (isinstance(meta, dict) and {"config", "id_values", "cam_values"} <= set(meta)
+            and isinstance(unet, dict) and unet.get("_class_name") == "UNet2DModel"):
+        raise BenchmarkError(f"'{folder}' does not hold a DDID generator (a diffusers UNet2DModel with its "
+                             f"conditioning record); {fix}")
+
+
 class ConditionalEDM:
     """UNet + conditioner + EDM scheduler: training, sampling, save/load as a diffusers folder."""
 
@@ -347,15 +375,22 @@ class ConditionalEDM:
 
     @classmethod
     def load(cls, folder: Path, device: torch.device) -> ConditionalEDM:
-        """Read a generator folder written by `save`."""
+        """Read a generator folder written by `save`; a damaged one is refused in one line."""
+        check_generator_folder(folder)
+        from safetensors import SafetensorError
+
+        try:
+            return cls._load(folder, device)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+            raise BenchmarkError(f"cannot load the DDID generator in '{folder}' ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''}); train a new one by running DDID "
+                                 "without --defense-opt generator=...") from None
+
+    @classmethod
+    def _load(cls, folder: Path, device: torch.device) -> ConditionalEDM:
         from diffusers import EDMEulerScheduler, UNet2DModel
 
-        meta_path = folder / "conditioning.json"
-        if not (folder / "unet").is_dir() or not meta_path.is_file():
-            raise BenchmarkError(f"'{folder}' is not a DDID generator folder: expected unet/ (diffusers "
-                                 "UNet2DModel), scheduler/ and conditioning.json + conditioning.safetensors, "
-                                 "as written by a previous DDID run (see its run folder)")
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads((folder / "conditioning.json").read_text())
         cfg_dict = meta["config"]
         cfg_dict["channels"] = tuple(cfg_dict["channels"])
         obj = cls.__new__(cls)

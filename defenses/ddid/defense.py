@@ -28,7 +28,7 @@ from benchmark.models import ReidModel
 from defenses.adversarial import eval_mode, farthest_negative_centroids, metric_pgd, self_metric_pgd
 from defenses.base import AblationStep, Defense, register_defense
 from defenses.ddid.adversarial_learning import FeatureDiscriminator, discriminator_loss, encoder_loss
-from defenses.ddid.balancing import DiffusionConfig, balance
+from defenses.ddid.balancing import DiffusionConfig, balance, check_generator_folder
 from defenses.ddid.fnes import FNESConfig, extend_and_mix, soft_targets
 from defenses.ddid.quality import phase1_quality
 from defenses.ddid.self_meta import identity_split, meta_update
@@ -97,10 +97,8 @@ class DDID(Defense):
         if unknown:
             raise BenchmarkError(f"unknown DDID part(s) {', '.join(sorted(unknown))} in --defense-opt ablate=...; "
                                  f"valid parts: {', '.join(PARTS)}")
-        if self.options.generator and not Path(self.options.generator).is_dir():
-            raise BenchmarkError(f"DDID generator folder '{self.options.generator}' does not exist; pass a folder "
-                                 "trained by a DDID run (under the cache's ddid-generators/, named in its phase-1 "
-                                 "manifest) with --defense-opt generator=PATH")
+        if self.options.generator:
+            check_generator_folder(Path(self.options.generator))
         d = self.options.diffusion
         if d.mode not in MODES:
             raise BenchmarkError(f"DDID mode={d.mode!r}: use generate (sampling from noise) or resample (SDEdit from "
