@@ -256,3 +256,12 @@ def test_an_altered_attack_cell_is_run_again_not_blamed_on_the_attack(tmp_path, 
     second = capsys.readouterr()
     assert "is corrupt" in second.err and "running it again" in second.err
     assert second.out.split("fgsm")[1][:40] == first.split("fgsm")[1][:40]
+
+
+def test_a_safetensors_write_failure_is_an_os_error_naming_the_file(tmp_path):
+    from benchmark.core.atomic import save_tensors
+
+    target = tmp_path / "missing" / "x.safetensors"
+    with pytest.raises(OSError) as exc:
+        save_tensors({"a": torch.zeros(2)}, target)
+    assert exc.value.filename == str(target)

@@ -242,3 +242,18 @@ def test_a_rerun_writes_where_the_rerun_says(tmp_path):
     assert all(r["runtime"]["threads"] == 2 for cid, r in records.items() if cid != cells[0].id)
     assert records[cells[0].id]["runtime"]["threads"] == 1
     assert all(r["spec"]["digest"].startswith(cid.split("-", 1)[1]) for cid, r in records.items())
+
+
+def test_a_cell_another_sweep_is_running_is_left_to_it(tmp_path, capsys):
+    from filelock import FileLock
+
+    from benchmark.cli.sweep import CLAIM, run_cell
+
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    (cell / "cell.json").write_text("{}")  # would fail if run
+    with FileLock(str(cell / CLAIM)):  # the first sweep's worker holds its claim
+        assert run_cell(str(cell)) == 0
+    assert "being run by another sweep" in capsys.readouterr().err
+    assert not (cell / "failed").exists() and not (cell / "done").exists() and not (cell / "running").exists()
+    assert run_cell(str(cell)) == 1 and (cell / "failed").is_file()  # unclaimed: this worker runs it

@@ -18,11 +18,14 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from benchmark.cli.arguments import (
     external_from_args,
@@ -163,6 +166,10 @@ def state(folder: Path) -> str:
     return "pending"
 
 
+#: held by the process running a cell, so two sweeps on one folder never run the same cell
+CLAIM = "claim.lock"
+
+
 def run_cell(folder: str, writes_markers: bool = True) -> int:
     """Run one cell in this process (a launcher's worker); writes its markers; returns the exit code.
 
@@ -171,6 +178,23 @@ def run_cell(folder: str, writes_markers: bool = True) -> int:
     path = Path(folder)
     if (path / "done").is_file():
         return 0
+    if not writes_markers:
+        return _run_cell(path, writes_markers)
+    claim = FileLock(str(path / CLAIM))
+    try:
+        claim.acquire(timeout=0)
+    except Timeout:  # a second sweep on the same folder: the cell is its to finish
+        print(f"cell {path.name} is being run by another sweep on this folder; left to it", file=sys.stderr)
+        return 0
+    try:
+        if (path / "done").is_file():  # finished while this worker waited for its turn
+            return 0
+        return _run_cell(path, writes_markers)
+    finally:
+        claim.release()
+
+
+def _run_cell(path: Path, writes_markers: bool) -> int:
     if writes_markers:
         atomic_write_text(path / "running", json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                                         "start": time.time()}))

@@ -8,6 +8,7 @@ of writers that were killed outright.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -117,9 +118,13 @@ def save_tensors(tensors: dict[str, Any], path: str | Path) -> None:
     safetensors creates its files readable by the owner only (0600); cached checkpoints, attack cells
     and phase-1 images are shared like the rest of the cache.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    save_file(tensors, str(path))
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as exc:  # an I/O failure inside the library: the same one-line report as any write
+        raise OSError(errno.EIO, f"safetensors could not write the file ({exc})", str(path)) from None
     os.chmod(path, default_mode())
 
 

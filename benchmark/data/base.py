@@ -42,7 +42,8 @@ class ReidDataset:
     def __post_init__(self) -> None:
         for split in ("train", "query", "gallery"):
             if not getattr(self, split):
-                raise DataError(f"data set '{self.name}' has an empty {split} split; check the data root")
+                raise DataError(f"data set '{self.name}' has an empty {split} split; check --data-root (a folder "
+                                "data set) or --dataset-opt (a generated one)")
         for split in ("train", "query", "gallery"):
             for it in getattr(self, split):
                 if not (-1 <= it.pid <= MAX_LABEL and 0 <= it.camid <= MAX_LABEL):
