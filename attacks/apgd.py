@@ -27,20 +27,21 @@ from dataclasses import dataclass
 import torch
 
 from attacks.context import Ascender, AttackContext, AttackOptions
+from benchmark.core.options import option
 
 
 @dataclass(frozen=True)
 class APGDOptions(AttackOptions):
     """APGD schedule: 100 iterations, initial step 2ε, momentum 0.75, checkpoint ratio 0.75, one run."""
-    step: float = 16 / 255
-    steps: int = 100
+    step: float = option(16 / 255, above=0, high=1)
+    steps: int = option(100, low=1, high=100_000)
     random_start: bool = True
-    schedule: str = "apgd"
-    momentum: float = 0.75
-    rho: float = 0.75
-    restarts: int = 1
+    schedule: str = option("apgd", choices=('pgd', 'apgd'))
+    momentum: float = option(0.75, low=0, high=1)
+    rho: float = option(0.75, above=0, high=1)
+    restarts: int = option(1, low=1, high=1000)
     #: AP (fraction) at or below which a query counts as broken and is no longer iterated; 0 = never
-    floor: float = 0.0
+    floor: float = option(0.0, low=0, high=1)
 
 
 def checkpoints(steps: int) -> list[int]:

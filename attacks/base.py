@@ -25,7 +25,6 @@ from torch import nn
 from attacks.apgd import apgd_ascent
 from attacks.context import AttackContext, AttackOptions, AttackTarget
 from benchmark.core.enums import AttackFamily, Knowledge, Norm, Side
-from benchmark.core.errors import BenchmarkError
 from benchmark.core.options import build_options
 from benchmark.core.registry import EntryInfo, Registry
 from benchmark.models import eval_mode
@@ -55,8 +54,6 @@ class Attack:
     def __init__(self, model: nn.Module, **options: Any) -> None:
         self.model = model
         self.options = build_options(self.Options, f"attack '{self.name}'", options)
-        if self.options.norm not in (Norm.LINF.value, Norm.L2.value):
-            raise BenchmarkError(f"attack '{self.name}': norm={self.options.norm} is not linf or l2")
         self.device = next(iter(model.parameters())).device
 
     @classmethod

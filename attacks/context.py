@@ -11,18 +11,19 @@ import torch
 from torch import nn
 
 from benchmark.core.enums import Norm
+from benchmark.core.options import option
 
 
 @dataclass(frozen=True)
 class AttackOptions:
     """Threat model and schedule shared by iterative attacks (ε and norm are set by the run)."""
-    eps: float = 8 / 255
-    step: float = 1 / 255
-    steps: int = 16
+    eps: float = option(8 / 255, above=0, high=1)
+    step: float = option(1 / 255, above=0, high=1)
+    steps: int = option(16, low=1, high=100_000)
     random_start: bool = False
-    norm: str = Norm.LINF.value
+    norm: str = option(Norm.LINF.value, choices=('linf', 'l2'))
     #: ascent schedule of a white-box attack: "pgd" (fixed step) or "apgd" (`attacks.apgd`)
-    schedule: str = "pgd"
+    schedule: str = option("pgd", choices=('pgd', 'apgd'))
 
 
 @dataclass

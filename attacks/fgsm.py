@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 from attacks.base import AttackOptions, register_attack
 from attacks.sma import SelfMetricAttack
+from benchmark.core.options import option
 
 
 @dataclass(frozen=True)
 class FGSMOptions(AttackOptions):
     """One step of size ε."""
-    step: float = 8 / 255
-    steps: int = 1
+    step: float = option(8 / 255, above=0, high=1)
+    steps: int = option(1, low=1, high=100_000)
 
 
 @register_attack("fgsm", paper="Goodfellow et al. ICLR 2015", objective="self-distance")

@@ -13,12 +13,13 @@ import torch
 from attacks.base import Attack, AttackContext, AttackOptions, register_attack
 from attacks.ifgsm import push_loss
 from benchmark.core.enums import AttackFamily
+from benchmark.core.options import option
 
 
 @dataclass(frozen=True)
 class MIFGSMOptions(AttackOptions):
     """I-FGSM options plus the momentum factor."""
-    momentum: float = 1.0
+    momentum: float = option(1.0, low=0, high=100)
 
 
 @register_attack("mifgsm", paper="Dong et al. CVPR 2018; Bai et al. TPAMI 2020", objective="push")

@@ -16,6 +16,7 @@ import torch
 from attacks.base import Attack, AttackContext, AttackOptions, attack_embed, register_attack, sq_dist
 from benchmark.core.enums import AttackFamily
 from benchmark.core.errors import BenchmarkError
+from benchmark.core.options import option
 from benchmark.data import assert_identity_disjoint
 from benchmark.models import eval_mode
 
@@ -23,8 +24,8 @@ from benchmark.models import eval_mode
 @dataclass(frozen=True)
 class MUAPOptions(AttackOptions):
     """Ascent steps and batch size on the training identities."""
-    steps: int = 48
-    batch: int = 64
+    steps: int = option(48, low=1, high=100_000)
+    batch: int = option(64, low=1, high=100_000)
     random_start: bool = True
 
 

@@ -15,13 +15,14 @@ import torch
 
 from attacks.base import Attack, AttackContext, AttackOptions, register_attack, sq_dist
 from benchmark.core.enums import AttackFamily, Knowledge
+from benchmark.core.options import option
 
 
 @dataclass(frozen=True)
 class SquareOptions(AttackOptions):
     """Query budget per image and the initial square fraction."""
-    queries: int = 200
-    p_init: float = 0.1
+    queries: int = option(200, low=1, high=10_000_000)
+    p_init: float = option(0.1, above=0, high=1)
 
 
 @register_attack("query-bb", paper="Andriushchenko et al. ECCV 2020 (Square Attack)", objective="self-distance")

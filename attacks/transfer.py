@@ -22,6 +22,7 @@ from attacks.base import Attack, AttackContext, AttackOptions, register_attack
 from attacks.ifgsm import push_loss
 from benchmark.core.enums import AttackFamily, Knowledge
 from benchmark.core.errors import BenchmarkError
+from benchmark.core.options import option
 from benchmark.models import extract_embeddings
 
 SURROGATE_CHOICES = ("reidnet-t", "reidnet-s")
@@ -30,9 +31,9 @@ SURROGATE_CHOICES = ("reidnet-t", "reidnet-s")
 @dataclass(frozen=True)
 class TransferOptions(AttackOptions):
     """Surrogates ('auto', or backbone[@seed-offset] joined by '+'), momentum and input-diversity probability."""
-    momentum: float = 1.0
+    momentum: float = option(1.0, low=0, high=100)
     surrogates: str = "auto"
-    diversity: float = 0.5
+    diversity: float = option(0.5, low=0, high=1)
 
 
 def parse_surrogates(text: str, target_backbone: str | None) -> list[tuple[str, int]]:

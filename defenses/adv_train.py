@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from benchmark.core.options import option
 from benchmark.core.training import TrainContext, id_loss_and_triplet, optimize
 from benchmark.models import ReidModel
 from defenses.adversarial import class_pgd
@@ -15,10 +16,10 @@ from defenses.base import Defense, register_defense
 @dataclass(frozen=True)
 class AdvTrainOptions:
     """PGD settings on the ID classifier."""
-    eps: float = 8 / 255
-    step: float = 2 / 255
-    steps: int = 5
-    clean_weight: float = 0.0
+    eps: float = option(8 / 255, above=0, high=1)
+    step: float = option(2 / 255, above=0, high=1)
+    steps: int = option(5, low=1, high=1000)
+    clean_weight: float = option(0.0, low=0, high=1)
 
 
 @register_defense("adv-train", kind="adversarial training", paper="Madry et al. ICLR 2018")

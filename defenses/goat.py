@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from benchmark.core.options import option
 from benchmark.core.training import TrainContext, id_loss_and_triplet, optimize
 from benchmark.models import ReidModel
 from defenses.adversarial import metric_pgd
@@ -15,10 +16,10 @@ from defenses.base import Defense, register_defense
 @dataclass(frozen=True)
 class GOATOptions:
     """GOAT's PGD and number of push guides."""
-    eps: float = 5 / 255
-    step: float = 1 / 255
-    steps: int = 7
-    push_guides: int = 4
+    eps: float = option(5 / 255, above=0, high=1)
+    step: float = option(1 / 255, above=0, high=1)
+    steps: int = option(7, low=1, high=1000)
+    push_guides: int = option(4, low=1, high=64)
 
 
 @register_defense("goat", kind="adversarial training", paper="Bouniot et al. 2020 (GOAT)")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from benchmark.core.options import option
 from benchmark.core.training import TrainContext, id_loss_and_triplet, optimize
 from benchmark.models import ReidModel
 from defenses.adversarial import metric_pgd
@@ -15,11 +16,11 @@ from defenses.base import Defense, register_defense
 @dataclass(frozen=True)
 class MetricATOptions:
     """Metric PGD settings."""
-    eps: float = 8 / 255
-    step: float = 2 / 255
+    eps: float = option(8 / 255, above=0, high=1)
+    step: float = option(2 / 255, above=0, high=1)
     #: chosen by `sweep --tune metric-at` on validation identities (leaderboards/studies/tuning-synthped.csv)
-    steps: int = 7
-    clean_weight: float = 0.5
+    steps: int = option(7, low=1, high=1000)
+    clean_weight: float = option(0.5, low=0, high=1)
 
 
 @register_defense("metric-at", kind="adversarial training",

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmark.core.options import option
 from defenses.adaptive import AdaptiveForward, select_forwards
 from defenses.base import Defense, register_defense
 
@@ -140,7 +141,7 @@ class TransformDefense(Defense):
 @dataclass(frozen=True)
 class JpegOptions(TransformOptions):
     """JPEG quality."""
-    quality: int = 50
+    quality: int = option(50, low=1, high=100)
 
 
 @register_defense("jpeg", kind="input transform", paper="Das et al. 2017 (JPEG), via ART JpegCompression")
@@ -169,7 +170,7 @@ class JpegDefense(TransformDefense):
 @dataclass(frozen=True)
 class SqueezeOptions(TransformOptions):
     """Bit depth."""
-    bit_depth: int = 4
+    bit_depth: int = option(4, low=1, high=8)
 
 
 @register_defense("squeeze", kind="input transform", paper="Xu et al. NDSS 2018, via ART FeatureSqueezing")
@@ -198,7 +199,7 @@ class SqueezeDefense(TransformDefense):
 @dataclass(frozen=True)
 class SmoothOptions(TransformOptions):
     """Median window."""
-    window: int = 3
+    window: int = option(3, low=1, high=31)
 
 
 @register_defense("smooth", kind="input transform", paper="Xu et al. NDSS 2018, via ART SpatialSmoothing")

@@ -23,18 +23,24 @@ LONG = "x" * 300
     (["table", "--dataset", "nosuch"], "no board"),
     (["table", "--leaderboard-dir", "/nonexistent"], "no board"),
     (["table", "--readme", "/nonexistent.md"], "no such file"),
-    (["run", "--dataset-opt", "num_cams=1"], "num_cams must be at least 2"),
-    (["run", "--dataset-opt", "num_cams=0"], "num_cams must be at least 2"),
-    (["run", "--dataset-opt", "height=0"], "between 16 and 1024"),
-    (["run", "--dataset-opt", "width=-5"], "between 16 and 1024"),
-    (["run", "--dataset-opt", "min_images=0"], "min_images must be at least 2"),
-    (["run", "--dataset-opt", "tail_power=-6"], "tail_power must be in"),
+    (["run", "--dataset-opt", "num_cams=1"], "option num_cams=1 must be in [2, 1000]"),
+    (["run", "--dataset-opt", "num_cams=0"], "option num_cams=0 must be in [2, 1000]"),
+    (["run", "--dataset-opt", "height=0"], "option height=0 must be in [16, 1024]"),
+    (["run", "--dataset-opt", "width=-5"], "option width=-5 must be in [16, 1024]"),
+    (["run", "--dataset-opt", "min_images=0"], "option min_images=0 must be in [2, 1000]"),
+    (["run", "--dataset-opt", "tail_power=-6"], "option tail_power=-6 must be in (0, 100]"),
     (["run", "--dataset-opt", "min_images=20,max_images=10"], "at most max_images"),
-    (["run", "--dataset-opt", "dominant_fraction=5"], "dominant_fraction must be in"),
-    (["run", "--defense", "metric-at", "--defense-opt", "eps=-8/255"], "must be positive"),
-    (["run", "--defense", "metric-at", "--defense-opt", "steps=-3"], "must be positive"),
-    (["run", "--attack", "fna", "--attack-opt", "fna:steps=0"], "must be positive"),
-    (["run", "--attack", "query-bb", "--attack-opt", "query-bb:queries=-1"], "must be positive"),
+    (["run", "--dataset-opt", "dominant_fraction=5"], "option dominant_fraction=5 must be in [0, 1]"),
+    (["run", "--defense", "metric-at", "--defense-opt", "eps=-8/255"], "option eps=-8/255 must be in (0, 1]"),
+    (["run", "--defense", "metric-at", "--defense-opt", "steps=-3"], "option steps=-3 must be in [1, 1000]"),
+    (["run", "--attack", "fna", "--attack-opt", "fna:steps=0"], "option steps=0 must be in [1, 100000]"),
+    (["run", "--attack", "query-bb", "--attack-opt", "query-bb:queries=-1"], "must be in [1, 10000000]"),
+    (["run", "--defense", "ddid", "--defense-opt", "mode=dream"], "option mode=dream must be one of generate, "),
+    (["run", "--defense", "ddid", "--defense-opt", "meta_split=1"], "option meta_split=1 must be in (0, 1)"),
+    (["run", "--defense", "ddid", "--defense-opt", "channels=16+0"], "option channels=16+0 must be in [1, 1024]"),
+    (["run", "--defense", "jpeg", "--defense-opt", "quality=101"], "option quality=101 must be in [1, 100]"),
+    (["run", "--attack", "apgd-ce", "--attack-opt", "apgd-ce:rho=0"], "option rho=0 must be in (0, 1]"),
+    (["run", "--dataset", "pku", "--data-root", "/", "--dataset-opt", "test_fraction=1"], "must be in (0, 1)"),
     (["run", "--dataset", "market1501", "--data-root", LONG], "File name too long"),
     (["run", "--backbone-weights", LONG], "File name too long"),
 ])
@@ -66,11 +72,11 @@ def _option_keys() -> list[tuple[str, str, str]]:
     from defenses import DEFENSES
 
     keys = [("--attack-opt", name, key) for name in ATTACKS.names()
-            for key, _, _ in option_table(ATTACKS.get(name).Options)]
+            for key, _, _, _ in option_table(ATTACKS.get(name).Options)]
     keys += [("--defense-opt", name, key) for name in DEFENSES.names()
-             for key, _, _ in option_table(DEFENSES.get(name).Options)]
+             for key, _, _, _ in option_table(DEFENSES.get(name).Options)]
     keys += [("--dataset-opt", name, key) for name in DATASETS.names() if DATASETS.meta(name).options
-             for key, _, _ in option_table(DATASETS.meta(name).options)]
+             for key, _, _, _ in option_table(DATASETS.meta(name).options)]
     return keys
 
 

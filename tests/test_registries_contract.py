@@ -8,7 +8,7 @@ import torch
 from attacks import ATTACKS
 from attacks.suites import SUITES
 from benchmark.cli.launchers import LAUNCHERS
-from benchmark.core.options import build_options
+from benchmark.core.options import bounds_of, build_options, option_paths, option_table
 from benchmark.core.registry import _VALID_NAME, Registry
 from benchmark.data import DATASETS
 from benchmark.models import BACKBONES, build_backbone
@@ -72,3 +72,23 @@ def test_metadata_keys_are_checked_at_registration():
         registry.register("x", colour="red")(object)
     with pytest.raises(ValueError, match="is not allowed"):
         registry.register("x\n")(object)
+
+
+def _options_of(kind: str, name: str) -> type | None:
+    if kind == "data set":
+        return DATASETS.meta(name).options
+    return (ATTACKS if kind == "attack" else DEFENSES).get(name).Options
+
+
+@pytest.mark.parametrize("kind, name", [(k, n) for k, r in (("data set", DATASETS), ("attack", ATTACKS),
+                                                              ("defense", DEFENSES)) for n in r.names()])
+def test_every_number_option_declares_the_values_it_accepts(kind, name):
+    cls = _options_of(kind, name)
+    if cls is None:
+        return
+    for key, type_name, default, accepts in option_table(cls):
+        numbers = type_name in ("int", "float") or (type_name == "tuple" and default
+                                                    and isinstance(default[0], (int, float)))
+        if numbers:
+            assert accepts != "any", f"{kind} '{name}': option {key} declares no bounds (benchmark.core.options.option)"
+            assert bounds_of(cls, option_paths(cls)[key]).admits(default), f"{name}: {key} default out of bounds"

@@ -62,7 +62,7 @@ BAD = [
     (["--attack", "fnaa"], "Valid attacks:"),
     (["--backbone", "resnet5O"], "Did you mean 'resnet50'"),
     (["--defense", "none", "--defense-opt", "ablate=fnes"], "has no option ablate"),
-    (["--defense", "ddid", "--defense-opt", "generator=/no/such/generator"], "does not exist"),
+    (["--defense", "ddid", "--defense-opt", "generator=/no/such/generator"], "is not a folder"),
 ]
 
 
@@ -131,8 +131,9 @@ def test_default_epochs_follow_the_trained_recipe():
 
 
 def test_run_id_is_one_safe_folder_name(tmp_path):
-    generator = tmp_path / ("very-long-" * 20) / ("folder-name-" * 18)
-    generator.mkdir(parents=True)
+    from tests.test_ddid_parts import tiny_generator
+
+    generator = tiny_generator(tmp_path / ("very-long-" * 20) / ("folder-name-" * 18))
     spec = make_spec(defense="ddid", defense_options={"generator": str(generator)})
     rid = spec.run_id("20260101-000000")
     assert len(rid) < 200 and "/" not in rid and ".." not in rid

@@ -62,9 +62,9 @@ def _details(name: str) -> int:
                 print(f"  {key}: {value}")
         options_cls = getattr(entry.obj, "Options", None) or getattr(entry.meta, "options", None)
         rows = option_table(options_cls) if options_cls else []
-        print("  options (key  type  default):" if rows else "  options: none")
-        for key, kind, default in rows:
-            print(f"    {key:<16} {kind:<6} {format_value(key, default)}")
+        print("  options (key  type  default  accepts):" if rows else "  options: none")
+        for key, kind, default, accepts in rows:
+            print(f"    {key:<16} {kind:<6} {format_value(key, default):<12} {accepts}")
     return 0
 
 

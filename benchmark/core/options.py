@@ -4,7 +4,10 @@ Values are parsed by the type of the field's default: booleans accept true/false
 only, integers must be integral, floats accept `a/b` fractions with a non-zero denominator,
 tuples are `+`-separated and kept sorted (an ablation list has one canonical spelling), nested
 option dataclasses are reached by their field names (`gamma=2`) or dotted (`fnes.gamma=2`).
-Every problem is a one-line `BenchmarkError` naming the option and what it accepts.
+Every problem is a one-line `BenchmarkError` naming the option and what it accepts. A field declares
+the values it accepts beside its type (`option(16, low=1)`, `option(0.5, low=0, high=1)`,
+`option("auto", choices=(...))`); they are checked when a specification is built and shown by
+`python -m benchmark list --details NAME`.
 """
 
 from __future__ import annotations
@@ -17,9 +20,65 @@ from benchmark.core.errors import BenchmarkError
 
 O = TypeVar("O")
 _TRUE = {"1", "true", "yes", "on"}
-#: options that are a size, a count or a budget: zero or negative is never meant
-POSITIVE = frozenset({"eps", "step", "steps", "queries", "restarts", "batch", "epochs", "batch_size"})
 _FALSE = {"0", "false", "no", "off"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The values one option accepts: a closed or open interval, or a list of choices."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def admits(self, value: Any) -> bool:
+        """Whether `value` is allowed (a number in the interval, or one of the choices)."""
+        if self.choices:
+            return value in self.choices
+        if isinstance(value, tuple):
+            return all(self.admits(v) for v in value)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return True
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+    def describe(self) -> str:
+        """The rule in words: `positive`, `at least 2`, `in [0, 1]`, `one of a, b`."""
+        if self.choices:
+            return "one of " + ", ".join(str(c) for c in self.choices)
+        if self.high is None:
+            if self.low == 0 and self.low_open:
+                return "positive"
+            return f"{'above' if self.low_open else 'at least'} {_number(self.low)}"
+        if self.low is None:
+            return f"{'below' if self.high_open else 'at most'} {_number(self.high)}"
+        return (f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
+                f"{')' if self.high_open else ']'}")
+
+
+def _number(value: float | None) -> str:
+    return str(int(value)) if value is not None and float(value).is_integer() else f"{value:g}"
+
+
+def option(default: Any, *, low: float | None = None, high: float | None = None, above: float | None = None,
+           below: float | None = None, choices: tuple[Any, ...] = ()) -> Any:
+    """An option field with the values it accepts: `low`/`high` are inclusive bounds, `above`/`below` exclusive."""
+    bounds = Bounds(low=above if above is not None else low, high=below if below is not None else high,
+                    low_open=above is not None, high_open=below is not None, choices=tuple(choices))
+    return dataclasses.field(default=default, metadata={"bounds": bounds})
+
+
+def bounds_of(cls: type, path: tuple[str, ...]) -> Bounds | None:
+    """The declared bounds of the option at `path` (through nested option dataclasses), if any."""
+    for i, name in enumerate(path):
+        f = next(f for f in dataclasses.fields(cls) if f.name == name)
+        if i == len(path) - 1:
+            return f.metadata.get("bounds")
+        cls = type(getattr(cls(), name))
+    return None
 
 
 def parse_kv(pairs: list[str] | None, what: str = "--defense-opt") -> dict[str, str]:
@@ -106,8 +165,8 @@ def option_paths(cls: type) -> dict[str, tuple[str, ...]]:
     return paths
 
 
-def option_table(cls: type) -> list[tuple[str, str, Any]]:
-    """(flat name, type name, default) of every option, for `list --details`."""
+def option_table(cls: type) -> list[tuple[str, str, Any, str]]:
+    """(flat name, type name, default, accepted values) of every option, for `list --details`."""
     defaults = cls()
     rows = []
     for name, path in option_paths(cls).items():
@@ -116,7 +175,8 @@ def option_table(cls: type) -> list[tuple[str, str, Any]]:
         value: Any = defaults
         for part in path:
             value = getattr(value, part)
-        rows.append((name, type(value).__name__, value))
+        bounds = bounds_of(cls, path)
+        rows.append((name, type(value).__name__, value, bounds.describe() if bounds else "any"))
     return rows
 
 
@@ -143,8 +203,9 @@ def build_options(cls: type[O], owner: str, values: dict[str, Any]) -> O:
     for key, raw in values.items():
         path = paths[key]
         value = coerce(raw, _get(options, path), owner, key)
-        if path[-1] in POSITIVE and isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
-            raise BenchmarkError(f"{owner}: option {key}={raw} must be positive")
+        bounds = bounds_of(cls, path)
+        if bounds is not None and not bounds.admits(value):
+            raise BenchmarkError(f"{owner}: option {key}={raw} must be {bounds.describe()}")
         options = _set(options, path, value)
     return options
 

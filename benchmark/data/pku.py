@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.core.errors import DataError
+from benchmark.core.options import option
 from benchmark.data.base import DATASETS, Item, ReidDataset
 
 _PKU_NAME = re.compile(r"^(\d+)_(\d+)\.(png|jpg|jpeg)$", re.IGNORECASE)
@@ -43,8 +44,8 @@ def scan_pku(root: Path) -> list[Item]:
 @dataclass(frozen=True)
 class PKUOptions:
     """The identity split and the query camera."""
-    test_fraction: float = 0.5   # share of identities held out as unseen test identities
-    query_cam: int = 1           # query camera; the other cameras form the gallery
+    test_fraction: float = option(0.5, above=0, below=1)   # share of identities held out as unseen test identities
+    query_cam: int = option(1, low=0, high=1000)           # query camera; the other cameras form the gallery
 
 
 @DATASETS.register("pku", needs_root=True, layout="PKU-Reid <pid>/<cam>_<orient>.png", options=PKUOptions,
@@ -53,8 +54,6 @@ def pku(root: Path, seed: int = 0, options: PKUOptions | None = None) -> ReidDat
     """PKU-Reid with a seeded identity split (train / test) and a cross-camera query / gallery split."""
     options = options or PKUOptions()
     test_fraction, query_cam = options.test_fraction, options.query_cam
-    if not 0 < test_fraction < 1:
-        raise DataError(f"data set 'pku': test_fraction={test_fraction} must lie strictly between 0 and 1")
     items = scan_pku(root)
     pids = sorted({it.pid for it in items})
     if len(pids) < 4:

@@ -23,6 +23,7 @@ from PIL import Image, ImageFilter
 from benchmark.core.atomic import atomic_folder, atomic_write_text, remove_folder
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.hashing import file_digests, fingerprint, manifest_intact
+from benchmark.core.options import option
 from benchmark.core.paths import cache_dir
 from benchmark.data.base import DATASETS, ReidDataset
 from benchmark.data.market import load_market_layout
@@ -35,35 +36,28 @@ VIEWS = ("front", "back", "left", "right")
 @dataclass(frozen=True)
 class SynthPedConfig:
     """Size and structure of the generated data set (every field is a --dataset-opt)."""
-    num_ids: int = 200
-    num_cams: int = 6
-    height: int = 128
-    width: int = 64
-    min_images: int = 2
-    max_images: int = 40
-    tail_power: float = 3.0          # n_i = min + (max - min) * u**power: long tail of small IDs
-    dominant_fraction: float = 0.3   # share of IDs whose images mostly come from one camera
-    max_queries_per_id: int = 2
-    distractors: int = 60            # pid 0 gallery images of people outside the ID set
-    junk: int = 20                   # pid -1 gallery images (bad crops), ignored by the evaluator
+    num_ids: int = option(200, low=4, high=100_000)
+    num_cams: int = option(6, low=2, high=1000)
+    height: int = option(128, low=16, high=1024)
+    width: int = option(64, low=16, high=1024)
+    min_images: int = option(2, low=2, high=1000)
+    max_images: int = option(40, low=2, high=1000)
+    #: n_i = min + (max - min) * u**power: long tail of small IDs
+    tail_power: float = option(3.0, above=0, high=100)
+    #: share of IDs whose images mostly come from one camera
+    dominant_fraction: float = option(0.3, low=0, high=1)
+    max_queries_per_id: int = option(2, low=1, high=1000)
+    #: pid 0 gallery images of people outside the ID set
+    distractors: int = option(60, low=0, high=100_000)
+    #: pid -1 gallery images (bad crops), ignored by the evaluator
+    junk: int = option(20, low=0, high=100_000)
     version: ClassVar[int] = 1       # bump when rendering changes so caches are rebuilt
 
     def __post_init__(self) -> None:
-        checks = [(self.num_ids >= 4, "num_ids must be at least 4 (half train, half test identities)"),
-                  (self.num_cams >= 2, "num_cams must be at least 2 (queries need a match in another camera)"),
-                  (16 <= self.height <= 1024 and 16 <= self.width <= 1024,
-                   "height and width must be between 16 and 1024 pixels"),
-                  (2 <= self.min_images <= self.max_images <= 1000,
-                   "min_images must be at least 2 and at most max_images (at most 1000)"),
-                  (0 < self.tail_power <= 100, "tail_power must be in (0, 100]"),
-                  (0 <= self.dominant_fraction <= 1, "dominant_fraction must be in [0, 1]"),
-                  (self.max_queries_per_id >= 1, "max_queries_per_id must be at least 1"),
-                  (0 <= self.distractors <= 100_000 and 0 <= self.junk <= 100_000,
-                   "distractors and junk must be between 0 and 100000"),
-                  (self.num_ids <= 100_000, "num_ids must be at most 100000")]
-        for ok, message in checks:
-            if not ok:
-                raise BenchmarkError(f"data set 'synthped': {message} (--dataset-opt)")
+        # each field's own range is declared with it (and checked when the options are parsed)
+        if self.min_images > self.max_images:
+            raise BenchmarkError(f"data set 'synthped': min_images={self.min_images} must be at most max_images="
+                                 f"{self.max_images} (--dataset-opt)")
 
     def digest(self, seed: int) -> str:
         """Short hash of the configuration and seed (the cache folder's name)."""

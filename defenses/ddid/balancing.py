@@ -35,6 +35,7 @@ from benchmark.core.atomic import atomic_folder, atomic_write_text, remove_folde
 from benchmark.core.device import numerics
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.hashing import file_digests, fingerprint, manifest_intact, sha256_tree
+from benchmark.core.options import option
 from benchmark.core.paths import cache_dir
 from benchmark.core.training import split_fingerprint
 from benchmark.data import SplitTensors
@@ -42,38 +43,44 @@ from benchmark.data import SplitTensors
 log = logging.getLogger("benchmark")
 
 
+#: generate: sample from noise; resample: SDEdit from a real image of the same identity
+MODES = ("generate", "resample")
+
+
 @dataclass(frozen=True)
 class DiffusionConfig:
     """The phase-1 generator and the balancing thresholds."""
-    height: int = 64
-    width: int = 32
+    height: int = option(64, low=8, high=512)
+    width: int = option(32, low=4, high=512)
     #: four levels down to 8x4; 16 channels at full resolution keep a training step at ~0.37 s on 2 CPU threads
-    channels: tuple[int, ...] = (16, 32, 64, 64)
-    train_steps: int = 600
-    batch_size: int = 32
-    lr: float = 1e-3
-    sample_steps: int = 24
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    sigma_data: float = 0.5
-    delta1: int = 0          # 0 = median images per identity (our default; the paper leaves it open)
-    delta2: float = 0.6      # chosen by `sweep --tune ddid`
+    channels: tuple[int, ...] = option((16, 32, 64, 64), low=1, high=1024)
+    train_steps: int = option(600, low=1, high=1_000_000)
+    batch_size: int = option(32, low=1, high=4096)
+    lr: float = option(1e-3, above=0, high=1)
+    sample_steps: int = option(24, low=1, high=1000)
+    p_mean: float = option(-1.2, low=-10, high=10)
+    p_std: float = option(1.2, above=0, high=10)
+    sigma_data: float = option(0.5, above=0, high=10)
+    #: 0 = median images per identity (our default; the paper leaves it open)
+    delta1: int = option(0, low=0, high=100_000)
+    #: chosen by `sweep --tune ddid`
+    delta2: float = option(0.6, low=0, high=1)
     #: generate: pure conditional sampling from noise; resample: SDEdit (Meng et al., ICLR 2022) from a real
     #: image of the same identity, noised to sigma_start and denoised towards the target camera
-    mode: str = "resample"
-    sigma_start: float = 5.0
+    mode: str = option("resample", choices=MODES)
+    sigma_start: float = option(5.0, above=0, high=80)
     #: classifier-free guidance (Ho & Salimans 2022), one scale per condition (InstructPix2Pix-style):
     #: eps = eps(id, cam) + id_guidance * (eps(id, cam) - eps(-, cam)) + cam_guidance * (eps(id, cam) - eps(id, -));
     #: 0 = the conditional model alone
-    id_guidance: float = 0.0
-    cam_guidance: float = 4.0
+    id_guidance: float = option(0.0, low=0, high=50)
+    cam_guidance: float = option(4.0, low=0, high=50)
     #: training drops each condition (identity, camera) independently with this probability, so the model
     #: also learns eps(-, cam) and eps(id, -) for guidance
-    cond_drop: float = 0.1
+    cond_drop: float = option(0.1, low=0, below=1)
     #: resample only: width share of a centred box (0.9 of the height) where the person stands, re-imposed
     #: from the noised source at every step but the last quarter (RePaint, Lugmayr et al. CVPR 2022), so the
     #: background is re-rendered for the target camera from sigma_start while the person is kept; 0 = plain SDEdit
-    keep_center: float = 0.4
+    keep_center: float = option(0.4, low=0, below=1)
     id_filter: bool = False  # drop samples the warm-start model does not assign to their identity
     version: ClassVar[int] = 4  # bump when phase 1 changes so cached generators and images are rebuilt
 

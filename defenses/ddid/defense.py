@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.hashing import sha256_tree
 from benchmark.core.losses import batch_hard_triplet, soft_cross_entropy
-from benchmark.core.options import changed_options
+from benchmark.core.options import changed_options, option
 from benchmark.core.training import TrainConfig, TrainContext, optimize, train_model
 from benchmark.data import SplitTensors
 from benchmark.models import ReidModel
@@ -38,7 +38,6 @@ log = logging.getLogger("benchmark")
 PARTS = ("diffusion", "adv-learning", "self-meta", "fnes")
 #: phase-1 quality figures that go into the leaderboard row (column training_quality)
 QUALITY_COLUMNS = ("id_fidelity", "id_top1_real_at_generator_res", "cam_fidelity", "cam_chance")
-MODES = ("generate", "resample")
 
 
 def _only(*parts: str) -> tuple[str, ...]:
@@ -64,12 +63,14 @@ TABLE3 = (
 class DDIDOptions:
     """DDID's options; FNES and phase-1 settings are nested and set by their own names (gamma=2, delta2=0.7)."""
 
-    eps: float = 8 / 255
-    step: float = 2 / 255
-    steps: int = 5
+    eps: float = option(8 / 255, above=0, high=1)
+    step: float = option(2 / 255, above=0, high=1)
+    steps: int = option(5, low=1, high=1000)
     fnes: FNESConfig = field(default_factory=FNESConfig)
-    lambda_e: float = 0.3    # lambda_e and meta_split: chosen by `sweep --tune ddid`
-    meta_split: float = 0.67  # share of a batch's identities in meta-train (the rest: meta-test)
+    #: lambda_e and meta_split: chosen by `sweep --tune ddid`
+    lambda_e: float = option(0.3, low=0, high=100)
+    #: share of a batch's identities in meta-train (the rest: meta-test)
+    meta_split: float = option(0.67, above=0, below=1)
     second_order: bool = False
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     generator: str = ""      # a DDID generator folder to use instead of training one (its content is hashed)
@@ -99,18 +100,6 @@ class DDID(Defense):
                                  f"valid parts: {', '.join(PARTS)}")
         if self.options.generator:
             check_generator_folder(Path(self.options.generator))
-        d = self.options.diffusion
-        if d.mode not in MODES:
-            raise BenchmarkError(f"DDID mode={d.mode!r}: use generate (sampling from noise) or resample (SDEdit from "
-                                 "a real image of the same identity)")
-        if not 0 < self.options.meta_split < 1:
-            raise BenchmarkError(f"DDID meta_split={self.options.meta_split}: give the meta-train share of a batch's "
-                                 "identities, strictly between 0 and 1")
-        if not 0 <= d.keep_center < 1:
-            raise BenchmarkError(f"DDID keep_center={d.keep_center}: give the kept centre box's share of the width, "
-                                 "in [0, 1) (0 = plain SDEdit)")
-        if not 0 < d.sigma_start <= 80:
-            raise BenchmarkError(f"DDID sigma_start={d.sigma_start}: give a noise level in (0, 80] (EDM's range)")
         self.fnes_cfg = self.options.fnes
 
     def uses(self, part: str) -> bool:

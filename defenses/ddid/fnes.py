@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from benchmark.core.losses import smooth_labels
+from benchmark.core.options import option
 
 
 @dataclass(frozen=True)
@@ -23,12 +24,12 @@ class FNESConfig:
 
     gamma, b and upsilon (with DDID's lambda_e, meta_split and phase 1's delta2) are the values `sweep --tune ddid`
     chose on validation identities (leaderboards/studies/tuning-synthped.csv); the paper leaves them open."""
-    gamma: float = 3.0
-    a: float = 0.0
-    b: float = 0.75
-    lambda1: float = 1.0
-    lambda2: float = 0.5
-    upsilon: float = 0.1
+    gamma: float = option(3.0, low=0, high=100)
+    a: float = option(0.0, low=0, high=1)
+    b: float = option(0.75, low=0, high=1)
+    lambda1: float = option(1.0, low=0, high=1)
+    lambda2: float = option(0.5, low=0, high=1)
+    upsilon: float = option(0.1, low=0, high=1)
 
 
 def extend_and_mix(x: torch.Tensor, x_hat: torch.Tensor, cfg: FNESConfig, generator: torch.Generator
