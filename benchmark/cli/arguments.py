@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import torch
 from torch import nn
@@ -20,9 +20,11 @@ from benchmark.core.options import parse_kv
 from benchmark.core.paths import boards_dir, runs_dir
 from benchmark.core.precision import AMP_MODES
 from benchmark.core.provenance import package_version
-from benchmark.report.runs import RunWriter
 from benchmark.run.outcome import Runtime
 from benchmark.run.spec import MAX_SEED, SPLITS, ModelSpec, RunSpec, external_model_spec, make_spec
+
+if TYPE_CHECKING:
+    from benchmark.report.runs import RunWriter
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -254,6 +256,8 @@ def writer_from_args(args: argparse.Namespace) -> RunWriter | None:
     """Where `run` writes its records (None with --no-write)."""
     if args.no_write:
         return None
+    from benchmark.report.runs import RunWriter  # pandas and the report layer load only for a run that writes
+
     return RunWriter(args.results_dir or runs_dir(), args.leaderboard_dir or boards_dir(), args.allow_dirty)
 
 

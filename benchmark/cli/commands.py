@@ -194,7 +194,7 @@ def cmd_site(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Check a defense against the admission rules; print pass/fail per rule and write the report file."""
     from benchmark.core.atomic import atomic_write_text
-    from benchmark.core.device import resolve_device
+    from benchmark.core.device import deterministic_kernels, resolve_device
     from benchmark.core.options import parse_kv
     from benchmark.run.admission import RULES, validate_defense
     from defenses import build_defense
@@ -207,6 +207,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise BenchmarkError(f"--report {report_path}: folder '{report_path.parent}' does not exist; create it or "
                              "pass another path")
     device = str(resolve_device(args.device))
+    deterministic_kernels()
     print(f"validating '{args.defense}' on a small synthped ({args.epochs} epoch(s), {device}); "
           f"{len(RULES)} rules")
     report = validate_defense(args.defense, defense, epochs=args.epochs, device=device, backbone=args.backbone,

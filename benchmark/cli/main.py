@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 
@@ -22,10 +21,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(sys.stderr)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    # bit-reproducible runs: kernels with a deterministic variant use it (CPU runs are then bitwise repeatable;
-    # cuBLAS needs a fixed workspace for that on CUDA, set before the first CUDA call)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         from benchmark.cli import commands
 

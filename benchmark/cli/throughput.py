@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from attacks import ATTACKS
-from benchmark.core.device import resolve_device
+from benchmark.core.device import deterministic_kernels, resolve_device
 from benchmark.core.paths import boards_dir
 from benchmark.core.provenance import provenance
 from benchmark.models import BACKBONES
@@ -22,6 +22,7 @@ from defenses import DEFENSES
 def cmd_throughput(args: argparse.Namespace) -> int:
     """Measure and write the throughput board."""
     device = resolve_device(args.device)
+    deterministic_kernels()  # the same kernels as a run
     prov = provenance(device, 0)
     rows = []
     jobs: list[tuple[str, str, Callable[[], tuple[float, int]]]] = []

