@@ -56,8 +56,15 @@ def test_run_writes_results_leaderboards_and_plots(tiny_ws, tmp_path):
     assert set(board["eps"]) == {"0", "4/255", "8/255"}
     assert board["git_commit"].notna().all() and (board["seed"] == 0).all()
     assert board.loc[board["attack"] == "query-bb", "queries_per_image"].eq(20).all()
+    # every row's mAP and R1 carry their identity-bootstrap interval, and the interval holds the estimate
+    for metric in ("mAP", "R1"):
+        assert (board[f"{metric}_low"] <= board[metric] + 1e-9).all() and (board[metric] <= board[f"{metric}_high"]
+                                                                           + 1e-9).all()
+    assert (board["mAP_high"] - board["mAP_low"]).gt(0).all()
     summary = pd.read_csv(tmp_path / "boards" / "custom" / "summary-synthped.csv")
     assert len(summary) == 1 and summary["seen_mAP_mean"].notna().all()
+    clean_row = board[board["attack"] == "clean"].iloc[0]
+    assert summary["clean_mAP_low"].item() == clean_row["mAP_low"]
     run = paths["run folder"]
     summary = format_summary(outcome).splitlines()
     fna, sma, qbb = (next(r.metrics.mAP for r in outcome.attacks if r.attack == a and r.eps == 8 / 255)

@@ -141,3 +141,17 @@ def test_ablation_paired_view_separates_a_steady_gain_that_a_seed_wide_shift_hid
     assert row["verdict"] == "within seed spread"  # +1.0 against sds of 3.0 and 3.1
     assert row["paired_deltas"] == "+0.9, +1.0, +1.1" and row["paired_verdict"] == "separated"
     assert 0.7 < row["paired_ci_low"] < 1.0 < row["paired_ci_high"] < 1.3
+
+
+def test_tables_show_the_interval_a_row_records_and_the_number_alone_where_it_has_none(tmp_path):
+    import dataclasses
+
+    clean = dataclasses.replace(clean_row("ddid"), mAP_low=55.0, mAP_high=65.0, suite="standard-v1")
+    suite = dataclasses.replace(make_row("ddid", "standard-v1", "worst-case", 10.0), mAP_low=8.0, mAP_high=12.5,
+                                R1_low=9.0, R1_high=11.0, suite="standard-v1")
+    write_leaderboards([clean, suite], tmp_path)
+    write_leaderboards([clean_row("none"), make_row("none", "fna", mAP=3.0)], tmp_path)
+    frame = summary_frame(tmp_path, "toy").set_index("defense")
+    assert frame.loc["ddid", "clean mAP"] == "60.0 [55.0, 65.0]"
+    assert frame.loc["ddid", "worst case mAP / R1"] == "10.0 [8.0, 12.5] / 10.0 [9.0, 11.0]"
+    assert frame.loc["none", "clean mAP"] == 60.0

@@ -121,6 +121,11 @@ class LeaderboardRow:
     cuda_version: str = column("CUDA version torch was built with", "")
     cudnn_version: str = column("cuDNN version", "")
     libraries: str = column("versions of the other libraries that compute numbers (diffusers, kornia, ART, numpy)", "")
+    mAP_low: float = column("95 % bootstrap interval of `mAP` over queries, resampling identities "
+                            "(`benchmark.core.intervals`): lower end", math.nan)
+    mAP_high: float = column("upper end of the same interval", math.nan)
+    R1_low: float = column("95 % bootstrap interval of `R1`, resampling identities: lower end", math.nan)
+    R1_high: float = column("upper end of the same interval", math.nan)
 
 
 def doc_of(row_type: type, name: str) -> str:
@@ -175,6 +180,14 @@ class SummaryRow:
     torch_version: str = _as_on_board("torch_version")
     date: str = _as_on_board("date")
     command: str = column("the command of the run: it reproduces every number of the row")
+    clean_mAP_low: float = column("95 % bootstrap interval of `clean_mAP` over queries, resampling identities: lower "
+                                  "end", math.nan)
+    clean_mAP_high: float = column("upper end of the same interval", math.nan)
+    worst_case_mAP_low: float = column("95 % bootstrap interval of `worst_case_mAP`, resampling identities: lower "
+                                       "end", math.nan)
+    worst_case_mAP_high: float = column("upper end of the same interval", math.nan)
+    worst_case_R1_low: float = column("95 % bootstrap interval of `worst_case_R1`: lower end", math.nan)
+    worst_case_R1_high: float = column("upper end of the same interval", math.nan)
 
 
 @dataclass
@@ -503,6 +516,9 @@ def summarise_run(run: pd.DataFrame) -> dict[str, Any]:
         run_id=first["run_id"], git_commit=first["git_commit"], train_commit=first.get("train_commit", ""),
         checkpoint=first.get("checkpoint", ""), device=first["device"],
         torch_version=first["torch_version"], date=first["date"], command=first["command"],
+        clean_mAP_low=_at(clean, "mAP_low"), clean_mAP_high=_at(clean, "mAP_high"),
+        worst_case_mAP_low=_at(suite_row, "mAP_low"), worst_case_mAP_high=_at(suite_row, "mAP_high"),
+        worst_case_R1_low=_at(suite_row, "R1_low"), worst_case_R1_high=_at(suite_row, "R1_high"),
     ))
 
 

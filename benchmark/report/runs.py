@@ -18,7 +18,8 @@ from benchmark.core.atomic import atomic_folder, atomic_write_text, ensure_writa
 from benchmark.core.enums import Seen
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.hashing import fingerprint
-from benchmark.core.metrics import pairwise_distance
+from benchmark.core.intervals import identity_bootstrap
+from benchmark.core.metrics import RetrievalMetrics, pairwise_distance
 from benchmark.core.protocol import WORST_CASE
 from benchmark.core.provenance import provenance, tree_dirty
 from benchmark.report.boards import LeaderboardRow, board_paths, write_leaderboards
@@ -51,10 +52,19 @@ def copy_training_artifacts(history: dict[str, Any], folder: Path) -> None:
             shutil.copyfile(source, folder / name)
 
 
+def intervals(metrics: RetrievalMetrics, identities: torch.Tensor) -> dict[str, float]:
+    """95 % identity-bootstrap intervals of a row's mAP and rank-1 (percent)."""
+    ids = identities.numpy()
+    map_low, map_high = identity_bootstrap(metrics.per_query_ap.numpy() * 100, ids)
+    r1_low, r1_high = identity_bootstrap(metrics.per_query_rank1.numpy() * 100, ids)
+    return {"mAP_low": map_low, "mAP_high": map_high, "R1_low": r1_low, "R1_high": r1_high}
+
+
 def build_rows(outcome: RunOutcome, flags: list[Flag], prov: dict[str, Any], rid: str,
                allow_dirty: bool = False) -> list[LeaderboardRow]:
     """Leaderboard rows of a run: the clean row, then one per (attack, ε) cell."""
     spec, clean = outcome.spec, outcome.clean
+    pids = outcome.workspace.query.pids
     trained = outcome.train_info.provenance
     common = dict(attacked_with=outcome.attacked_with, suite=spec.suite or "",
                   clean_mAP=clean.mAP, clean_R1=clean.rank1, clean_id_ap_var=clean.id_ap_variance,
@@ -75,7 +85,7 @@ def build_rows(outcome: RunOutcome, flags: list[Flag], prov: dict[str, Any], rid
                            seen=Seen.CLEAN.value, mAP=clean.mAP, R1=clean.rank1, R5=clean.rank5, R10=clean.rank10,
                            mINP=clean.mINP, mAP_drop=0.0, id_ap_var=clean.id_ap_variance,
                            id_ap_worst10=clean.id_ap_worst_decile, num_queries=clean.num_queries,
-                           attack_seconds=0.0, queries_per_image=math.nan, **common)]
+                           attack_seconds=0.0, queries_per_image=math.nan, **intervals(clean, pids), **common)]
     for r in outcome.attacks + outcome.aggregates:
         meta, m = _row_meta(r), r.metrics
         convergence = r.report.get("convergence") or {}
@@ -86,7 +96,7 @@ def build_rows(outcome: RunOutcome, flags: list[Flag], prov: dict[str, Any], rid
             id_ap_worst10=m.id_ap_worst_decile, num_queries=m.num_queries, attack_seconds=r.seconds,
             queries_per_image=float(r.report.get("queries_per_image", math.nan)),
             attack_dist=meta.dist, forward=r.forward,
-            mAP_2x=float(convergence.get("mAP", math.nan)), **common))
+            mAP_2x=float(convergence.get("mAP", math.nan)), **intervals(m, pids), **common))
     return rows
 
 

@@ -44,6 +44,15 @@ def _fmt(value: float) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
 
 
+def _with_interval(row: pd.Series, metric: str, text: bool = False) -> float | str:
+    """A number with its 95 % interval, `60.57 [55.10, 66.02]`, where the row has one (runs before intervals were
+    recorded have none: the number alone)."""
+    value, low, high = (row.get(f"{metric}{end}", math.nan) for end in ("", "_low", "_high"))
+    if pd.isna(low) or pd.isna(high):
+        return _fmt(float(value)) if text else float(value)
+    return f"{_fmt(float(value))} [{_fmt(float(low))}, {_fmt(float(high))}]"
+
+
 def summary_frame(leaderboard_dir: str | Path, dataset: str, variants: bool = False) -> pd.DataFrame:
     """One row per defense run on the official board, by the suite's per-query worst-case mAP (then the mean):
     clean mAP, worst case (mAP / R1, with the doubled-iteration check), the single attacks' min of means,
@@ -65,10 +74,11 @@ def summary_frame(leaderboard_dir: str | Path, dataset: str, variants: bool = Fa
     summary = summary.sort_values(["_worst", "_order", "defense", "seed"])
     for _, s in summary.iterrows():
         attacks = rows_of_model(at8, s)
-        row = {"defense": s["defense"], "seed": str(int(s["seed"])), "clean mAP": s["clean_mAP"]}
+        row = {"defense": s["defense"], "seed": str(int(s["seed"])),
+               "clean mAP": _with_interval(s, "clean_mAP")}
         if not variants:
-            row["worst case mAP / R1"] = f"{_fmt(s.get('worst_case_mAP', math.nan))} / " \
-                                         f"{_fmt(s.get('worst_case_R1', math.nan))}"
+            row["worst case mAP / R1"] = f"{_with_interval(s, 'worst_case_mAP', text=True)} / " \
+                                         f"{_with_interval(s, 'worst_case_R1', text=True)}"
             row["2x iters"] = s.get("worst_case_mAP_2x", math.nan)
             row["min of means"] = s["robust_mAP_worst"]
         for a in HEADLINE_ATTACKS:
