@@ -25,7 +25,7 @@ from torch import nn
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.metrics import RetrievalMetrics
 from benchmark.core.provenance import provenance
-from benchmark.report.runs import per_query_table
+from benchmark.report.runs import intervals, per_query_table
 from benchmark.run.execute import execute
 from benchmark.run.outcome import RunOutcome, Runtime, eps_label
 from benchmark.run.sanity import Flag
@@ -55,6 +55,14 @@ class Evaluation:
             raise BenchmarkError(f"this evaluation has {len(self.worst_cases)} worst cases (one per ε of a suite); "
                                  "read Evaluation.worst_cases[eps_label]")
         return next(iter(self.worst_cases.values()))
+
+    def interval(self, metrics: RetrievalMetrics, which: str = "mAP") -> tuple[float, float]:
+        """95 % bootstrap interval (percent, resampling identities) of `metrics`' mAP or R1, e.g.
+        `result.interval(result.worst_case)`: the same interval a board row records."""
+        if which not in ("mAP", "R1"):
+            raise BenchmarkError(f"interval of {which!r}: choose 'mAP' or 'R1'")
+        values = intervals(metrics, self.outcome.workspace.query.pids)
+        return values[f"{which}_low"], values[f"{which}_high"]
 
 
 def evaluate(model: nn.Module, dataset: str = "synthped", *, data_root: str | None = None,

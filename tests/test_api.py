@@ -53,6 +53,10 @@ def test_api_scores_a_user_module_exactly_as_run_scores_the_same_weights(trained
     assert not result.spec.official and f"model={result.spec.model.weights_sha256[:12]}" in result.spec.settings
     assert result.spec.model.weights_sha256 and result.provenance["torch_version"]
     assert list(result.per_query.columns[:4]) == ["query", "name", "pid", "camid"]
+    low, high = result.interval(result.attacks[("sma", "8/255")])
+    assert low < result.attacks[("sma", "8/255")].mAP < high
+    low, high = result.interval(result.clean, "R1")
+    assert low <= result.clean.rank1 <= high
 
 
 def test_eval_model_from_the_command_line_writes_the_same_numbers(trained, weights, tmp_path):
