@@ -218,3 +218,21 @@ def test_hostile_board_text_renders_as_text_and_writes_nowhere_else(tmp_path):
         html = page.read_text()
         assert "<script>alert" not in html, page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;{{ 7*7 }}" in (out / "synthped.html").read_text()
+
+
+def test_a_recorded_interval_is_shown_beside_its_number(tmp_path):
+    import dataclasses
+
+    from benchmark.report.boards import write_leaderboards
+    from tests.test_leaderboard import clean_row, make_row
+
+    clean = dataclasses.replace(clean_row("ddid"), suite="standard-v1", mAP_low=55.0, mAP_high=65.0)
+    suite = dataclasses.replace(make_row("ddid", "standard-v1", "worst-case", 10.0), suite="standard-v1",
+                                mAP_low=8.0, mAP_high=12.5)
+    write_leaderboards([clean, suite], tmp_path / "boards")
+    out = tmp_path / "site"
+    build_site(tmp_path / "boards", tmp_path / "results", out)
+    board = re.search(r'<tr data-row="ddid".*?</tr>', (out / "toy.html").read_text(), re.S).group(0)
+    assert "8.00\u201312.50" in board
+    run_page = next((out / "runs").glob("*/index.html")).read_text()
+    assert "55.00\u201365.00" in run_page and "8.00\u201312.50" in run_page

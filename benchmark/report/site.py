@@ -69,6 +69,8 @@ BOARD_COLUMNS = (
     Column("clean_mAP", "clean mAP"), Column("clean_R1", "clean R1"),
     Column("worst_case_mAP", "worst-case mAP", title="per-query worst case of the standard suite"),
     Column("worst_case_R1", "worst-case R1"),
+    Column("worst_case_interval", "95 % interval", text=True,
+           title="bootstrap interval of worst-case mAP over queries, resampling identities (runs that recorded it)"),
     Column("spread", "± seeds", title="standard deviation of worst-case mAP over seeds"),
     Column("unseen_mAP_mean", "unseen mean", title="mean mAP over attacks the defense did not train with"),
     Column("unseen_mAP_worst", "unseen worst", title="lowest mAP over single unseen attacks"),
@@ -81,7 +83,9 @@ SINGLE_SEED_ONLY = ("clean_R1", "unseen_mAP_mean", "unseen_mAP_worst")
 ATTACK_COLUMNS = (
     Column("attack", "attack", text=True), Column("forward", "forward", text=True),
     Column("family", "family", text=True), Column("knowledge", "knowledge", text=True),
-    Column("seen", "seen", text=True), Column("mAP", "mAP"), Column("R1", "R1"), Column("mAP_drop", "mAP drop"),
+    Column("seen", "seen", text=True), Column("mAP", "mAP"),
+    Column("mAP_interval", "95 % interval", text=True, title="bootstrap interval of mAP, resampling identities"),
+    Column("R1", "R1"), Column("mAP_drop", "mAP drop"),
     Column("mAP_2x", "mAP, 2x iterations"), Column("queries_per_image", "queries / image", decimals=0),
     Column("attack_seconds", "seconds", decimals=1),
 )
@@ -98,6 +102,12 @@ def _number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if math.isnan(number) else number
+
+
+def _interval(values: Any, metric: str) -> str:
+    """`low-high` of a recorded 95 % interval, or empty where the row has none."""
+    low, high = _number(values.get(f"{metric}_low")), _number(values.get(f"{metric}_high"))
+    return "" if low is None or high is None else f"{low:.2f}\u2013{high:.2f}"
 
 
 def _unescape(text: str) -> str:
@@ -247,6 +257,8 @@ class SiteBuilder:
         values = dict(first)
         values["seeds"] = len(group)
         values["spread"] = None
+        # an interval over one model's queries; over several seeds the spread column speaks instead
+        values["worst_case_interval"] = _interval(values, "worst_case_mAP") if len(group) == 1 else ""
         if len(group) > 1:
             for key in SINGLE_SEED_ONLY:
                 values[key] = None
@@ -287,7 +299,8 @@ class SiteBuilder:
                 continue
             attached = [f for f in flags if f["code"].split(":", 1)[-1] == r["attack"]
                         or (f["code"] in ("weak-attack", "not-converged") and r.get("attack") == r.get("suite"))]
-            cells = [_cell(col, r.get(col.key), attached if col.key == "mAP" else None) for col in ATTACK_COLUMNS]
+            values = {**dict(r), "mAP_interval": _interval(r, "mAP")}
+            cells = [_cell(col, values.get(col.key), attached if col.key == "mAP" else None) for col in ATTACK_COLUMNS]
             rows.append(Row(f"{r['attack']}/{r.get('forward', '')}", cells))
         curve_columns, curve_rows = self.eps_curves(board, run)
         figures = []
