@@ -101,3 +101,25 @@ def test_a_model_whose_weights_do_not_fit_is_refused(tmp_path, capsys):
     torch.save({"other.weight": torch.zeros(3)}, path)
     assert main(["eval", "--model", "tests.user_model:build", "--weights", str(path), "--dataset-opt", TINY]) == 2
     assert "does not fit the model" in capsys.readouterr().err
+
+
+def test_models_that_compute_differently_never_share_a_key():
+    """Same weights, another parameter-free step (an input transform) or another forward: another content hash, so
+    neither reads the other's cached attacks."""
+    from benchmark.models.external import content_hash
+
+    class Rounded(torch.nn.Module):
+        def forward(self, x):
+            return torch.round(x * 255) / 255
+
+    class Doubled(torch.nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    rounded = torch.nn.Sequential(Rounded(), plain[0])
+    doubled = torch.nn.Sequential(Doubled(4, 2))
+    doubled[0].load_state_dict(plain[0].state_dict())
+    assert len({content_hash(plain), content_hash(rounded), content_hash(doubled)}) == 3
+    assert content_hash(plain) == content_hash(torch.nn.Sequential(plain[0]))

@@ -10,15 +10,19 @@ stand-in for a step with no useful gradient); the evaluator always scores its `f
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.metadata
+import json
 import re
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from benchmark.core.errors import BenchmarkError
-from benchmark.core.hashing import tensor_digest
+from benchmark.core.hashing import source_digest, tensor_digest
 from benchmark.models.backbones import read_state
 
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -58,10 +62,34 @@ class ExternalModel(nn.Module):
 
 
 def content_hash(module: nn.Module) -> str:
-    """sha256 of a module's class and its parameters and buffers (names, dtypes, shapes, bytes)."""
+    """sha256 of what a module computes: its tree (every submodule's name and class), the code those classes are
+    defined in, and its parameters and buffers (names, dtypes, shapes, bytes).
+
+    Weights alone would not do: two models with the same weights and another forward, or another
+    parameter-free step such as an input transform, would share a key and each other's cached attacks.
+    """
     cls = type(module)
+    tree = [(name, f"{type(m).__module__}.{type(m).__qualname__}") for name, m in module.named_modules()]
+    classes = {type(m) for _, m in module.named_modules()}
+    # the user's own code by its content; an installed library's classes (torch.nn, timm) by its version
+    libraries = sorted({_installed(c) for c in classes} - {""})
+    code = [source_digest(*(c for c in classes if not _installed(c))), libraries]
     state = {k: v for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
-    return tensor_digest({f"{cls.__module__}.{cls.__qualname__}/{k}": v for k, v in state.items()})
+    weights = tensor_digest({f"{cls.__module__}.{cls.__qualname__}/{k}": v for k, v in state.items()})
+    return hashlib.sha256(json.dumps({"tree": tree, "code": code, "weights": weights}).encode()).hexdigest()
+
+
+def _installed(cls: type) -> str:
+    """`name==version` when `cls` comes from an installed distribution (site-packages), else ''."""
+    module = sys.modules.get(cls.__module__)
+    path = str(getattr(module, "__file__", "") or "")
+    if "site-packages" not in path and "dist-packages" not in path:
+        return ""
+    top = cls.__module__.split(".")[0]
+    try:
+        return f"{top}=={importlib.metadata.version(top)}"
+    except importlib.metadata.PackageNotFoundError:
+        return f"{top}==?"
 
 
 def load_factory(factory: str, weights: str | Path | None = None) -> nn.Module:
