@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,12 @@ def test_user_commands_leave_a_fresh_clone_clean(tmp_path):
     subprocess.run([sys.executable, "-c", f"from benchmark.report.plots import replot_run; "
                     f"from pathlib import Path; assert replot_run(Path({str(run)!r}))"], cwd=clone, env=env,
                    check=True, timeout=600)
+    # `plots` drew, from what is committed, every figure a page cites
+    pages = [clone / "README.md", *(clone / "docs").glob("*.md"), clone / "leaderboards" / "README.md"]
+    cited = {m for page in pages for m in re.findall(r"leaderboards/figures/([\w./-]+\.png)", page.read_text())}
+    drawn = {p.relative_to(clone / "leaderboards" / "figures").as_posix()
+             for p in (clone / "leaderboards" / "figures").rglob("*.png")}
+    assert len(cited) >= 4 and cited <= drawn, cited - drawn
     status = subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True, check=True)
     assert status.stdout == "", status.stdout
     assert (home / "runs").is_dir() and (home / "leaderboards" / "custom" / "synthped.csv").is_file()

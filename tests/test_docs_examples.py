@@ -13,6 +13,7 @@ from benchmark.cli.arguments import build_parser
 from tests.test_clean_tree import clean_clone_commands
 
 REPO = Path(__file__).resolve().parents[1]
+#: every page a reader is sent to (README, docs/, the boards' README)
 PAGES = [REPO / "README.md", *sorted(REPO.glob("docs/*.md")), REPO / "leaderboards" / "README.md"]
 _FENCE = re.compile(r"```[a-z]*\n(.*?)```", re.S)
 _INLINE = re.compile(r"`(python3? -m benchmark [^`]*)`")
@@ -66,11 +67,3 @@ def test_every_documented_command_is_run_in_a_clean_clone():
     run = {argv[0] for argv in clean_clone_commands(Path("/home")) if not argv[0].startswith("-")}
     assert documented - {"publish"} <= run, f"documented commands the clean-clone test never runs: {documented - run}"
 
-
-def test_every_figure_the_docs_cite_is_drawn_from_what_is_committed(tmp_path):
-    from benchmark.report.plots import plot_all
-
-    cited = {m for page in PAGES for m in re.findall(r"leaderboards/figures/([\w./-]+\.png)", page.read_text())}
-    assert len(cited) >= 4
-    drawn = {str(p.relative_to(tmp_path)) for p in plot_all(REPO / "leaderboards", tmp_path / "no-runs", tmp_path)}
-    assert cited <= drawn, f"figures the docs cite that `plots` does not draw: {cited - drawn}"
