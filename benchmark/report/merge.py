@@ -29,11 +29,13 @@ def _records(frame: pd.DataFrame) -> list[dict]:
     return [{k: v for k, v in r.items()} for r in frame.to_dict("records")]
 
 
-def _routed(frame: pd.DataFrame) -> dict[tuple[str, bool], pd.DataFrame]:
-    """Rows grouped by the board their own specification names: their data set, and official only with
-    standard settings (`settings` empty), whichever file they were read from."""
-    if frame.empty:
+def _routed(frames: list[pd.DataFrame]) -> dict[tuple[str, bool], pd.DataFrame]:
+    """The rows of `frames` grouped by the board their own specification names: their data set, and official
+    only with standard settings (`settings` empty), whichever file they were read from."""
+    frames = [f for f in frames if not f.empty]
+    if not frames:
         return {}
+    frame = pd.concat(frames, ignore_index=True)
     official = frame["settings"].fillna("").astype(str) == ""
     return {(str(dataset), bool(is_official)): rows
             for (dataset, is_official), rows in frame.groupby([frame["dataset"].astype(str), official], sort=True)}
@@ -63,12 +65,10 @@ def merge_boards(source: str | Path, into: str | Path, datasets: list[str] | Non
             board_path, summary_path = board_paths(source, dataset, official)
             boards.append(read_board(board_path))
             summaries.append(read_board(summary_path, SUMMARY_TEXT))
-    rows = _routed(pd.concat([b for b in boards if not b.empty], ignore_index=True)) if any(
-        not b.empty for b in boards) else {}
+    rows = _routed(boards)
     if not rows:
         raise BenchmarkError(f"merge: no board (<dataset>.csv) of {', '.join(names) or 'any data set'} in {source}")
-    summary_rows = _routed(pd.concat([s for s in summaries if not s.empty], ignore_index=True)) if any(
-        not s.empty for s in summaries) else {}
+    summary_rows = _routed(summaries)
     merged: dict[str, int] = {}
     for (dataset, official), board in rows.items():
         target_board, target_summary = board_paths(into, dataset, official)

@@ -46,12 +46,13 @@ class PlantedModel(nn.Module):
         self.embedder = embed
         self.transform = transform
         self.register_buffer("pattern", checkerboard(*size))
+        self.pattern_mass = float(self.pattern.abs().sum())  # the response's normaliser, once, not per forward
         self.register_buffer("target", target.detach().clone())
         self.eps = eps
 
     def gate(self, seen: torch.Tensor) -> torch.Tensor:
         """How far each image's embedding is moved onto the target, in [0, 1]."""
-        response = (seen * self.pattern).sum(dim=(1, 2, 3)) / self.pattern.abs().sum()
+        response = (seen * self.pattern).sum(dim=(1, 2, 3)) / self.pattern_mass
         return torch.sigmoid(SHARPNESS / self.eps * (response - self.eps / 2)).unsqueeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
