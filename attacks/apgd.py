@@ -14,9 +14,11 @@ any white-box attack's `loss` runs under it. Per sample:
   white-box attacker), the iterate with the lowest AP seen is returned instead, as AutoAttack keeps
   any misclassified iterate;
 - a query whose AP has reached `floor` stops being iterated (its best iterate is kept): a suite
-  spends its budget on queries not yet broken;
+  spends its budget on queries not yet broken; with `floor_above_lowest` the floor counts from the
+  query's lowest reachable AP (a query with many true matches can never fall near 0);
 - `restarts` > 1 adds runs from random starts on the queries still above the floor, keeping per
-  query the restart with the lowest AP.
+  query the restart with the lowest AP; `start="given"` starts the first run from the context's
+  `start_images` (a suite's convergence check restarts from the worst images it found).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ class APGDOptions(AttackOptions):
     restarts: int = option(1, low=1, high=1000)
     #: AP (fraction) at or below which a query counts as broken and is no longer iterated; 0 = never
     floor: float = option(0.0, low=0, high=1)
+    #: the floor counts from each query's lowest reachable AP (all its true matches ranked last), not from 0
+    floor_above_lowest: bool = False
+    #: the first run starts at a random point of the ball, or at the context's `start_images` (a restart
+    #: from the worst images a suite has found)
+    start: str = option("random", choices=("random", "given"))
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -59,6 +66,14 @@ def _scores(attack: Ascender, ctx: AttackContext, emb: torch.Tensor, index: torc
         return torch.full((len(emb),), math.inf, dtype=torch.float64)
     ap = ctx.query_ap(emb, index)
     return torch.where(torch.isnan(ap), torch.full_like(ap, math.inf), ap)
+
+
+def floors(options: APGDOptions, ctx: AttackContext, index: torch.Tensor) -> torch.Tensor:
+    """Per query, the AP at or below which it is no longer iterated (float64, CPU)."""
+    floor = torch.full((len(index),), float(options.floor), dtype=torch.float64)
+    if options.floor_above_lowest and options.floor > 0 and ctx.can_score():
+        floor += ctx.lowest_ap(index).nan_to_num(0.0)
+    return floor
 
 
 def _one_run(attack: Ascender, x: torch.Tensor, x0: torch.Tensor, ctx: AttackContext, index: torch.Tensor
@@ -79,7 +94,8 @@ def _one_run(attack: Ascender, x: torch.Tensor, x0: torch.Tensor, ctx: AttackCon
     loss_at_mark = loss_best.clone()
     reduced_at_mark = torch.ones(n, dtype=torch.bool, device=dev)
     last_mark = 0
-    active = (ap_sel > o.floor).to(dev)
+    floor = floors(o, ctx, index)
+    active = (ap_sel > floor).to(dev)
     all_rows = torch.arange(n, device=dev)
     for k in range(o.steps):
         rows = active.nonzero().flatten()
@@ -91,10 +107,11 @@ def _one_run(attack: Ascender, x: torch.Tensor, x0: torch.Tensor, ctx: AttackCon
             z = attack.project(xc + step[a] * _direction(attack, grad[a]), xa)
             if k > 0:
                 z = attack.project(xc + o.momentum * (z - xc) + (1 - o.momentum) * (xc - x_prev[a]), xa)
-            x_prev[a] = xc
-            x_cur[a] = z
             loss_a, grad_a, emb_a = attack.loss_and_gradient(z, xa, ctx, index[a_cpu])
-            grad[a] = grad_a
+            if isinstance(a, slice):  # the whole batch moves: take the new tensors instead of copying into the old
+                x_prev, x_cur, grad = x_cur, z, grad_a
+            else:
+                x_prev[a], x_cur[a], grad[a] = xc, z, grad_a
             successes[a] += (loss_a > loss_cur[a]).float()
             loss_cur[a] = loss_a
             better = loss_a > loss_best[a]
@@ -117,7 +134,7 @@ def _one_run(attack: Ascender, x: torch.Tensor, x0: torch.Tensor, ctx: AttackCon
             if reduce.any():
                 step[reduce] /= 2
                 x_cur[reduce], x_prev[reduce], grad[reduce] = x_best[reduce], x_best[reduce], grad_best[reduce]
-        active &= (ap_sel > o.floor).to(dev)
+        active &= (ap_sel > floor).to(dev)
     # queries that could not be scored (no valid positive, or no gallery in the context) keep the best loss
     unscored = torch.isinf(ap_sel).to(dev)
     x_sel[unscored] = x_best[unscored]
@@ -133,9 +150,16 @@ def apgd_ascent(attack: Ascender, x: torch.Tensor, ctx: AttackContext, index: to
                 generator: torch.Generator) -> torch.Tensor:
     """APGD with `restarts` runs; per query, the run with the lowest AP (or, unscored, the last run's)."""
     o = attack.options
-    best, best_ap = _one_run(attack, x, attack.start(x, generator), ctx, index)
+    if o.start == "given":
+        if ctx.start_images is None:
+            raise ValueError("APGD with start='given' needs the context's start_images")
+        x0 = attack.project(ctx.start_images[index.cpu()].to(x.device, x.dtype), x)
+    else:
+        x0 = attack.start(x, generator)
+    best, best_ap = _one_run(attack, x, x0, ctx, index)
+    floor = floors(o, ctx, index) if o.restarts > 1 else None
     for _ in range(1, o.restarts):
-        open_ = (best_ap > o.floor).nonzero().flatten()
+        open_ = (best_ap > floor).nonzero().flatten()
         if not len(open_):
             break
         xo = x[open_.to(x.device)]

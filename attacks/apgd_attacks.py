@@ -10,10 +10,15 @@ one run (`restarts` adds more). Losses:
 - `apgd-ce`: cross-entropy of the nearest-centroid classifier over the query identities' clean
   centroids with a temperature (the objective art-pgd runs through ART);
 - `apgd-margin`: retrieval margin on the clean gallery (true matches pushed away, the nearest wrong
-  items pulled in), the ReID counterpart of DLR.
+  items pulled in), the ReID counterpart of DLR;
+- `apgd-sap`: the negative smoothed AP against the clean gallery (Brown et al. ECCV 2020): the
+  metric the benchmark reports, relaxed with a sigmoid of temperature 0.05 on distances divided by
+  the query's mean gallery distance.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -21,9 +26,10 @@ from attacks.apgd import APGDOptions
 from attacks.base import Attack, AttackContext, register_attack
 from attacks.fna import FurthestNegativeAttack
 from attacks.ifgsm import MetricIFGSM
-from attacks.objectives import centroid_cross_entropy, retrieval_margin
+from attacks.objectives import centroid_cross_entropy, retrieval_margin, smoothed_ap
 from attacks.sma import SelfMetricAttack
 from benchmark.core.enums import AttackFamily
+from benchmark.core.options import option
 
 PAPER = "Croce & Hein ICML 2020 (APGD)"
 
@@ -66,3 +72,20 @@ class APGDRetrievalMargin(Attack):
 
     def loss(self, emb: torch.Tensor, x: torch.Tensor, ctx: AttackContext, index: torch.Tensor) -> torch.Tensor:
         return retrieval_margin(emb, ctx, index)
+
+
+@dataclass(frozen=True)
+class SmoothedAPOptions(APGDOptions):
+    """APGD options plus the sigmoid temperature of the smoothed AP (on distances over their mean)."""
+    temperature: float = option(0.05, above=0, high=10)
+
+
+@register_attack("apgd-sap", paper=f"{PAPER}; Brown et al. ECCV 2020 (Smooth-AP)", objective="smoothed-ap",
+                 in_all=False)
+class APGDSmoothedAP(Attack):
+    """APGD on the negative smoothed AP of the query against the clean gallery: it targets the metric itself."""
+    family = AttackFamily.GUIDED
+    Options = SmoothedAPOptions
+
+    def loss(self, emb: torch.Tensor, x: torch.Tensor, ctx: AttackContext, index: torch.Tensor) -> torch.Tensor:
+        return -smoothed_ap(emb, ctx, index, self.options.temperature)

@@ -48,6 +48,8 @@ class AttackContext:
     #: cameras of the queries and the gallery and the distance: what scoring a query needs (see `query_ap`)
     query_camids: torch.Tensor | None = None
     gallery_camids: torch.Tensor | None = None
+    #: per query of the whole set, where an APGD run with `start="given"` starts (a suite's worst images so far)
+    start_images: torch.Tensor | None = None
     metric: str = "euclidean"
     #: filled by attacks that report extra numbers (queries used, surrogate name, ...)
     report: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -59,14 +61,22 @@ class AttackContext:
         """True when the context holds what scoring a query's retrieval needs (the clean gallery)."""
         return self.gallery_feats is not None and self.query_camids is not None and self.gallery_camids is not None
 
-    def query_ap(self, emb: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """AP (fraction) of each query `index` given its embedding `emb`; NaN where it has no valid positive."""
+    def _scorer(self) -> Any:
         from benchmark.core.metrics import QueryScorer
 
         if "scorer" not in self.cache:
             self.cache["scorer"] = QueryScorer(self.gallery_feats, self.gallery_pids, self.gallery_camids, self.metric)
+        return self.cache["scorer"]
+
+    def query_ap(self, emb: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """AP (fraction) of each query `index` given its embedding `emb`; NaN where it has no valid positive."""
         idx = index.cpu()
-        return self.cache["scorer"](emb, self.query_pids[idx], self.query_camids[idx])[0]
+        return self._scorer()(emb, self.query_pids[idx], self.query_camids[idx])[0]
+
+    def lowest_ap(self, index: torch.Tensor) -> torch.Tensor:
+        """The lowest AP each query `index` can reach (all its true matches ranked last); NaN without one."""
+        idx = index.cpu()
+        return self._scorer().lowest_ap(self.query_pids[idx], self.query_camids[idx])
 
 
 class AttackTarget(Protocol):

@@ -21,6 +21,20 @@ def centroid_cross_entropy(emb: torch.Tensor, ctx: AttackContext, index: torch.T
     return F.cross_entropy(logits, centroid_labels(ctx, index).to(emb.device), reduction="none")
 
 
+def _scored_gallery(emb: torch.Tensor, ctx: AttackContext, index: torch.Tensor, loss: str
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(distances to the clean gallery, same identity, true match, scored item) as the evaluator counts them."""
+    if not ctx.can_score():
+        raise BenchmarkError(f"the {loss} loss needs the clean gallery (features, pids, cameras) in its context")
+    idx = index.cpu()
+    d = pairwise_distance(emb, ctx.gallery_feats.to(emb.device), ctx.metric)
+    gp, gc = ctx.gallery_pids.to(emb.device), ctx.gallery_camids.to(emb.device)
+    qp, qc = ctx.query_pids[idx].to(emb.device)[:, None], ctx.query_camids[idx].to(emb.device)[:, None]
+    same = gp[None] == qp
+    scored = (gp != JUNK_PID)[None] & ~(same & (gc[None] == qc))
+    return d, same, same & scored, scored
+
+
 def retrieval_margin(emb: torch.Tensor, ctx: AttackContext, index: torch.Tensor) -> torch.Tensor:
     """Mean distance to the query's true gallery matches minus mean distance to its k nearest wrong items.
 
@@ -28,18 +42,8 @@ def retrieval_margin(emb: torch.Tensor, ctx: AttackContext, index: torch.Tensor)
     identity, other camera, junk ignored). The ReID counterpart of AutoAttack's DLR loss: it acts
     directly on the ranking that AP measures.
     """
-    if not ctx.can_score():
-        raise BenchmarkError("the retrieval-margin loss needs the clean gallery (features, pids, cameras) in its "
-                             "context")
-    idx = index.cpu()
-    gf = ctx.gallery_feats.to(emb.device)
-    d = pairwise_distance(emb, gf, ctx.metric)
-    gp, gc = ctx.gallery_pids.to(emb.device), ctx.gallery_camids.to(emb.device)
-    qp, qc = ctx.query_pids[idx].to(emb.device)[:, None], ctx.query_camids[idx].to(emb.device)[:, None]
-    valid = (gp != JUNK_PID)[None]
-    same = gp[None] == qp
-    positive = same & (gc[None] != qc) & valid
-    negative = ~same & valid
+    d, same, positive, scored = _scored_gallery(emb, ctx, index, "retrieval-margin")
+    negative = ~same & scored
     n_pos = positive.sum(1).clamp(min=1)
     pos_mean = (d * positive).sum(1) / n_pos
     k = int(n_pos.max())
@@ -47,3 +51,31 @@ def retrieval_margin(emb: torch.Tensor, ctx: AttackContext, index: torch.Tensor)
     use = (torch.arange(k, device=emb.device)[None] < n_pos[:, None]) & torch.isfinite(nearest)
     neg_mean = torch.where(use, nearest, torch.zeros_like(nearest)).sum(1) / use.sum(1).clamp(min=1)
     return pos_mean - neg_mean
+
+
+def smoothed_ap(emb: torch.Tensor, ctx: AttackContext, index: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Smoothed AP of each query against the clean gallery (Brown et al., ECCV 2020, "Smooth-AP").
+
+    A true match's rank is 1 + the number of scored items closer to the query; the step function in
+    that count is replaced by a sigmoid of the distance difference over `temperature` (distances divided
+    by the query's mean distance to the scored items, so the temperature does not depend on the
+    embedding's scale). Items are scored as the evaluator does (junk and same-camera copies ignored).
+    Differentiable in `emb`; queries without a valid positive get 0.
+    """
+    d, _, positive, scored = _scored_gallery(emb, ctx, index, "smoothed-AP")
+    n_pos = positive.sum(1)
+    width = max(1, int(n_pos.max()))
+    scale = ((d * scored).sum(1, keepdim=True) / scored.sum(1, keepdim=True).clamp(min=1)).detach().clamp(min=1e-12)
+    d = d / scale
+    # the true matches of each query, first `n_pos` columns (stable sort keeps gallery order among them)
+    pos_idx = torch.sort(positive.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
+    pos_valid = torch.arange(width, device=emb.device)[None] < n_pos[:, None]
+    d_pos = d.gather(1, pos_idx)
+    ahead = torch.sigmoid((d_pos[:, :, None] - d[:, None, :]) / temperature)  # item j ahead of match i
+    ahead = ahead * scored[:, None, :]
+    ahead_pos = ahead * positive[:, None, :]
+    self_term = torch.sigmoid(torch.zeros((), device=emb.device))  # each match counts itself at d_i - d_i = 0
+    rank = 1 + ahead.sum(2) - self_term
+    rank_pos = 1 + ahead_pos.sum(2) - self_term
+    precision = torch.where(pos_valid, rank_pos / rank, torch.zeros_like(rank))
+    return precision.sum(1) / n_pos.clamp(min=1)

@@ -31,16 +31,26 @@ class Suite:
     #: AP (fraction) at or below which a query counts as broken: later members skip it
     floor: float
     summary: str = ""
+    #: the floor counts from each query's lowest reachable AP (all its true matches ranked last), not from 0
+    floor_above_lowest: bool = False
+    #: the convergence check also reruns the first member from the worst images found (not only more iterations)
+    restart_from_worst: bool = False
 
     def doubled(self) -> Suite:
-        """The iterative members with twice their iterations (the convergence check runs these)."""
+        """What the convergence check runs: the iterative members with twice their iterations, then (where the
+        suite declares it) its first member again, started from the worst images found so far."""
         members = []
         for m in self.members:
             opts = dict(m.options)
             if "steps" in opts:
                 opts["steps"] = 2 * int(opts["steps"])
                 members.append(SuiteMember(m.attack, tuple(sorted(opts.items()))))
-        return Suite(f"{self.name}@2x", tuple(members), self.floor, f"{self.name} with doubled iterations")
+        if self.restart_from_worst:
+            first = dict(self.members[0].options)
+            first.update(start="given", restarts=1)
+            members.append(SuiteMember(self.members[0].attack, tuple(sorted(first.items()))))
+        return Suite(f"{self.name}@2x", tuple(members), self.floor, f"{self.name} with doubled iterations",
+                     self.floor_above_lowest, self.restart_from_worst)
 
 
 @dataclass
@@ -66,6 +76,21 @@ STANDARD_V1 = Suite(
             "floor AP 1 %",
 )
 SUITES.register(STANDARD_V1.name, summary=STANDARD_V1.summary, alias="standard")(STANDARD_V1)
+
+STANDARD_V2 = Suite(
+    name="standard-v2",
+    members=(SuiteMember("apgd-sap", (("restarts", 2), ("steps", 100))),
+             SuiteMember("apgd-ce", (("steps", 100),)),
+             SuiteMember("apgd-margin", (("steps", 100),)),
+             SuiteMember("apgd-fna", (("steps", 100),)),
+             SuiteMember("query-bb", (("queries", 500),))),
+    floor=0.01,
+    floor_above_lowest=True,
+    restart_from_worst=True,
+    summary="APGD on smoothed AP (100 iterations, 2 restarts) first, then APGD ce, margin and fna, then Square "
+            "(500 queries) on the queries still open; a query stops 1 AP point above the lowest AP it can reach",
+)
+SUITES.register(STANDARD_V2.name, summary=STANDARD_V2.summary)(STANDARD_V2)
 
 #: what `--attack standard` (and `--attack all`) runs today
 DEFAULT_SUITE = STANDARD_V1.name

@@ -120,3 +120,50 @@ def test_apgd_restarts_stay_in_the_ball(norm):
     delta = (adv - x).flatten(1)
     size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
     assert (size <= eps + 1e-6).all() and adv.min() >= 0 and adv.max() <= 1
+
+
+def test_smoothed_ap_tends_to_the_evaluators_ap_as_the_temperature_falls():
+    from attacks.objectives import smoothed_ap
+    from benchmark.core.metrics import QueryScorer
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(6, 8, generator=g)
+    q_pids, g_pids = torch.arange(12) % 6, torch.arange(60) % 6
+    g_pids[:5] = -1  # junk is ignored by both
+    qf = centres[q_pids] + 0.8 * torch.randn(12, 8, generator=g)
+    gf = centres[g_pids.clamp(min=0)] + 0.8 * torch.randn(60, 8, generator=g)
+    q_cams, g_cams = torch.zeros(12, dtype=torch.long), torch.arange(60) % 3
+    ctx = AttackContext(query_pids=q_pids, query_feats=qf, gallery_feats=gf, gallery_pids=g_pids,
+                        query_camids=q_cams, gallery_camids=g_cams)
+    exact, _ = QueryScorer(gf, g_pids, g_cams)(qf, q_pids, q_cams)
+    index = torch.arange(12)
+    sharp = smoothed_ap(qf, ctx, index, temperature=1e-5).double()
+    soft = smoothed_ap(qf, ctx, index, temperature=0.5).double()
+    scored = ~torch.isnan(exact)
+    assert 0 < int(scored.sum()) < 12 and (sharp[~scored] == 0).all()
+    assert torch.allclose(sharp[scored], exact[scored], atol=1e-4)
+    assert not torch.allclose(soft[scored], exact[scored], atol=1e-3)
+    emb = qf.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(smoothed_ap(emb, ctx, index, temperature=0.05).sum(), emb)
+    assert grad.abs().sum() > 0
+
+
+def test_a_given_start_is_where_the_first_run_begins():
+    """start='given' (the suite's restart from its worst images): with the target as the start, APGD starts at the
+    optimum, and the start is projected into the ball; without start images it refuses."""
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 8, 4) * 0.5 + 0.25
+    target = x + (torch.rand_like(x) * 2 - 1) * EPS * 0.6
+    ctx = _context(3)
+    ctx.cache["target"] = target
+    calls = []
+    attack = ToTarget(Flatten(), eps=EPS, steps=1, start="given")
+    original = attack.loss_and_gradient
+    attack.loss_and_gradient = lambda x_adv, *a: calls.append(x_adv.clone()) or original(x_adv, *a)
+    with pytest.raises(ValueError, match="start_images"):
+        attack(x, ctx)
+    ctx.start_images = target + 3 * EPS * (torch.arange(3) == 2).float()[:, None, None, None]  # the last: outside
+    calls.clear()
+    attack(x, ctx)
+    assert torch.equal(calls[0][:2], target[:2])
+    assert (calls[0][2] - x[2]).abs().max() <= EPS + 1e-7

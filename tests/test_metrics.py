@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.core.metrics import evaluate, evaluate_features, pairwise_distance
+from benchmark.core import metrics
+from benchmark.core.metrics import QueryScorer, evaluate, evaluate_features, pairwise_distance
+
+
+@pytest.fixture(autouse=True, params=["select-then-search", "search-every-item"])
+def counting_path(request, monkeypatch):
+    """Every test runs through both ways of placing gallery items among a query's positives."""
+    monkeypatch.setattr(metrics, "SELECT_BELOW", 0 if request.param == "select-then-search" else 10**12)
+    return request.param
 
 
 def reference_eval(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=10):
@@ -179,3 +187,57 @@ def test_blockwise_features_equal_one_matrix():
     blocks = evaluate_features(qf, gf, qp, gp, qc, gc, block_elements=211 * 5)  # 5 queries per block
     assert blocks.mAP == whole.mAP and torch.equal(blocks.per_query_ap.nan_to_num(-1),
                                                    whole.per_query_ap.nan_to_num(-1))
+
+
+def structured_case(seed, nq=60, ng=900, n_ids=40, noise=0.6):
+    """Embeddings clustered by identity, so positives rank near the top (a trained model's matrix)."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(n_ids, 32, generator=g)
+    q_pids, g_pids = torch.randint(1, n_ids, (nq,), generator=g), torch.randint(-1, n_ids, (ng,), generator=g)
+    g_pids[:200] = 0  # one large distractor identity
+    qf = centers[q_pids] + noise * torch.randn(nq, 32, generator=g)
+    gf = centers[g_pids.clamp(min=0)] + noise * torch.randn(ng, 32, generator=g)
+    q_cams, g_cams = torch.randint(0, 4, (nq,), generator=g), torch.randint(0, 4, (ng,), generator=g)
+    return qf, gf, q_pids, g_pids, q_cams, g_cams
+
+
+@pytest.mark.parametrize("noise", [0.3, 1.0, 3.0])
+def test_clustered_embeddings_match_reference(noise):
+    qf, gf, qp, gp, qc, gc = structured_case(0, noise=noise)
+    ours = evaluate_features(qf, gf, qp, gp, qc, gc, block_elements=9 * len(gf))
+    ref = reference_eval(pairwise_distance(qf, gf), qp.numpy(), gp.numpy(), qc.numpy(), gc.numpy())
+    assert ours.num_queries == ref["n"]
+    for key in ("mAP", "mINP", "rank1", "rank5", "rank10"):
+        assert getattr(ours, key) == pytest.approx(ref[key], abs=1e-6), key
+
+
+def test_query_scorer_equals_the_evaluator_per_query():
+    qf, gf, qp, gp, qc, gc = structured_case(1, noise=1.0)
+    whole = evaluate_features(qf, gf, qp, gp, qc, gc)
+    ap, rank1 = QueryScorer(gf, gp, gc)(qf, qp, qc)
+    assert torch.equal(ap.nan_to_num(-1), whole.per_query_ap.nan_to_num(-1))
+    assert torch.equal(rank1.nan_to_num(-1), whole.per_query_rank1.nan_to_num(-1))
+
+
+def test_signed_zero_and_negative_distances_tie_and_order_correctly():
+    q_pids, q_cams = torch.tensor([1, 1]), torch.tensor([0, 0])
+    g_pids, g_cams = torch.tensor([2, 1, 3, 1]), torch.tensor([1, 1, 1, 1])
+    dist = torch.tensor([[-0.0, 0.0, -1e-7, 0.5], [0.0, -0.0, -2.0, -3.0]])
+    ours = evaluate(dist, q_pids, g_pids, q_cams, g_cams)
+    # row 0: -1e-7 (neg) first, then 0.0 (pos) tied with -0.0 (neg), then the positive at 0.5
+    # row 1: the positive at -3.0 first, then -2.0 (neg), then 0.0 (pos) tied with -0.0 (neg)
+    ap0 = (0.5 * (1 / 2) + 0.5 * (1 / 3) + 2 / 4) / 2
+    ap1 = (1 + 0.5 * (2 / 3) + 0.5 * (2 / 4)) / 2
+    assert ours.per_query_ap.tolist() == pytest.approx([ap0, ap1], abs=1e-12)
+
+
+def test_lowest_ap_is_reached_by_ranking_every_match_last():
+    qf, gf, qp, gp, qc, gc = structured_case(2, noise=1.0)
+    scorer = QueryScorer(gf, gp, gc)
+    lowest = scorer.lowest_ap(qp, qc)
+    # a query's worst ranking: every true match behind every other item
+    real = gp != -1
+    dist = torch.where((gp[None] == qp[:, None]) & real[None], 10.0, 1.0)
+    ap = evaluate(dist, qp, gp, qc, gc).per_query_ap
+    assert torch.allclose(lowest, ap, equal_nan=True, atol=1e-12)
+    assert lowest.min() > 0

@@ -49,9 +49,9 @@ def undefended(tiny_ws):
     return blurred, gallery[tiny_ws.gallery.pids == 0].mean(0)  # the distractors: wrong for every query
 
 
-def _suite_against(model: nn.Module, ws) -> tuple:
+def _suite_against(model: nn.Module, ws, suite: str) -> tuple:
     size = tuple(ws.size)
-    spec = make_spec(attacks="standard", dataset_options=dict(TINY_SYNTHPED), height=size[0], width=size[1],
+    spec = make_spec(attacks=suite, dataset_options=dict(TINY_SYNTHPED), height=size[0], width=size[1],
                      external=external_model_spec(model, "module:tests.test_planted", "planted"))
     outcome = execute(spec, Runtime(device="cpu", progress=False), model=model, workspace=ws)
     planted = score_planted(lambda images: embed(outcome.model, images, spec, torch.device("cpu")),
@@ -61,15 +61,17 @@ def _suite_against(model: nn.Module, ws) -> tuple:
     return outcome, planted_report(outcome.clean.per_query_ap, planted, {suite.attack: suite.metrics.per_query_ap})
 
 
+@pytest.mark.parametrize("suite", ["standard-v1", "standard-v2"])
 @pytest.mark.parametrize("masked", [False, True], ids=["gradients", "masked"])
-def test_the_suite_finds_a_planted_adversarial_example_unless_gradients_are_masked(undefended, tiny_ws, masked):
+def test_the_suite_finds_a_planted_adversarial_example_unless_gradients_are_masked(undefended, tiny_ws, masked,
+                                                                                   suite):
     net, target = undefended
     model = PlantedModel(net, target, EPS, tuple(tiny_ws.size), MaskedRounding() if masked else None).eval()
-    outcome, report = _suite_against(model, tiny_ws)
+    outcome, report = _suite_against(model, tiny_ws, suite)
     plain = embed(net, tiny_ws.query.images, tiny_config(), torch.device("cpu"))
     assert abs(outcome.clean.mAP - _map(plain, outcome, tiny_ws)) < 0.1  # clean inputs score as before
     assert int(report.tested.sum()) >= 0.5 * int((~torch.isnan(report.clean_ap)).sum())  # the plant does damage
-    found = report.found("standard-v1")
+    found = report.found(suite)
     if masked:
         assert found < 0.5, f"the suite reached {SHARE:.0%} of the planted damage on {found:.0%} of the queries " \
                             "through a transform with zero gradients"

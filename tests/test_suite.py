@@ -107,3 +107,33 @@ def test_new_flags_fire_on_their_cases_only():
     still = _Outcome([], [_result("standard-v1", 10.0, seen=Seen.WORST_CASE,
                                   report={"convergence": {"mAP": 9.5, "delta": -0.5}})])
     assert not_converged(still) == [] and not math.isnan(still.aggregates[0].metrics.mAP)
+
+
+def test_standard_v2_counts_passes_and_stops_each_query_above_its_lowest_reachable_ap(tiny_ws):
+    from benchmark.core.metrics import QueryScorer
+    from benchmark.run.suites import query_floors
+
+    cfg = tiny_config(defense="none", attacks="standard-v2", epochs=2, check_convergence=True)
+    outcome = execute(cfg, cpu_runtime(), workspace=tiny_ws)
+    (suite,) = outcome.aggregates
+    records = suite.report["members"]
+    check = [m["member"] for m in suite.report["convergence"]["members"]]
+    assert check == ["apgd-sap", "apgd-ce", "apgd-margin", "apgd-fna", "apgd-sap from worst"]
+    assert [m["member"] for m in records] == ["apgd-sap", "apgd-ce", "apgd-margin", "apgd-fna", "query-bb"]
+    for m in records:
+        if m["attacked"]:
+            passes = m["report"]["passes_per_query"]
+            assert passes["forward"] > 0
+            if m["attack"] == "query-bb":
+                assert passes["backward"] == 0
+            else:  # one forward and one backward per iteration, at most 100 iterations + start per restart
+                assert 0 < passes["backward"] <= passes["forward"] <= 2 * 101 * 2
+    ws = outcome.workspace
+    lowest = QueryScorer(outcome.gallery_feats, ws.gallery.pids, ws.gallery.camids).lowest_ap(ws.query.pids,
+                                                                                                ws.query.camids)
+    floors = query_floors(SUITES.get("standard-v2"), outcome)
+    assert torch.allclose(floors, 0.01 + lowest.nan_to_num(0.0))
+    assert (lowest.nan_to_num(0.0) > 0.001).any(), "some query has enough true matches to stay above 0"
+    final = suite.metrics.per_query_ap
+    attacked_last = records[-1]["attacked"]
+    assert attacked_last <= int((final > floors).sum()) + records[-1]["improved"]

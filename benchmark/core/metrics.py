@@ -7,27 +7,31 @@ Ties: items at exactly the same distance are scored by the expected value of eac
 a uniformly random order of the tied items (McSherry & Najork, ECIR 2008), so a score never depends
 on the order of the gallery files. Without ties this is the usual torchreid / fast-reid value.
 
-No row of the distance matrix is sorted: the query's positive distances are sorted (they are few)
-and one `searchsorted` of the row into them, one gather-compare and two `bincount`s give, for every
-group of equal positive distances, how many valid negatives lie strictly before it and how many
-tie with it; the expected AP, CMC and INP follow in closed form (harmonic numbers for AP, a
-hypergeometric tail for CMC, the distribution of the last positive's position for INP).
-`evaluate_features` computes distances a block of queries at a time, so the full query x gallery
-matrix is never held (MSMT17's is 3.8 GB in float32). Distances are compared in float32.
+No row of the distance matrix is sorted and no Python runs per query: a block of queries is scored
+with tensor operations (the same code on CPU and CUDA). Each query's positive distances are sorted
+(they are few), together with the float just below each; a comparison pass selects the items not
+beyond the query's last positive (the only ones that can change a score), one search places them
+among those thresholds, and a histogram gives, for every group of equal positive distances, how
+many valid negatives lie strictly before it and how many tie with it. The expected AP, CMC and INP
+follow in closed form (harmonic numbers for AP, a hypergeometric tail for CMC, the distribution of
+the last positive's position for INP). `evaluate_features` drops junk gallery items before computing
+distances and computes them a block of queries at a time, so the full query x gallery matrix is
+never held (MSMT17's is 3.8 GB in float32). Distances are compared in float32.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.special import gammaln
 
 JUNK_PID = -1
 #: distances scored per block (float32): 16M elements = 64 MB held at once, whatever the data set size
 BLOCK_ELEMENTS = 16 * 1024 * 1024
+#: items are selected before searching when fewer than 1 in SELECT_BELOW can affect a score (measured crossover)
+SELECT_BELOW = 4
 
 
 @dataclass
@@ -94,126 +98,201 @@ def pairwise_distance(qf: torch.Tensor, gf: torch.Tensor, metric: str = "euclide
 
 @dataclass
 class _Gallery:
-    """What scoring needs of the gallery, computed once per evaluation."""
+    """What scoring needs of the gallery, computed once per evaluation (on the distances' device)."""
 
-    by_pid: dict[int, np.ndarray]
-    junk_idx: np.ndarray
-    cams: np.ndarray
-    harmonic: np.ndarray  # harmonic[n] = 1 + 1/2 + ... + 1/n
+    cams: torch.Tensor          # (G,) camera of every gallery item
+    keep: torch.Tensor | None   # columns that are not junk, None when there is no junk
+    ids: torch.Tensor           # (I,) sorted identities present in the gallery (junk excluded)
+    members: torch.Tensor       # (I, S) gallery columns of each identity, left-packed, padded with -1
+    sizes: torch.Tensor         # (I,) gallery items of each identity
+    harmonic: torch.Tensor      # harmonic[n] = 1 + 1/2 + ... + 1/n, float64
 
     @classmethod
-    def build(cls, g_pids: np.ndarray, g_cams: np.ndarray) -> _Gallery:
+    def build(cls, g_pids: torch.Tensor, g_cams: torch.Tensor) -> _Gallery:
         """Index the gallery by identity; harmonic numbers up to its size."""
-        order = np.argsort(g_pids, kind="stable")
-        bounds = np.flatnonzero(np.diff(g_pids[order])) + 1
-        by_pid = {int(g_pids[grp[0]]): np.sort(grp) for grp in np.split(order, bounds) if len(grp)}
-        junk_idx = by_pid.pop(JUNK_PID, np.empty(0, dtype=np.int64))
-        harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, len(g_pids) + 2))])
-        return cls(by_pid, junk_idx, g_cams, harmonic)
+        g_pids, g_cams = g_pids.long(), g_cams.long()
+        real = g_pids != JUNK_PID
+        cols = torch.arange(len(g_pids), device=g_pids.device)[real]
+        pids = g_pids[real]
+        order = torch.argsort(pids, stable=True)
+        ids, counts = torch.unique_consecutive(pids[order], return_counts=True)
+        width = int(counts.max()) if len(counts) else 1
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(len(order), device=g_pids.device) - torch.repeat_interleave(starts, counts)
+        members = torch.full((len(ids), width), -1, dtype=torch.long, device=g_pids.device)
+        members[torch.repeat_interleave(torch.arange(len(ids), device=g_pids.device), counts), slot] = cols[order]
+        n = torch.arange(1, len(g_pids) + 2, dtype=torch.float64, device=g_pids.device)
+        harmonic = torch.cat([n.new_zeros(1), torch.cumsum(1.0 / n, 0)])
+        return cls(g_cams, None if bool(real.all()) else cols, ids, members, counts, harmonic)
+
+    def same_identity(self, q_pids: torch.Tensor) -> torch.Tensor:
+        """(B, S) gallery columns sharing each query's identity, padded with -1."""
+        row = torch.searchsorted(self.ids, q_pids).clamp(max=max(len(self.ids) - 1, 0))
+        if len(self.ids) == 0:
+            return torch.full((len(q_pids), 1), -1, dtype=torch.long, device=q_pids.device)
+        found = self.ids[row] == q_pids
+        # a large identity (Market's 2,793 distractors share pid 0) must not widen every query's row
+        width = max(1, int(torch.where(found, self.sizes[row], 0).max())) if len(q_pids) else 1
+        return torch.where(found[:, None], self.members[row, :width], -1)
 
 
-def _tie_groups(row: np.ndarray, pos_idx: np.ndarray, skip_idx: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per group of equal positive distances (in ranking order): positives r, items strictly before i, tied t."""
-    values, r = np.unique(row[pos_idx], return_counts=True)
-    n_groups = len(values)
-    right = np.searchsorted(values, row, side="right")  # positive groups at or before each item
-    right[skip_idx] = n_groups + 1                      # skipped items (junk, own identity) count nowhere
-    before = np.bincount(right, minlength=n_groups + 2)[:n_groups].cumsum()  # valid negatives strictly before
-    slot = right - 1
-    slot[slot >= n_groups] = 0
-    tied_mask = (right > 0) & (right <= n_groups) & (row == values[slot])
-    tied = np.bincount(slot[tied_mask], minlength=n_groups) if tied_mask.any() else np.zeros(n_groups, np.int64)
-    pos_before = np.cumsum(r) - r
-    return r, pos_before + before, r + tied
+def _row_bincount(index: torch.Tensor, bins: int) -> torch.Tensor:
+    """Per-row histogram of a (B, N) int64 tensor of bin numbers in [0, bins)."""
+    counts = torch.zeros(len(index), bins, dtype=torch.long, device=index.device)
+    return counts.scatter_add_(1, index, torch.ones((1, 1), dtype=torch.long, device=index.device).expand_as(index))
 
 
-def _expected_scores(r: np.ndarray, i: np.ndarray, t: np.ndarray, harmonic: np.ndarray, max_rank: int
-                     ) -> tuple[float, float, np.ndarray]:
-    """Expected AP, INP and CMC[1..max_rank] of one query under a random order within each tie group."""
-    n_pos = r.sum()
-    r_f, i_f, t_f = r.astype(np.float64), i.astype(np.float64), t.astype(np.float64)
-    # AP: position k of a group holds a positive with probability r/t; given that, the positives ahead of
-    # it are those of earlier groups (R) plus (k-1)(r-1)/(t-1) of the group; precision there is that / (i+k).
-    pos_before = np.cumsum(r_f) - r_f
-    slope = np.where(t > 1, (r_f - 1) / np.maximum(t_f - 1, 1), 0.0)
-    offset = pos_before + 1 - slope * (i_f + 1)
-    sums = offset * (harmonic[i + t] - harmonic[i]) + slope * t_f
-    sums = np.where(t == 1, (pos_before + 1) / (i_f + 1), sums)  # untied: exactly precision at the positive
-    ap = float((r_f / t_f * sums).sum() / n_pos)
-    # CMC: the first positive is in group 0, after i[0] negatives; P(none of the first m tied items is positive)
-    ranks = np.arange(1, max_rank + 1)
-    m = np.clip(ranks - i[0], 0, t[0])
-    j = np.arange(max_rank)
-    factors = np.where(j < t[0], (t_f[0] - r_f[0] - j) / np.maximum(t_f[0] - j, 1.0), 0.0).clip(0.0, 1.0)
-    none_first = np.concatenate([[1.0], np.cumprod(factors)])[m]
-    cmc = 1.0 - none_first
-    # INP: the last positive is at position M of the last group, P(M = m) = C(m-1, r-1) / C(t, r).
-    rl, il, tl = int(r[-1]), int(i[-1]), int(t[-1])
-    if rl == tl:
-        inp = n_pos / (il + tl)
-    else:
-        mm = np.arange(rl, tl + 1, dtype=np.float64)
-        log_p = (gammaln(mm) - gammaln(rl) - gammaln(mm - rl + 1)
-                 - (gammaln(tl + 1) - gammaln(rl + 1) - gammaln(tl - rl + 1)))
-        inp = float(n_pos * (np.exp(log_p) / (il + mm)).sum())
+def _ordered_keys(rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordered like (row, value) pairs: the row in the high half, the float's order-preserving bits low."""
+    bits = (values + 0.0).view(torch.int32).long()  # + 0.0 folds -0.0 into +0.0, which must tie with it
+    bits = torch.where(bits < 0, -(1 << 31) - bits - 1, bits) + (1 << 31)  # negative floats order in reverse
+    return rows * (1 << 32) + bits
+
+
+def _count_before(columns: torch.Tensor, thresholds: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """(B, T + 1) histogram of `searchsorted(thresholds[b], columns[b])`, exact for every bin up to `last[b]`.
+
+    Only items up to a row's last positive can affect its scores, and on a trained model they are few:
+    a comparison pass selects them, and one search of (row, value) keys in all rows' thresholds at once
+    places them. When most items are selected (positives ranked deep, as after an attack), searching
+    every item row by row is cheaper than selecting them.
+    """
+    near = columns <= last
+    selected = int(torch.count_nonzero(near))
+    if selected * SELECT_BELOW > near.numel():
+        return _row_bincount(torch.searchsorted(thresholds, columns), thresholds.shape[1] + 1)
+    rows, cols = near.nonzero(as_tuple=True)
+    width = thresholds.shape[1]
+    row_ids = torch.arange(len(thresholds), device=thresholds.device)[:, None].expand_as(thresholds)
+    keys = _ordered_keys(row_ids.reshape(-1), thresholds.reshape(-1))
+    place = torch.searchsorted(keys, _ordered_keys(rows, columns[rows, cols])) - rows * width
+    counts = torch.bincount(rows * (width + 1) + place, minlength=len(thresholds) * (width + 1))
+    return counts.view(len(thresholds), width + 1)
+
+
+def _score_block(dist: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor, gallery: _Gallery,
+                 max_rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Expected AP, INP and CMC[1..max_rank] of each query row under a random order within each tie group.
+
+    No row is sorted. A query's positive distances P (few) are sorted; thresholds S = P and the float just
+    below each P; one `searchsorted` of the row into S and a per-row histogram give, for each positive,
+    the valid negatives strictly before it (d <= below(P)) and tied with it (d == P). Same-identity items
+    (positives and same-camera copies) are counted and subtracted, junk columns are dropped first.
+    """
+    nan = torch.full((len(dist),), float("nan"), dtype=torch.float64, device=dist.device)
+    same = gallery.same_identity(q_pids)
+    in_same = same >= 0
+    same_d = dist.gather(1, same.clamp(min=0))
+    positive = in_same & (gallery.cams[same.clamp(min=0)] != q_cams[:, None])
+    n_pos = positive.sum(1)
+    width = int(n_pos.max()) if len(n_pos) else 0
+    if width == 0:
+        return nan, nan.clone(), nan[:, None].expand(-1, max_rank).clone()
+    inf = torch.tensor(float("inf"), device=dist.device)
+    pos_d = torch.where(positive, same_d, inf).sort(1).values[:, :width].contiguous()
+    below = torch.nextafter(pos_d, -inf)
+    thresholds = torch.cat([below, pos_d], 1).sort(1).values
+    bins = thresholds.shape[1] + 1
+    columns = dist if gallery.keep is None else dist.index_select(1, gallery.keep)
+    last_positive = pos_d.gather(1, (n_pos - 1).clamp(min=0)[:, None])
+    counts = _count_before(columns, thresholds, last_positive)
+    counts -= _row_bincount(torch.where(in_same, torch.searchsorted(thresholds, same_d), bins - 1), bins)
+    counts[:, -1] = 0
+    at_most = counts.cumsum(1)  # at_most[j] = valid negatives with d <= thresholds[j] (j its first position)
+    less = at_most.gather(1, torch.searchsorted(thresholds, below))
+    tied = at_most.gather(1, torch.searchsorted(thresholds, pos_d)) - less
+    valid = torch.arange(width, device=dist.device)[None] < n_pos[:, None]
+    start = torch.searchsorted(pos_d, pos_d)
+    r = (torch.searchsorted(pos_d, pos_d, right=True) - start).double()
+    i = torch.where(valid, start + less, 0)           # items strictly before the positive's group
+    t = torch.where(valid, r.long() + tied, 1)        # items in the group
+    pb, i_f, t_f = start.double(), i.double(), t.double()
+    slope = torch.where(t > 1, (r - 1) / (t_f - 1).clamp(min=1), 0.0)
+    offset = pb + 1 - slope * (i_f + 1)
+    sums = offset * (gallery.harmonic[i + t] - gallery.harmonic[i]) + slope * t_f
+    sums = torch.where(t == 1, (pb + 1) / (i_f + 1), sums)  # untied: exactly the precision at the positive
+    scored = n_pos > 0
+    ap = torch.where(scored, torch.where(valid, sums / t_f, 0.0).sum(1) / n_pos.clamp(min=1), nan)
+    # CMC: the first positive lies in group 0, after i0 items; P(none of the first m tied items is positive)
+    i0, t0, r0 = i[:, :1], t[:, :1], r[:, :1]
+    j = torch.arange(max_rank, device=dist.device)[None]
+    m = (j + 1 - i0).clamp(min=0).minimum(t0)
+    factors = torch.where(j < t0, (t0 - r0 - j) / (t0 - j).clamp(min=1).double(), 0.0).clamp(0.0, 1.0)
+    none_first = torch.cat([torch.ones_like(factors[:, :1]), factors.cumprod(1)], 1).gather(1, m)
+    cmc = torch.where(scored[:, None], 1.0 - none_first, float("nan"))
+    # INP: the last positive sits at position M of the last group, P(M = m) = C(m-1, r-1) / C(t, r)
+    last = (n_pos - 1).clamp(min=0)[:, None]
+    rl, il, tl = (v.gather(1, last)[:, 0] for v in (r.long(), i, t))
+    inp = torch.where(scored, n_pos / (il + tl).double(), nan)
+    for q in torch.nonzero(scored & (tl > rl)).flatten().tolist():
+        inp[q] = _inp_tied_last_group(int(n_pos[q]), int(rl[q]), int(il[q]), int(tl[q]))
     return ap, inp, cmc
 
 
-def _evaluate_rows(dist: np.ndarray, rows: range, offset: int, q_pids: np.ndarray, q_cams: np.ndarray,
-                   gallery: _Gallery, max_rank: int, ap: np.ndarray, inp: np.ndarray, cmc: np.ndarray) -> None:
-    empty = np.empty(0, dtype=np.int64)
-    for i in rows:
-        q = offset + i
-        same = gallery.by_pid.get(int(q_pids[q]), empty)
-        pos_idx = same[gallery.cams[same] != q_cams[q]]
-        if len(pos_idx) == 0:
-            continue
-        r, before, tied = _tie_groups(dist[i], pos_idx, np.concatenate([same, gallery.junk_idx]))
-        ap[q], inp[q], cmc[q] = _expected_scores(r, before, tied, gallery.harmonic, max_rank)
+def _inp_tied_last_group(n_pos: int, rl: int, il: int, tl: int) -> float:
+    """INP when negatives tie with the last positive group: the expectation over its position."""
+    mm = torch.arange(rl, tl + 1, dtype=torch.float64)
+    log_p = (torch.lgamma(mm) - math.lgamma(rl) - torch.lgamma(mm - rl + 1)
+             - (math.lgamma(tl + 1) - math.lgamma(rl + 1) - math.lgamma(tl - rl + 1)))
+    return float(n_pos * (log_p.exp() / (il + mm)).sum())
 
 
 def _as_tensor(x: torch.Tensor | np.ndarray | list) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 
 
+def _without_junk(gf: torch.Tensor, g_pids: torch.Tensor | np.ndarray, g_cams: torch.Tensor | np.ndarray
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gallery features, identities and cameras without the junk items, which no query ever scores."""
+    g_pids, g_cams = _as_tensor(g_pids).long(), _as_tensor(g_cams).long()
+    real = g_pids != JUNK_PID
+    if bool(real.all()):
+        return gf, g_pids, g_cams
+    return gf[real.to(gf.device)], g_pids[real], g_cams[real]
+
+
+def _checked_distances(dist: torch.Tensor) -> torch.Tensor:
+    """Float32 distances; NaN refused (a sum is NaN when any term is, and costs far less than a mask)."""
+    dist = dist.float()
+    if bool(torch.isnan(dist.sum())):
+        raise ValueError("distance matrix holds NaN; the embeddings are not finite")
+    return dist
+
+
 class _Scorer:
     """Accumulates per-query scores block by block of distance rows."""
 
     def __init__(self, q_pids: torch.Tensor, g_pids: torch.Tensor, q_cams: torch.Tensor, g_cams: torch.Tensor,
-                 max_rank: int) -> None:
+                 max_rank: int, device: torch.device | None = None) -> None:
         if not isinstance(max_rank, int) or isinstance(max_rank, bool) or max_rank < 1:
             raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
         self.q_pids = _as_tensor(q_pids).cpu().long()
-        self.qp, self.qc = self.q_pids.numpy(), _as_tensor(q_cams).cpu().long().numpy()
-        gp, gc = _as_tensor(g_pids).cpu().long().numpy(), _as_tensor(g_cams).cpu().long().numpy()
-        if len(self.qp) != len(self.qc) or len(gp) != len(gc):
+        self.q_cams = _as_tensor(q_cams).cpu().long()
+        g_pids, g_cams = _as_tensor(g_pids).long(), _as_tensor(g_cams).long()
+        if len(self.q_pids) != len(self.q_cams) or len(g_pids) != len(g_cams):
             raise ValueError("pids and cameras must have one entry per query / gallery item")
-        self.num_gallery = len(gp)
-        self.gallery = _Gallery.build(gp, gc)
+        self.device = device or torch.device("cpu")
+        self.num_gallery = len(g_pids)
+        self.gallery = _Gallery.build(g_pids.to(self.device), g_cams.to(self.device))
         self.max_rank = max(max_rank, 10)  # rank-5 and rank-10 are always reported
-        nq = len(self.qp)
-        self.ap, self.inp = np.full(nq, np.nan), np.full(nq, np.nan)
-        self.cmc = np.full((nq, self.max_rank), np.nan)
-        self.workers = max(1, torch.get_num_threads())
+        nq = len(self.q_pids)
+        self.ap, self.inp = torch.full((nq,), float("nan"), dtype=torch.float64), torch.full((nq,), float("nan"),
+                                                                                             dtype=torch.float64)
+        self.cmc = torch.full((nq, self.max_rank), float("nan"), dtype=torch.float64)
 
-    def add(self, block: torch.Tensor, offset: int, rows_per_task: int = 128) -> None:
+    def add(self, block: torch.Tensor, offset: int) -> None:
         """Score distance rows `offset .. offset + len(block)`."""
         if block.shape[1] != self.num_gallery:
             raise ValueError(f"distance rows have {block.shape[1]} columns, expected {self.num_gallery}")
-        dist = np.ascontiguousarray(block.detach().cpu().float().numpy()) + np.float32(0.0)  # folds -0.0
-        if np.isnan(dist).any():
-            raise ValueError("distance matrix holds NaN; the embeddings are not finite")
-        n = len(dist)
-        parts = [range(s, min(n, s + rows_per_task)) for s in range(0, n, rows_per_task)]
-        args = (offset, self.qp, self.qc, self.gallery, self.max_rank, self.ap, self.inp, self.cmc)
-        # numpy's searchsorted and bincount release the GIL, so row blocks run in parallel threads.
-        with ThreadPoolExecutor(min(self.workers, len(parts))) as pool:
-            list(pool.map(lambda rows: _evaluate_rows(dist, rows, *args), parts))
+        dist = _checked_distances(block.detach().to(self.device))
+        rows = slice(offset, offset + len(dist))
+        ap, inp, cmc = _score_block(dist, self.q_pids[rows].to(self.device), self.q_cams[rows].to(self.device),
+                                    self.gallery, self.max_rank)
+        self.ap[rows], self.inp[rows], self.cmc[rows] = ap.cpu(), inp.cpu(), cmc.cpu()
 
     def result(self) -> RetrievalMetrics:
         """The aggregated metrics of every scored query."""
-        ap, inp, cmc = torch.from_numpy(self.ap), torch.from_numpy(self.inp), torch.from_numpy(self.cmc)
+        ap, inp, cmc = self.ap, self.inp, self.cmc
         ok = ~torch.isnan(ap)
         n = int(ok.sum())
         if n == 0:
@@ -253,29 +332,42 @@ def evaluate(distmat: torch.Tensor | np.ndarray, q_pids: torch.Tensor | np.ndarr
 class QueryScorer:
     """Per-query (AP, rank-1) against one gallery whose index is built once: for attacks' inner loops.
 
-    The same rule as `evaluate_features`, without aggregation, without threads (batches are small)
-    and without raising when no query of a batch is scorable; fractions in [0, 1], NaN where a query
-    has no valid positive.
+    The same rule and code as `evaluate_features`, without aggregation and without raising when no
+    query of a batch is scorable; computed on the gallery features' device; fractions in [0, 1], NaN
+    where a query has no valid positive.
     """
 
     def __init__(self, gf: torch.Tensor, g_pids: torch.Tensor, g_cams: torch.Tensor, metric: str = "euclidean"
                  ) -> None:
-        self.gf = _as_tensor(gf).float()
-        self.metric = metric
-        self.gallery = _Gallery.build(_as_tensor(g_pids).cpu().long().numpy(), _as_tensor(g_cams).cpu().long().numpy())
+        gf, g_pids, g_cams = _without_junk(_as_tensor(gf).detach().float(), g_pids, g_cams)
+        self.gf, self.metric = gf, metric
+        self.gallery = _Gallery.build(g_pids.to(gf.device), g_cams.to(gf.device))
+
+    def lowest_ap(self, q_pids: torch.Tensor, q_cams: torch.Tensor) -> torch.Tensor:
+        """The lowest AP each query can reach (every true match ranked last), NaN where it has no valid positive.
+
+        With n true matches among N scored items the worst ranking puts the k-th match at N - n + k, so
+        AP_min = (1/n) sum_k k / (N - n + k): a query with many matches can never fall near 0.
+        """
+        q_pids, q_cams = _as_tensor(q_pids).to(self.gf.device).long(), _as_tensor(q_cams).to(self.gf.device).long()
+        same = self.gallery.same_identity(q_pids)
+        in_same = same >= 0
+        positive = in_same & (self.gallery.cams[same.clamp(min=0)] != q_cams[:, None])
+        n = positive.sum(1)
+        scored_items = len(self.gf) - (in_same & ~positive).sum(1)  # junk is already gone
+        k = torch.arange(1, max(1, int(n.max()) if len(n) else 1) + 1, device=n.device)[None]
+        terms = torch.where(k <= n[:, None], k / (scored_items - n)[:, None].add(k).double(), 0.0)
+        return torch.where(n > 0, terms.sum(1) / n.clamp(min=1), float("nan")).cpu()
 
     def __call__(self, qf: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(AP, rank-1) of each query given its embedding."""
-        qf = _as_tensor(qf).detach().float().cpu()
-        dist = np.ascontiguousarray(pairwise_distance(qf, self.gf, self.metric).numpy()) + np.float32(0.0)
-        if np.isnan(dist).any():
-            raise ValueError("distance matrix holds NaN; the embeddings are not finite")
-        n = len(dist)
-        ap, inp, cmc = np.full(n, np.nan), np.full(n, np.nan), np.full((n, 10), np.nan)
-        _evaluate_rows(dist, range(n), 0, _as_tensor(q_pids).cpu().long().numpy(),
-                       _as_tensor(q_cams).cpu().long().numpy(), self.gallery, 10, ap, inp, cmc)
-        return torch.from_numpy(ap), torch.from_numpy(cmc[:, 0].copy())
+        """(AP, rank-1) of each query given its embedding, on the embedding's device."""
+        qf = _as_tensor(qf).detach()
+        dist = _checked_distances(pairwise_distance(qf.to(self.gf.device), self.gf, self.metric))
+        device = self.gf.device
+        ap, _, cmc = _score_block(dist, _as_tensor(q_pids).to(device).long(), _as_tensor(q_cams).to(device).long(),
+                                  self.gallery, 1)
+        return ap.to(qf.device), cmc[:, 0].to(qf.device)
 
 
 def query_scores(qf: torch.Tensor, gf: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor,
@@ -293,9 +385,10 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids: torch.Tensor, 
     Peak extra memory is one block of `block_elements` float32 distances (64 MB by default) plus the
     scorer's per-query arrays, whatever the number of queries.
     """
-    qf, gf = _as_tensor(qf), _as_tensor(gf)
+    qf = _as_tensor(qf)
+    gf, g_pids, g_cams = _without_junk(_as_tensor(gf), g_pids, g_cams)
     block_elements = block_elements or BLOCK_ELEMENTS
-    scorer = _Scorer(q_pids, g_pids, q_cams, g_cams, max_rank)
+    scorer = _Scorer(q_pids, g_pids, q_cams, g_cams, max_rank, device=gf.device)
     rows = max(1, block_elements // max(1, len(gf)))
     for start in range(0, len(qf), rows):
         scorer.add(pairwise_distance(qf[start:start + rows], gf, metric), start)

@@ -169,7 +169,9 @@ def _suite_record(outcome: RunOutcome) -> dict[str, Any] | None:
     from attacks.suites import SUITES
 
     suite = SUITES.get(outcome.spec.suite)
-    return {"name": suite.name, "floor": suite.floor, "summary": suite.summary,
+    return {"name": suite.name, "floor": suite.floor, "floor_above_lowest": suite.floor_above_lowest,
+            "restart_from_worst": suite.restart_from_worst,
+            "summary": suite.summary,
             "members": [{"attack": m.attack, "options": dict(m.options)} for m in suite.members],
             "forwards": [v.surrogate_name for v in outcome.views]}
 

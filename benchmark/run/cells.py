@@ -80,11 +80,46 @@ def attack_context(spec: RunSpec, ws: Workspace, qf: torch.Tensor, gf: torch.Ten
                          metric=spec.metric)
 
 
+class PassCounter:
+    """The attacked model as an attack sees it, counting the images it embeds and differentiates.
+
+    `embed` is a forward pass; `attack_embed` with an input that requires a gradient is a forward
+    and, as white-box attacks use it, a backward pass. Every other attribute is the model's.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self._model = model
+        self.forward = 0
+        self.backward = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's embedding, counted as one forward pass per image."""
+        self.forward += len(x)
+        return self._model.embed(x)
+
+    def attack_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's adaptive forward, counted as a forward (and a backward when `x` requires a gradient)."""
+        self.forward += len(x)
+        self.backward += len(x) if x.requires_grad and torch.is_grad_enabled() else 0
+        return self._model.attack_embed(x)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x)
+
+    def per_query(self, queries: int) -> dict[str, float]:
+        """Forward and backward passes per attacked query."""
+        return {"forward": self.forward / max(1, queries), "backward": self.backward / max(1, queries)}
+
+
 def run_attack(name: str, eps: float, model: torch.nn.Module, ws: Workspace, ctx: AttackContext, spec: RunSpec,
                clean: torch.Tensor, options: dict[str, Any] | None = None, indices: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, dict[str, Any], float]:
     """Run one attack over the query set (or the queries `indices`) and enforce the threat model and model integrity."""
-    attack = build_attack(name, model, **(options if options is not None else attack_options(spec, name, eps)))
+    counter = PassCounter(model)
+    attack = build_attack(name, counter, **(options if options is not None else attack_options(spec, name, eps)))
     if not math.isclose(float(attack.options.eps), eps, rel_tol=0, abs_tol=1e-9) or attack.options.norm != spec.norm:
         raise AttackValidityError(f"attack '{name}' set its own threat model (eps={attack.options.eps:.6f}, "
                                   f"norm={attack.options.norm}); the run's is eps={eps:.6f}, norm={spec.norm}; "
@@ -99,6 +134,7 @@ def run_attack(name: str, eps: float, model: torch.nn.Module, ws: Workspace, ctx
         adv = sharded_attack(lambda idx: attack.run(images, ctx, idx),
                              torch.arange(len(images)) if indices is None else indices, attack.batch_size)
     seconds = time.perf_counter() - start
+    ctx.report["passes_per_query"] = counter.per_query(len(images) if indices is None else len(indices))
     reports = gather_objects(dict(ctx.report))
     if any(r != reports[0] for r in reports):
         ctx.report = {**reports[0], "shards": reports}

@@ -20,8 +20,8 @@ import torch
 from attacks import ATTACKS
 from attacks.suites import SUITES, Suite
 from benchmark.core.enums import Knowledge, Seen, Side
-from benchmark.core.hashing import fingerprint
-from benchmark.core.metrics import RetrievalMetrics, evaluate_features, query_scores
+from benchmark.core.hashing import fingerprint, tensor_digest
+from benchmark.core.metrics import QueryScorer, RetrievalMetrics, evaluate_features, query_scores
 from benchmark.run.cells import CellStore, attack_context, run_attack, scaled_options
 from benchmark.run.checkpoints import embed
 from benchmark.run.outcome import AttackResult, RunOutcome, eps_label
@@ -38,8 +38,8 @@ class WorstState:
     ap: torch.Tensor
     rank1: torch.Tensor
 
-    def open_queries(self, floor: float) -> torch.Tensor:
-        """Indices of scorable queries still above the floor."""
+    def open_queries(self, floor: torch.Tensor) -> torch.Tensor:
+        """Indices of scorable queries still above their floor."""
         return ((~torch.isnan(self.ap)) & (self.ap > floor)).nonzero().flatten()
 
     def offer(self, indices: torch.Tensor, images: torch.Tensor, ap: torch.Tensor, rank1: torch.Tensor) -> int:
@@ -51,11 +51,23 @@ class WorstState:
         return int(better.sum())
 
 
-def _member_options(name: str, eps: float, member_options: dict[str, Any], floor: float) -> dict[str, Any]:
+def _member_options(name: str, eps: float, member_options: dict[str, Any], suite: Suite) -> dict[str, Any]:
     options = dict(member_options)
     if ATTACKS.get(name).has_option("floor"):
-        options["floor"] = floor
+        options["floor"] = suite.floor
+        if suite.floor_above_lowest:
+            options["floor_above_lowest"] = True
     return scaled_options(name, eps, options)
+
+
+def query_floors(suite: Suite, outcome: RunOutcome) -> torch.Tensor:
+    """Per query, the AP at or below which the suite stops attacking it (float64)."""
+    ws = outcome.workspace
+    floor = torch.full((len(ws.query.pids),), float(suite.floor), dtype=torch.float64)
+    if suite.floor_above_lowest:
+        scorer = QueryScorer(outcome.gallery_feats, ws.gallery.pids, ws.gallery.camids, outcome.spec.metric)
+        floor += scorer.lowest_ap(ws.query.pids, ws.query.camids).nan_to_num(0.0)
+    return floor
 
 
 def run_suite(suite: Suite, eps: float, outcome: RunOutcome, cells: CellStore, clean_images: torch.Tensor,
@@ -65,24 +77,29 @@ def run_suite(suite: Suite, eps: float, outcome: RunOutcome, cells: CellStore, c
     device = next(deployed.parameters()).device
     records: list[dict[str, Any]] = []
     total = 0.0
+    floor = query_floors(suite, outcome)
     for position, member in enumerate(suite.members):
         white = ATTACKS.get(member.attack).knowledge == Knowledge.WHITE_BOX
         for view in outcome.views if white else outcome.views[:1]:
             label = f"{member.attack}[{view.surrogate_name}]" if white and len(outcome.views) > 1 else member.attack
-            open_ = state.open_queries(suite.floor)
+            label += " from worst" if dict(member.options).get("start") == "given" else ""
+            open_ = state.open_queries(floor)
             record: dict[str, Any] = {"member": label, "attack": member.attack, "forward": view.surrogate_name,
                                       "attacked": len(open_), "improved": 0, "seconds": 0.0, "from_cache": False}
             records.append(record)
             if not len(open_):
                 continue
-            options = _member_options(member.attack, eps, dict(member.options), suite.floor)
+            options = _member_options(member.attack, eps, dict(member.options), suite)
+            given = options.get("start") == "given"  # starts at the worst images so far: they belong to the key
+            starts = {"starts": tensor_digest([state.images[open_]])} if given else {}
             key = cells.key(member.attack, eps, options, view.surrogate_name, suite=suite.name, position=position,
-                            queries=fingerprint(open_.tolist()))
+                            queries=fingerprint(open_.tolist()), **starts)
             cached = cells.load_checked(key, clean_images[open_], eps, member.attack, spec.norm)
             if cached is not None:
                 adv, report, seconds = cached
             else:
                 ctx = attack_context(spec, ws, outcome.query_feats, outcome.gallery_feats, device, member.attack)
+                ctx.start_images = state.images.clone() if given else None
                 adv, report, seconds = run_attack(member.attack, eps, view, ws, ctx, spec, clean_images, options,
                                                   open_)
                 cells.save(key, adv, report, seconds)
@@ -92,7 +109,7 @@ def run_suite(suite: Suite, eps: float, outcome: RunOutcome, cells: CellStore, c
             record.update(improved=state.offer(open_, adv, ap, r1), seconds=seconds, from_cache=cached is not None,
                           report=report)
             total += seconds
-            broken = int(((~torch.isnan(state.ap)) & (state.ap <= suite.floor)).sum())
+            broken = int(((~torch.isnan(state.ap)) & (state.ap <= floor)).sum())
             log.info("suite %s %-18s eps %-7s on %4d queries: %4d improved, %4d at or below the floor (%s)",
                      suite.name, label, eps_label(eps), len(open_), record["improved"], broken,
                      "from the cache" if cached is not None else f"{seconds:.1f} s")

@@ -5,6 +5,7 @@ Ratios are measured inside one run and stored in each benchmark's extra_info.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from attacks import ATTACKS, AttackContext, build_attack
-from benchmark.core.metrics import evaluate
+from benchmark.core.metrics import evaluate, evaluate_features, pairwise_distance
 from benchmark.models import BACKBONES, ModelConfig, ReidModel
 from benchmark.run.throughput import training_rate
 from defenses import DEFENSES, DefendedModel
@@ -34,7 +35,7 @@ def best_of(fn, repeats=3):
 
 def per_query_sort_reference(dist, q_pids, g_pids, q_cams, g_cams):
     """torchreid's way: argsort each row, mask, cumulative precision (mAP only)."""
-    d, qp, gp, qc, gc = (t.numpy() for t in (dist, q_pids, g_pids, q_cams, g_cams))
+    d, qp, gp, qc, gc = (np.asarray(t) for t in (dist, q_pids, g_pids, q_cams, g_cams))
     aps = []
     for i in range(len(d)):
         order = np.argsort(d[i])
@@ -46,17 +47,73 @@ def per_query_sort_reference(dist, q_pids, g_pids, q_cams, g_cams):
     return 100 * float(np.mean(aps))
 
 
-def test_evaluator_market_size(benchmark):
+def _cython_map(evaluate_cy, d, qp, gp, qc, gc) -> float:
+    return 100 * float(evaluate_cy(d, qp, gp, qc, gc, 50)[1])
+
+
+def torchreid_evaluator():
+    """torchreid's compiled `evaluate_cy` when a build is importable, else the per-query sort above.
+
+    pip's torchreid ships no compiled evaluator; build one from torchreid's `rank_cy.pyx` with Cython
+    (`python setup.py build_ext --inplace` in its `rank_cylib` folder) and put it on PYTHONPATH.
+    """
+    for module in ("rank_cy", "torchreid.metrics.rank_cylib.rank_cy", "torchreid.reid.metrics.rank_cylib.rank_cy"):
+        try:
+            evaluate_cy = __import__(module, fromlist=["evaluate_cy"]).evaluate_cy
+        except ImportError:
+            continue
+        return "torchreid evaluate_cy", functools.partial(_cython_map, evaluate_cy)
+    return "per-query argsort (numpy)", per_query_sort_reference
+
+
+def market_size_case(noise: float, dim: int = 256):
+    """Market-1501's shape (3,368 x 19,732, 751 identities, 6 cameras, no junk: torchreid drops it on load).
+
+    Embeddings are identity centres plus noise: 1.5 gives a trained model's ranking (mAP ~ 95), 2.5
+    positives ranked deep (mAP ~ 10, as after an attack).
+    """
     g = torch.Generator().manual_seed(0)
     nq, ng = 3368, 19732
-    q_pids, g_pids = torch.randint(1, 752, (nq,), generator=g), torch.randint(-1, 752, (ng,), generator=g)
+    q_pids, g_pids = torch.randint(1, 752, (nq,), generator=g), torch.randint(1, 752, (ng,), generator=g)
     q_cams, g_cams = torch.randint(0, 6, (nq,), generator=g), torch.randint(0, 6, (ng,), generator=g)
-    dist = torch.rand(nq, ng, generator=g)
-    reference_s = best_of(lambda: per_query_sort_reference(dist, q_pids, g_pids, q_cams, g_cams), repeats=1)
-    result = benchmark.pedantic(evaluate, args=(dist, q_pids, g_pids, q_cams, g_cams), rounds=3, iterations=1)
-    assert result.mAP == pytest.approx(per_query_sort_reference(dist, q_pids, g_pids, q_cams, g_cams), abs=1e-6)
-    ours = benchmark.stats.stats.median
-    benchmark.extra_info.update(per_query_sort_s=reference_s, ratio_reference_over_ours=reference_s / ours)
+    centres = torch.randn(752, dim, generator=g)
+    qf = centres[q_pids] + noise * torch.randn(nq, dim, generator=g)
+    gf = centres[g_pids] + noise * torch.randn(ng, dim, generator=g)
+    return qf, gf, q_pids, g_pids, q_cams, g_cams
+
+
+def interleaved(ours, reference, rounds: int = 3) -> tuple[float, float]:
+    """Median seconds of `ours` and `reference`, timed alternately so drifting load hits both alike."""
+    ours(), reference()  # warm-up
+    pairs = [(seconds(ours), seconds(reference)) for _ in range(rounds)]
+    return float(np.median([o for o, _ in pairs])), float(np.median([r for _, r in pairs]))
+
+
+@pytest.mark.parametrize("noise", [1.5, 2.5], ids=["trained-model", "positives-deep"])
+def test_evaluator_against_torchreid_market_size(benchmark, noise):
+    """Same distance matrix, our evaluator against torchreid's (target: >= 6x on a trained model's matrix)."""
+    qf, gf, qp, gp, qc, gc = market_size_case(noise)
+    dist = pairwise_distance(qf, gf)
+    name, reference = torchreid_evaluator()
+    arrays = [t.numpy() for t in (dist, qp, gp, qc, gc)]
+    ours_s, ref_s = interleaved(lambda: evaluate(dist, qp, gp, qc, gc), lambda: reference(*arrays))
+    ours = benchmark.pedantic(evaluate, args=(dist, qp, gp, qc, gc), rounds=1, iterations=1)
+    assert ours.mAP == pytest.approx(reference(*arrays), abs=1e-3)
+    benchmark.extra_info.update(reference=name, reference_s=ref_s, ours_s=ours_s, mAP=ours.mAP,
+                                ratio_reference_over_ours=ref_s / ours_s)
+
+
+@pytest.mark.parametrize("noise", [1.5, 2.5], ids=["trained-model", "positives-deep"])
+def test_evaluate_features_against_cdist_and_torchreid(benchmark, noise):
+    """Embeddings to scores: ours (blockwise distances + scoring) against torch.cdist + torchreid (target >= 3x)."""
+    qf, gf, qp, gp, qc, gc = market_size_case(noise)
+    name, reference = torchreid_evaluator()
+    arrays = [t.numpy() for t in (qp, gp, qc, gc)]
+    ours_s, ref_s = interleaved(lambda: evaluate_features(qf, gf, qp, gp, qc, gc),
+                                lambda: reference(torch.cdist(qf, gf).numpy(), *arrays))
+    benchmark.pedantic(evaluate_features, args=(qf, gf, qp, gp, qc, gc), rounds=1, iterations=1)
+    benchmark.extra_info.update(reference=f"torch.cdist + {name}", reference_s=ref_s, ours_s=ours_s,
+                                ratio_reference_over_ours=ref_s / ours_s)
 
 
 MSMT_MEMORY = """
