@@ -76,9 +76,9 @@ def floors(options: APGDOptions, ctx: AttackContext, index: torch.Tensor) -> tor
     return floor
 
 
-def _one_run(attack: Ascender, x: torch.Tensor, x0: torch.Tensor, ctx: AttackContext, index: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One APGD run from `x0`; returns (selected iterate, its AP or +inf)."""
+def _one_run(attack: Ascender, x: torch.Tensor, x0: torch.Tensor, ctx: AttackContext, index: torch.Tensor,
+             floor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One APGD run from `x0`, queries at or below `floor` left alone; returns (selected iterate, its AP or +inf)."""
     o = attack.options
     n = len(x)
     dev = x.device
@@ -94,7 +94,6 @@ def _one_run(attack: Ascender, x: torch.Tensor, x0: torch.Tensor, ctx: AttackCon
     loss_at_mark = loss_best.clone()
     reduced_at_mark = torch.ones(n, dtype=torch.bool, device=dev)
     last_mark = 0
-    floor = floors(o, ctx, index)
     active = (ap_sel > floor).to(dev)
     all_rows = torch.arange(n, device=dev)
     for k in range(o.steps):
@@ -156,15 +155,15 @@ def apgd_ascent(attack: Ascender, x: torch.Tensor, ctx: AttackContext, index: to
         x0 = attack.project(ctx.start_images[index.cpu()].to(x.device, x.dtype), x)
     else:
         x0 = attack.start(x, generator)
-    best, best_ap = _one_run(attack, x, x0, ctx, index)
-    floor = floors(o, ctx, index) if o.restarts > 1 else None
+    floor = floors(o, ctx, index)
+    best, best_ap = _one_run(attack, x, x0, ctx, index, floor)
     for _ in range(1, o.restarts):
         open_ = (best_ap > floor).nonzero().flatten()
         if not len(open_):
             break
         xo = x[open_.to(x.device)]
         noise = (torch.rand(xo.shape, generator=generator) * 2 - 1).to(x.device) * o.eps
-        cand, cand_ap = _one_run(attack, xo, attack.project(xo + noise, xo), ctx, index[open_])
+        cand, cand_ap = _one_run(attack, xo, attack.project(xo + noise, xo), ctx, index[open_], floor[open_])
         better = cand_ap < best_ap[open_]
         sel = open_[better]
         best[sel.to(x.device)] = cand[better.to(x.device)]
