@@ -155,3 +155,17 @@ def test_tables_show_the_interval_a_row_records_and_the_number_alone_where_it_ha
     assert frame.loc["ddid", "clean mAP"] == "60.0 [55.0, 65.0]"
     assert frame.loc["ddid", "worst case mAP / R1"] == "10.0 [8.0, 12.5] / 10.0 [9.0, 11.0]"
     assert frame.loc["none", "clean mAP"] == 60.0
+
+
+def test_a_retired_flag_is_not_shown_and_the_single_attack_gap_is_stated_once_under_the_table(tmp_path):
+    import dataclasses
+
+    rows = [dataclasses.replace(r, flags="weak-attack;zero-grad:fna")  # as published rows of earlier runs carry it
+            for r in _ablation_rows("ddid", 0, clean=60.0, worst=10.0, fna=20.0)]
+    write_leaderboards(rows, tmp_path)
+    write_leaderboards([clean_row("none"), make_row("none", "fna", mAP=3.0)], tmp_path)  # no suite: not counted
+    assert summary_frame(tmp_path, "toy").set_index("defense").loc["ddid", "flags"] == "zero-grad"
+    page = readme_tables("<!-- table:toy -->\n<!-- /table -->\n", tmp_path)
+    assert "weak-attack" not in page
+    assert "On 1 of 1 rows the suite's worst case is more than 5 mAP points below the lowest single attack" in page
+    assert page.endswith("never a robustness figure.\n<!-- /table -->\n")

@@ -22,6 +22,7 @@ from benchmark.core.atomic import TMP_PREFIX, atomic_write_text, remove_folder, 
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.protocol import WORST_CASE
 from benchmark.report.boards import THROUGHPUT_UNITS, check_boards
+from benchmark.report.captions import current_flags, single_attack_caption
 from benchmark.report.records import read_json_record
 from benchmark.run.spec import safe_name
 
@@ -133,10 +134,6 @@ def _read(path: Path, columns: list[str]) -> pd.DataFrame:
     return frame
 
 
-def _split_flags(flags: Any) -> list[str]:
-    return [f for f in str(flags).split(";") if f and f != "nan"] if isinstance(flags, str) else []
-
-
 def _flag_column(code: str, default: str) -> str:
     return FLAG_COLUMN.get(code.split(":")[0], default)
 
@@ -238,7 +235,7 @@ class SiteBuilder:
         suites = ", ".join(sorted(s for s in summary.get("suite", pd.Series(dtype=str)).unique() if s)) or "none"
         pages.insert(0, self.render(out, f"{dataset}.html", "board.html.j2", title=f"{dataset} leaderboard",
                                     dataset=dataset, eps=eps, suites=suites, columns=BOARD_COLUMNS, rows=rows,
-                                    figures=figures))
+                                    figures=figures, caption=single_attack_caption(summary)))
         return pages
 
     def seed_rows(self, dataset: str) -> dict[tuple[str, ...], pd.Series]:
@@ -271,11 +268,11 @@ class SiteBuilder:
                     values[key] = None
         messages = _flag_messages(self.results / safe_name(str(first["run_id"])))
         flags_at: dict[str, list[dict[str, str]]] = {}
-        for code in sorted({c for flags in group["flags"] for c in _split_flags(flags)}):
+        for code in sorted({c for flags in group["flags"] for c in current_flags(flags)}):
             flags_at.setdefault(_flag_column(code, "worst_case_mAP"), []).append(
                 {"code": code, "title": messages.get(code, code)})
         cells = []
-        values["flags"] = len(_split_flags(values.get("flags")))
+        values["flags"] = len(current_flags(values.get("flags")))
         for key in ("train_commit", "git_commit"):
             values[key] = str(values.get(key, ""))[:7]
         values["date"] = str(values.get("date", ""))[:10]
@@ -292,13 +289,13 @@ class SiteBuilder:
         folder = self.results / run_id
         messages = _flag_messages(folder)
         rows_of_run = board[board["run_id"] == str(run["run_id"])] if board is not None else pd.DataFrame()
-        flags = [{"code": c, "title": messages.get(c, c)} for c in _split_flags(run.get("flags"))]
+        flags = [{"code": c, "title": messages.get(c, c)} for c in current_flags(run.get("flags"))]
         rows = []
         for _, r in rows_of_run.iterrows():
             if r.get("eps") != run.get("eps") and r.get("attack") != "clean":
                 continue
             attached = [f for f in flags if f["code"].split(":", 1)[-1] == r["attack"]
-                        or (f["code"] in ("weak-attack", "not-converged") and r.get("attack") == r.get("suite"))]
+                        or (f["code"] == "not-converged" and r.get("attack") == r.get("suite"))]
             values = {**dict(r), "mAP_interval": _interval(r, "mAP")}
             cells = [_cell(col, values.get(col.key), attached if col.key == "mAP" else None) for col in ATTACK_COLUMNS]
             rows.append(Row(f"{r['attack']}/{r.get('forward', '')}", cells))

@@ -28,6 +28,7 @@ from benchmark.report.boards import (
     rows_of_model,
     seeds_path,
 )
+from benchmark.report.captions import current_flags, single_attack_caption
 from benchmark.report.columns import fill_references
 
 NAMES = {"fna": "FNA", "sma": "SMA", "ifgsm": "I-FGSM"}
@@ -53,6 +54,12 @@ def _with_interval(row: pd.Series, metric: str, text: bool = False) -> float | s
     return f"{_fmt(float(value))} [{_fmt(float(low))}, {_fmt(float(high))}]"
 
 
+def _protocol_rows(summary: pd.DataFrame, variants: bool) -> pd.DataFrame:
+    """Summary rows at the protocol's settings: plain defenses, or (`variants`) only labelled recipes."""
+    plain = summary[summary["settings"].eq("")]
+    return plain[plain["defense"].str.contains(r"\[", regex=True) == variants]
+
+
 def summary_frame(leaderboard_dir: str | Path, dataset: str, variants: bool = False) -> pd.DataFrame:
     """One row per defense run on the official board, by the suite's per-query worst-case mAP (then the mean):
     clean mAP, worst case (mAP / R1, with the doubled-iteration check), the single attacks' min of means,
@@ -64,8 +71,7 @@ def summary_frame(leaderboard_dir: str | Path, dataset: str, variants: bool = Fa
     board, summary = read_board(board_path), read_board(summary_path, SUMMARY_TEXT)
     if board.empty or summary.empty:
         return pd.DataFrame()
-    summary = summary[summary["settings"].eq("")]
-    summary = summary[summary["defense"].str.contains(r"\[", regex=True) == variants]
+    summary = _protocol_rows(summary, variants)
     rows = []
     at8 = board[board["eps"] == STANDARD_EPS]
     # a leaderboard is read top-down: highest worst-case mAP first, then mean robust mAP (ties by name)
@@ -97,9 +103,7 @@ def summary_frame(leaderboard_dir: str | Path, dataset: str, variants: bool = Fa
 
 def _short_flags(flags: object) -> str:
     """Flag codes without their attack names, each once ('-' when none)."""
-    if not isinstance(flags, str) or not flags:
-        return "-"
-    return ", ".join(dict.fromkeys(f.split(":")[0] for f in flags.split(";") if f))
+    return ", ".join(dict.fromkeys(f.split(":")[0] for f in current_flags(flags))) or "-"
 
 
 def render(frame: pd.DataFrame, fmt: str) -> str:
@@ -147,6 +151,14 @@ def seeds_frame(leaderboard_dir: str | Path, dataset: str) -> pd.DataFrame:
                           "vs the best worst case": r["vs_best"]} for _, r in seeds.iterrows()])
 
 
+def _caption(leaderboard_dir: str | Path, dataset: str) -> str:
+    """The summary table's caption paragraph (Markdown), '' when there is nothing to say."""
+    _, summary_path = board_paths(leaderboard_dir, dataset, official=True)
+    summary = read_board(summary_path, SUMMARY_TEXT)
+    sentence = single_attack_caption(_protocol_rows(summary, variants=False)) if not summary.empty else ""
+    return f"\n{sentence}\n" if sentence else ""
+
+
 def readme_tables(text: str, leaderboard_dir: str | Path) -> str:
     """The README with every marked table regenerated from the boards."""
     def fill(match: re.Match) -> str:
@@ -157,6 +169,8 @@ def readme_tables(text: str, leaderboard_dir: str | Path) -> str:
             frame = ablation.table(leaderboard_dir, dataset, variant.removeprefix("ablation-"))
         else:
             frame = summary_frame(leaderboard_dir, dataset, variants=variant == "variants")
+            if not variant:
+                return match.group(1) + render(frame, "md") + _caption(leaderboard_dir, dataset) + match.group(4)
         return match.group(1) + render(frame, "md") + match.group(4)
 
     return fill_references(MARKER.sub(fill, text))
@@ -181,4 +195,6 @@ def cmd_table(args: argparse.Namespace) -> int:
         raise BenchmarkError(f"table: no board {board}; boards in {args.leaderboard_dir}: "
                              f"{', '.join(found) or 'none'} (--dataset, --leaderboard-dir)")
     print(render(summary_frame(args.leaderboard_dir, args.dataset, args.variants), args.format), end="")
+    if args.format == "md" and not args.variants:
+        print(_caption(args.leaderboard_dir, args.dataset), end="")
     return 0
