@@ -68,7 +68,7 @@ class Evaluation:
 def evaluate(model: nn.Module, dataset: str = "synthped", *, data_root: str | None = None,
              dataset_options: Mapping[str, str] | None = None, suite: str | None = "standard-v1",
              attacks: Sequence[str] = (), eps: float | Sequence[float] = 8 / 255, metric: str = "euclidean",
-             input_size: tuple[int, int] = (128, 64), defense: str = "none", seed: int = 0,
+             input_size: tuple[int, int] = (128, 64), defense: str = "none", seed: int = 0, data_seed: int = 0,
              check_convergence: bool = False, name: str | None = None, device: str = "auto",
              threads: int | None = None, progress: bool = False) -> Evaluation:
     """Score `model` on `dataset`'s test identities: clean, under `attacks` and the versioned `suite`, at each ε.
@@ -90,7 +90,7 @@ def evaluate(model: nn.Module, dataset: str = "synthped", *, data_root: str | No
                      eps=[e * 255 for e in epsilons], seed=seed, height=input_size[0], width=input_size[1],
                      metric=metric,
                      dataset_options={k: str(v) for k, v in (dataset_options or {}).items()},
-                     check_convergence=check_convergence, external=external)
+                     check_convergence=check_convergence, external=external, data_seed=data_seed)
     outcome = execute(spec, Runtime(device=device, progress=progress, threads=threads), model=model)
     device_used = next(outcome.model.parameters()).device
     return Evaluation(

@@ -185,6 +185,7 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     {"defense": "jpeg", "attacks": "fna,sma,standard", "eps": "2,8", "check_convergence": True, "seed": 3},
     {"attacks": "query-bb", "attack_options": {"query-bb": {"queries": "50"}}, "metric": "cosine", "amp": "bf16"},
     {"defense": "metric-at", "split": "validation", "dataset_options": {"num_ids": "60"}, "train_processes": 2},
+    {"seed": 2, "data_seed": 1},
 ])
 def test_a_spec_reads_back_from_its_json_unchanged(overrides):
     import json
@@ -204,3 +205,28 @@ def test_a_spec_json_from_another_version_is_refused():
         RunSpec.from_json({**record, "digest": "0" * 16})
     with pytest.raises(BenchmarkError, match="incomplete or malformed"):
         RunSpec.from_json({k: v for k, v in record.items() if k != "defense"})
+
+
+def test_the_data_seed_fixes_the_test_set_while_the_training_seed_varies():
+    import json
+
+    from benchmark.run.spec import RunSpec, make_spec
+    from benchmark.run.workspace import load_workspace
+    from tests.conftest import tiny_config
+
+    # training seeds 0 and 1 score the same test set; another data seed is another data set, and custom
+    digests = {(seed, data): load_workspace(tiny_config(seed=seed, data_seed=data)).digests
+               for seed, data in ((0, 0), (1, 0), (0, 1))}
+    assert digests[(0, 0)] == digests[(1, 0)]
+    assert all(digests[(0, 1)][split] != digests[(0, 0)][split] for split in ("train", "query", "gallery"))
+    assert make_spec(seed=2).official and make_spec(seed=2).data_seed == 0
+    assert make_spec(data_seed=1).settings == "data-seed=1"
+    assert make_spec(seed=2).row_key("clean", "0") != make_spec(seed=2, data_seed=1).row_key("clean", "0")
+    # a record written before the data seed was its own drew the data with `seed`: it reads back so, same digest
+    old = make_spec(seed=2, data_seed=2).to_json()
+    assert "data_seed" not in old
+    again = RunSpec.from_json(json.loads(json.dumps(old)))
+    assert again.data_seed == 2 and again.digest == old["digest"]
+    assert make_spec(seed=2).digest != again.digest
+    with pytest.raises(BenchmarkError, match="--data-seed -1"):
+        make_spec(data_seed=-1)

@@ -37,6 +37,9 @@ def test_grid_expands_into_training_and_dependent_evaluation_cells(tmp_path):
     assert {e.depends for e in evals} == {t.id for t in train}
     again = expand(build_parser().parse_args(sweep_argv(tmp_path)))
     assert [c.id for c in again] == [c.id for c in cells]  # names are hashes of the run specifications
+    # the training seeds vary on one data set: every cell carries --data-seed
+    other = expand(build_parser().parse_args(sweep_argv(tmp_path, "--data-seed", "3")))
+    assert {c.spec["data_seed"] for c in other} == {3} and {c.spec["seed"] for c in other} == {0, 1}
 
 
 def test_ablation_expands_into_the_studys_recipes_with_their_options(tmp_path):

@@ -82,10 +82,13 @@ def _add_run_args(p: argparse.ArgumentParser, attacks_default: str) -> None:
     p.add_argument("--backbone-weights", default=None,
                    help="local weights file: the backbone's own, or a torchvision state dict (head dropped)")
     p.add_argument("--eps", default="8", help="epsilons in units of 1/255: 8, 8/255, 0.5/255 or a list 2,4,8,16")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of data, training and attacks")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of training and attacks (not of the data: --data-seed)")
     p.add_argument("--seeds", default=None,
-                   help="comma list of seeds, e.g. 0,1,2: one model trained and evaluated per seed (the "
-                        "seeds-<dataset>.csv board gives their mean, sd and n); overrides --seed")
+                   help="comma list of training seeds, e.g. 0,1,2: one model trained and evaluated per seed on the "
+                        "same data (the seeds-<dataset>.csv board gives their mean, sd and n); overrides --seed")
+    p.add_argument("--data-seed", type=_seed, default=0,
+                   help="seed that draws the data set (synthped's images, a random identity split); the protocol's "
+                        "test set is data seed 0, any other makes the run custom")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--train-processes", type=_positive_int, default=None,
                    help="data-parallel processes the checkpoint is trained with (default: this launch's torchrun "
@@ -230,7 +233,8 @@ def spec_from_args(args: argparse.Namespace, seed: int | None = None, external: 
         defense_options=parse_kv(args.defense_opt, "--defense-opt"),
         attack_options=attack_options(args.attack_opt), check_convergence=args.check_convergence,
         train_processes=args.train_processes if args.train_processes is not None else requested_world_size(),
-        amp=args.amp or "off", split=getattr(args, "split", None) or "test", external=external)
+        amp=args.amp or "off", split=getattr(args, "split", None) or "test", external=external,
+        data_seed=getattr(args, "data_seed", 0))
 
 
 def external_from_args(args: argparse.Namespace) -> tuple[nn.Module | None, ModelSpec | None]:

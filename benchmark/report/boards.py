@@ -90,7 +90,7 @@ class LeaderboardRow:
     flags: str = column("sanity flags raised for this run, `;`-separated (glossary in docs/protocol.md)")
     train_seconds: float = column("training time of the model (near 0 when its checkpoint came from the cache)")
     run_id: str = column("the run's folder: `runs/RUN_ID` in the workspace, `results/RUN_ID` once published")
-    seed: int = column("training seed")
+    seed: int = column("training seed (and seed of the attacks)")
     package_version: str = column("version of this package")
     torch_version: str = column("torch version")
     git_commit: str = column("commit of the evaluation (`+dirty` if tracked code had uncommitted changes)")
@@ -104,6 +104,9 @@ class LeaderboardRow:
     checkpoint: str = column("the checkpoint's cache key (a hash of the data, every option, the warm-start parent and "
                              "the training code)", "")
     data_digest: str = column("content hash of the train, query and gallery splits", "")
+    data_seed: str = column("seed that drew the data set (synthped's images, a random identity split); official rows: "
+                            "0, the protocol's test set. Empty on rows written before it was separate from `seed`, "
+                            "which then drew the data as well", "")
     defense_dist: str = column("the distribution (name and version) that provided the defense: this package or a "
                                "plug-in", "")
     attack_dist: str = column("the distribution that provided the attack", "")
@@ -277,9 +280,9 @@ def seed_summary(summary: pd.DataFrame) -> pd.DataFrame:
 
 def _on_shared_seeds(row: pd.Series, best: pd.Series) -> str:
     """The gap within the seeds both recipes have: on two or more, its paired 95 % interval and verdict;
-    on one, the plain gap where the seed sets differ. A seed may also draw the data set (synthped), so a
-    seed easier for both moves both means together: the sd rule counts that as noise, the differences
-    within a seed do not contain it."""
+    on one, the plain gap where the seed sets differ. On rows made before `--data-seed` a seed also drew the
+    data set, so a seed easier for both moved both means together: the sd rule counts that as noise, the
+    differences within a seed do not contain it."""
     shared = sorted(set(row.index) & set(best.index))
     if not shared:
         return "; no seed in common with the best"

@@ -194,7 +194,8 @@ def _images_from_data(record: dict[str, Any], spec: dict[str, Any]
 
     data = DataSpec(spec["data"]["name"], spec["data"]["root"], tuple(tuple(o) for o in spec["data"]["options"]))
     try:
-        dataset = build_dataset(data.name, data.root, seed=int(spec["seed"]), options=data.options_object())
+        dataset = build_dataset(data.name, data.root, seed=int(spec.get("data_seed", spec["seed"])),
+                                options=data.options_object())
     except (BenchmarkError, OSError):
         return None
     size = (int(spec["model"]["height"]), int(spec["model"]["width"]))

@@ -77,7 +77,7 @@ def build_rows(outcome: RunOutcome, flags: list[Flag], prov: dict[str, Any], rid
                                           "libraries")},
                   train_commit=str(trained.get("git_commit", "")),
                   train_date=str(trained.get("date", "")), checkpoint=outcome.train_info.checkpoint_key,
-                  data_digest=fingerprint(outcome.workspace.digests, 12),
+                  data_digest=fingerprint(outcome.workspace.digests, 12), data_seed=str(spec.data_seed),
                   defense_dist=DEFENSES.meta(spec.defense.name).dist, allow_dirty=allow_dirty,
                   training_quality=training_quality(outcome.train_info.history))
     # the key columns come from the run specification, the one source of a result's identity

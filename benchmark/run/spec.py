@@ -150,7 +150,7 @@ class RunSpec:
     defense: DefenseSpec
     attacks: tuple[AttackSpec, ...] = ()
     eps_units: tuple[float, ...] = (8.0,)   # epsilons in units of 1/255, sorted
-    seed: int = 0
+    seed: int = 0                           # training and attacks; the data set is drawn by `data_seed`
     metric: str = STANDARD_METRIC
     train_data: DataSpec | None = None      # cross-domain training set; None = the test set's training split
     norm: str = Norm.LINF.value
@@ -159,6 +159,7 @@ class RunSpec:
     train_processes: int = 1                # data-parallel processes the checkpoint is trained with (torchrun)
     amp: str = "off"                        # mixed precision of training and feature extraction (attacks: float32)
     split: str = "test"                     # test, or validation: identities carved from the training split
+    data_seed: int = 0                      # draws the data set (synthped's images, a split's identities): fixed
 
     @property
     def eps(self) -> tuple[float, ...]:
@@ -202,6 +203,9 @@ class RunSpec:
         # tuning runs score held-out training identities: they never land on an official board
         if self.split != "test":
             out["split"] = self.split
+        # the protocol's test set is the one data seed 0 draws; training seeds vary on it
+        if self.data_seed != 0:
+            out["data-seed"] = str(self.data_seed)
         return dict(sorted(out.items()))
 
     @property
@@ -224,7 +228,9 @@ class RunSpec:
                 # only when set, so the digests of runs made before these existed stay what they were
                 **({"train_processes": self.train_processes} if self.train_processes != 1 else {}),
                 **({"amp": self.amp} if self.amp != "off" else {}),
-                **({"split": self.split} if self.split != "test" else {})}
+                **({"split": self.split} if self.split != "test" else {}),
+                # runs made before the data seed was its own drew the data with `seed`: their digests stay
+                **({"data_seed": self.data_seed} if self.data_seed != self.seed else {})}
 
     @property
     def digest(self) -> str:
@@ -269,7 +275,7 @@ class RunSpec:
                 metric=record["metric"], norm=record["norm"], suite=record.get("suite"),
                 check_convergence=bool(record.get("check_convergence", False)),
                 train_processes=int(record.get("train_processes", 1)), amp=record.get("amp", "off"),
-                split=record.get("split", "test"))
+                split=record.get("split", "test"), data_seed=int(record.get("data_seed", record["seed"])))
         except (KeyError, TypeError, ValueError) as exc:
             raise BenchmarkError(f"run specification JSON is incomplete or malformed ({type(exc).__name__}: {exc}); "
                                  "write it with RunSpec.to_json") from None
@@ -445,7 +451,7 @@ def make_spec(defense: str = "none", attacks: str = "none", dataset: str = "synt
               defense_options: Mapping[str, str] | None = None,
               attack_options: Mapping[str, Mapping[str, str]] | None = None,
               check_convergence: bool = False, train_processes: int = 1, amp: str = "off",
-              split: str = "test", external: ModelSpec | None = None) -> RunSpec:
+              split: str = "test", external: ModelSpec | None = None, data_seed: int = 0) -> RunSpec:
     """Validate every value and build the canonical RunSpec; raises BenchmarkError (one line) on bad input.
 
     `external` is the ModelSpec of a model the benchmark did not train (`external_model_spec`); the
@@ -475,8 +481,9 @@ def make_spec(defense: str = "none", attacks: str = "none", dataset: str = "synt
     for side, value in (("--height", height), ("--width", width)):
         if not isinstance(value, int) or value < 16 or value > 1024:
             raise BenchmarkError(f"{side} {value}: give an integer between 16 and 1024 pixels")
-    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise BenchmarkError(f"--seed {seed}: give an integer between 0 and {MAX_SEED}")
+    for flag, value in (("--seed", seed), ("--data-seed", data_seed)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+            raise BenchmarkError(f"{flag} {value}: give an integer between 0 and {MAX_SEED}")
     if external is None:
         weights_path, weights_sha = _weights(backbone_weights, backbone)
         model = ModelSpec(backbone, height, width, weights_sha, weights_path)
@@ -489,7 +496,8 @@ def make_spec(defense: str = "none", attacks: str = "none", dataset: str = "synt
         data=data, train_data=train,
         model=model, defense=_defense_spec(defense, defense_options, epochs),
         attacks=_attack_specs(names, attack_options or {}), eps_units=parse_eps(eps), seed=seed, metric=metric,
-        suite=suite, check_convergence=check_convergence, train_processes=train_processes, amp=amp, split=split)
+        suite=suite, check_convergence=check_convergence, train_processes=train_processes, amp=amp, split=split,
+        data_seed=data_seed)
 
 
 def _check_external(defense: str, epochs: int | None, backbone_weights: str | None, train_dataset: str | None) -> None:

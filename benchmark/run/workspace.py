@@ -40,11 +40,11 @@ def _build(data: DataSpec, seed: int) -> ReidDataset:
 def load_workspace(spec: RunSpec) -> Workspace:
     """Load (or generate) the data of a run at the spec's input size and hash every split."""
     size = (spec.model.height, spec.model.width)
-    test_ds = _build(spec.data, spec.seed)
+    test_ds = _build(spec.data, spec.data_seed)
     query = SplitTensors.from_items(test_ds.query, size)
     gallery = SplitTensors.from_items(test_ds.gallery, size)
     if spec.train_data is not None:
-        train_ds = _build(spec.train_data, spec.seed)
+        train_ds = _build(spec.train_data, spec.data_seed)
         train = SplitTensors.from_items(train_ds.train, size)
         # Identities of two data sets are different people even when their numbers collide.
         train.pids = train.pids + CROSS_DATASET_PID_OFFSET
