@@ -46,6 +46,18 @@ def test_the_seeds_board_pairs_a_steady_gap_that_a_seed_wide_shift_hides():
     assert out.loc["other", "vs_best"].endswith(": separated")
 
 
+def test_the_seeds_board_gives_the_query_interval_beside_the_training_seed_sd():
+    frame = pd.DataFrame(_summary("a", [10.0, 12.0, 14.0]) + _summary("b", [5.0, 6.0]))
+    frame["worst_case_mAP_low"], frame["worst_case_mAP_high"] = frame["worst_case_mAP"] - 2, frame["worst_case_mAP"] + 3
+    frame.loc[4, "worst_case_mAP_low"] = math.nan  # a seed of b made before intervals were recorded
+    out = seed_summary(frame).set_index("defense")
+    assert out.loc["a", "worst_case_mAP_ci_low"] == pytest.approx(10.0)
+    assert out.loc["a", "worst_case_mAP_ci_high"] == pytest.approx(15.0)
+    assert math.isnan(out.loc["b", "worst_case_mAP_ci_low"]) and math.isnan(out.loc["a", "clean_mAP_ci_low"])
+    columns = list(out.reset_index().columns)
+    assert columns.index("worst_case_mAP_sd") + 1 == columns.index("worst_case_mAP_ci_low")
+
+
 def test_run_with_seeds_trains_and_scores_each_and_writes_the_seeds_board(tmp_path):
     from benchmark.cli.main import main
     from tests.conftest import TINY_SYNTHPED
@@ -58,4 +70,6 @@ def test_run_with_seeds_trains_and_scores_each_and_writes_the_seeds_board(tmp_pa
     assert len(list((tmp_path / "r").glob("*/metrics.json"))) == 2
     seeds = pd.read_csv(tmp_path / "b" / "custom" / "seeds-synthped.csv")
     assert seeds["n"].tolist() == [2] and seeds["seeds"].astype(str).tolist() == ["0,1"]
+    rows = pd.read_csv(tmp_path / "b" / "custom" / "synthped.csv", dtype=str)
+    assert rows["data_digest"].nunique() == 1 and set(rows["data_seed"]) == {"0"}  # two trainings, one test set
     assert main([*argv[:-1], "--seeds", "0,x"]) == 2  # a bad list fails before any training

@@ -237,6 +237,18 @@ def seeds_path(summary_path: Path) -> Path:
 
 SEED_GROUP = ("dataset", "train_dataset", "defense", "backbone", "settings")
 SEED_METRICS = ("clean_mAP", "worst_case_mAP", "worst_case_R1", "robust_mAP_mean")
+#: metrics whose query-bootstrap interval the seeds board gives beside the training-seed sd
+SEED_INTERVALS = ("clean_mAP", "worst_case_mAP")
+
+
+def seed_columns() -> list[str]:
+    """The number columns of the seeds board after `n` and `seeds`, in order."""
+    out = []
+    for metric in SEED_METRICS:
+        out += [f"{metric}_mean", f"{metric}_sd"]
+        if metric in SEED_INTERVALS:
+            out += [f"{metric}_ci_low", f"{metric}_ci_high"]
+    return out
 
 
 def seed_summary(summary: pd.DataFrame) -> pd.DataFrame:
@@ -262,6 +274,8 @@ def seed_summary(summary: pd.DataFrame) -> pd.DataFrame:
             values = group[metric].astype(float) if metric in group else pd.Series(dtype=float)
             row[f"{metric}_mean"] = float(values.mean()) if values.notna().any() else math.nan
             row[f"{metric}_sd"] = float(values.std(ddof=1)) if values.notna().sum() > 1 else math.nan
+            if metric in SEED_INTERVALS:
+                row.update(_mean_interval(group, metric))
         rows.append(row)
     out = pd.DataFrame(rows)
     out["vs_best"] = ""
@@ -276,6 +290,17 @@ def seed_summary(summary: pd.DataFrame) -> pd.DataFrame:
                 "" if i == top else _on_shared_seeds(worst_by_seed[i], worst_by_seed[top]))
     return out.sort_values(["dataset", "worst_case_mAP_mean"], ascending=[True, False], na_position="last"
                            ).reset_index(drop=True)
+
+
+def _mean_interval(group: pd.DataFrame, metric: str) -> dict[str, float]:
+    """The query-sampling interval beside the seed sd: the mean of the seeds' own 95 % intervals' ends (each a
+    bootstrap over the test identities; on one fixed test set the seeds share their queries, so the ends
+    move together). Empty when a seed has no interval (rows made before intervals were recorded)."""
+    ends = {}
+    for end in ("low", "high"):
+        values = group[f"{metric}_{end}"].astype(float) if f"{metric}_{end}" in group else pd.Series(math.nan)
+        ends[f"{metric}_ci_{end}"] = float(values.mean()) if values.notna().all() and len(values) else math.nan
+    return ends
 
 
 def _on_shared_seeds(row: pd.Series, best: pd.Series) -> str:
@@ -343,8 +368,7 @@ def _schema(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return tuple(f.name for f in fields(row_type) if f.type in ("float", "int"))
 
     if kind == "seeds":
-        return (*SEED_GROUP, "n", "worst_case_mAP_mean"), ("n", *(f"{m}_{s}" for m in SEED_METRICS
-                                                                   for s in ("mean", "sd")))
+        return (*SEED_GROUP, "n", "worst_case_mAP_mean"), ("n", *seed_columns())
     if kind == "throughput":
         return ("kind", "name", "images_per_second"), numeric(ThroughputRow)
     if kind == "summary":

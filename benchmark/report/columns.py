@@ -12,6 +12,7 @@ from dataclasses import fields
 
 from benchmark.report.boards import (
     SEED_GROUP,
+    SEED_INTERVALS,
     SEED_METRICS,
     LeaderboardRow,
     SummaryRow,
@@ -38,7 +39,12 @@ def seeds_columns() -> list[tuple[str, str]]:
     rows += [("n", "how many training seeds the recipe has on the summary board"), ("seeds", "which seeds")]
     for metric in SEED_METRICS:
         rows += [(f"{metric}_mean", f"mean {_SEED_METRIC_WORDS[metric]} over the seeds"),
-                 (f"{metric}_sd", "its sample standard deviation (empty with one seed)")]
+                 (f"{metric}_sd", "its sample standard deviation over training seeds (empty with one seed)")]
+        if metric in SEED_INTERVALS:
+            rows += [(f"{metric}_ci_low", "query sampling beside it: the mean over seeds of each seed's 95 % "
+                                          "bootstrap interval over test identities, lower end (empty when a seed's "
+                                          "row has no interval)"),
+                     (f"{metric}_ci_high", "upper end of the same")]
     rows.append(("vs_best", "the gap to the best recipe's worst case on the data set, called real only when it "
                             "exceeds the two seed spreads added, and the paired gap on the seeds both have"))
     return rows

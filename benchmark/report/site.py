@@ -71,7 +71,8 @@ BOARD_COLUMNS = (
     Column("worst_case_mAP", "worst-case mAP", title="per-query worst case of the standard suite"),
     Column("worst_case_R1", "worst-case R1"),
     Column("worst_case_interval", "95 % interval", text=True,
-           title="bootstrap interval of worst-case mAP over queries, resampling identities (runs that recorded it)"),
+           title="bootstrap interval of worst-case mAP over queries, resampling identities (runs that recorded it); "
+                 "over several seeds the mean of the seeds' interval ends"),
     Column("spread", "± seeds", title="standard deviation of worst-case mAP over seeds"),
     Column("unseen_mAP_mean", "unseen mean", title="mean mAP over attacks the defense did not train with"),
     Column("unseen_mAP_worst", "unseen worst", title="lowest mAP over single unseen attacks"),
@@ -263,6 +264,7 @@ class SiteBuilder:
                 for key in ("clean_mAP", "worst_case_mAP", "worst_case_R1"):
                     values[key] = over_seeds.get(f"{key}_mean")
                 values["spread"] = over_seeds.get("worst_case_mAP_sd")
+                values["worst_case_interval"] = _interval(over_seeds, "worst_case_mAP_ci")
             else:  # a board without its seeds board: no mean is made up here
                 for key in ("clean_mAP", "worst_case_mAP", "worst_case_R1"):
                     values[key] = None

@@ -143,8 +143,11 @@ def seeds_frame(leaderboard_dir: str | Path, dataset: str) -> pd.DataFrame:
     seeds = seeds[seeds["settings"].eq("") & ~seeds["defense"].str.contains(r"\[", regex=True)]
 
     def pm(row: pd.Series, metric: str) -> str:
+        """mean ± training-seed sd [query-bootstrap interval], each part where the board has it."""
         sd = row[f"{metric}_sd"]
-        return _fmt(row[f"{metric}_mean"]) + ("" if pd.isna(sd) else f" ± {_fmt(sd)}")
+        low, high = row.get(f"{metric}_ci_low", math.nan), row.get(f"{metric}_ci_high", math.nan)
+        return (_fmt(row[f"{metric}_mean"]) + ("" if pd.isna(sd) else f" ± {_fmt(sd)}")
+                + ("" if pd.isna(low) or pd.isna(high) else f" [{_fmt(low)}, {_fmt(high)}]"))
 
     return pd.DataFrame([{"defense": r["defense"], "n": str(int(r["n"])), "seeds": r["seeds"],
                           "clean mAP": pm(r, "clean_mAP"), "worst case mAP": pm(r, "worst_case_mAP"),
