@@ -94,3 +94,5 @@ SUITES.register(STANDARD_V2.name, summary=STANDARD_V2.summary)(STANDARD_V2)
 
 #: what `--attack standard` (and `--attack all`) runs today
 DEFAULT_SUITE = STANDARD_V1.name
+#: the suites whose runs `publish` admits to the official boards: both while v2 is introduced beside v1
+PUBLISHED_SUITES = (STANDARD_V1.name, STANDARD_V2.name)

@@ -165,3 +165,42 @@ def test_an_older_training_never_overwrites_a_newer_one(tmp_path):
     board = pd.read_csv(tmp_path / "toy.csv")
     assert set(board["checkpoint"]) == {"bbb"} and board.loc[board["attack"] == "fna", "mAP"].tolist() == [25.0]
     assert "sma" not in set(board["attack"])
+
+
+def _suite_run(suite, worst, run_id, seed=0):
+    rows = [clean_row("ddid", seed), make_row("ddid", "fna", "unseen", 30.0, seed=seed),
+            make_row("ddid", suite or "worst-case", "worst-case", worst, seed=seed)]
+    return [dataclasses.replace(r, suite=suite, run_id=run_id) for r in rows]
+
+
+def test_the_summary_keeps_one_row_per_suite_and_shows_the_headline_suite(tmp_path):
+    """standard-v2 is published beside standard-v1: neither replaces the other, a run without a suite replaces
+    neither, and tables, pages and the seeds board show one suite per recipe, never a mix."""
+    from attacks.suites import PUBLISHED_SUITES, SUITES
+    from benchmark.core.protocol import HEADLINE_SUITE
+    from benchmark.report.boards import headline_rows, read_summary
+    from benchmark.report.tables import summary_frame
+
+    assert HEADLINE_SUITE in PUBLISHED_SUITES and HEADLINE_SUITE in SUITES
+    write_leaderboards(_suite_run("", 20.0, "no-suite"), tmp_path)  # an early run with single attacks only
+    write_leaderboards(_suite_run("standard-v1", 10.0, "v1"), tmp_path)
+    write_leaderboards(_suite_run("standard-v2", 7.0, "v2"), tmp_path)
+    write_leaderboards(_suite_run("", 25.0, "later-no-suite"), tmp_path)
+    summary = pd.read_csv(tmp_path / "summary-toy.csv", keep_default_na=False)
+    pairs = sorted(zip(summary["suite"], summary["worst_case_mAP"], strict=True))
+    assert pairs == [("standard-v1", 10.0), ("standard-v2", 7.0)]
+    assert read_summary(tmp_path / "summary-toy.csv")["suite"].tolist() == ["standard-v1"]
+    assert summary_frame(tmp_path, "toy")["worst case mAP / R1"].tolist() == ["10.0 / 10.0"]
+    # seed 1 has only v2: the recipe's rows on view stay v1, so no mean mixes the two suites
+    write_leaderboards(_suite_run("standard-v2", 5.0, "v2-seed1", seed=1), tmp_path)
+    seeds = pd.read_csv(tmp_path / "seeds-toy.csv", keep_default_na=False).set_index("suite")
+    assert seeds.loc["standard-v2", "n"] == 2 and seeds.loc["standard-v1", "n"] == 1
+    assert headline_rows(seeds.reset_index()).suite.tolist() == ["standard-v1"]
+    assert read_summary(tmp_path / "summary-toy.csv")[["seed", "suite"]].values.tolist() == [[0, "standard-v1"]]
+    assert headline_rows(summary.assign(suite=["standard-v2"] * 2, defense=["a", "b"]))["defense"].tolist() \
+        == ["a", "b"]  # a recipe without the headline suite shows its newest
+    from benchmark.report.tables import suites_frame
+
+    both = suites_frame(tmp_path, "toy")  # seed 0 has both suites, seed 1 only v2
+    assert both.to_dict("records") == [{"defense": "ddid", "seed": "0", "standard-v1 worst case mAP": "10.0",
+                                        "standard-v2 worst case mAP": "7.0", "standard-v2 - standard-v1": -3.0}]

@@ -85,7 +85,7 @@ def _edit_rows(setting, change):
 @pytest.mark.parametrize("case, message", [
     ("custom", "a custom run"),
     ("dirty", "uncommitted code changes"),
-    ("no-suite", "without the standard suite"),
+    ("no-suite", "without a published suite"),
     ("no-convergence", "convergence check"),
     ("threads", "the board's rows were made at cpu-x86_64-1threads"),
     ("fewer-attacks", "would remove"),

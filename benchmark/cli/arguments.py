@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_table.add_argument("--dataset", default="synthped")
     p_table.add_argument("--format", default="md", choices=["md", "latex", "csv"])
     p_table.add_argument("--variants", action="store_true", help="the labelled recipes (e.g. DDID ablations)")
+    p_table.add_argument("--suites", action="store_true",
+                         help="every published suite's worst case side by side, per model (standard-v1 vs -v2)")
     p_table.add_argument("--leaderboard-dir", default="leaderboards")
     p_table.add_argument("--readme", default=None, metavar="PATH",
                          help="rewrite the tables between <!-- table:... --> markers in this file instead")

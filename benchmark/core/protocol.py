@@ -17,3 +17,6 @@ METRICS = ("euclidean", "cosine")
 HEADLINE_ATTACKS = ("fna", "sma", "ifgsm")
 #: the `attack` value of a per-query worst case over every attack of a run
 WORST_CASE = Seen.WORST_CASE.value
+#: the suite whose per-query worst case tables, pages and figures show when a model has rows of several
+#: (the summary board keeps one row per model and suite while a new suite version is introduced)
+HEADLINE_SUITE = "standard-v1"

@@ -18,7 +18,7 @@ import pandas as pd
 
 from benchmark.core.protocol import HEADLINE_ATTACKS
 from benchmark.core.seed_stats import paired_interval, paired_verdict, verdict
-from benchmark.report.boards import STANDARD_EPS, SUMMARY_TEXT, board_paths, read_board, rows_of_model
+from benchmark.report.boards import STANDARD_EPS, board_paths, read_board, read_summary, rows_of_model
 from benchmark.run.spec import defense_label
 
 #: the single attacks reported next to the worst case (the paper's Table 3 columns)
@@ -32,7 +32,7 @@ def per_seed(leaderboard_dir: str | Path, dataset: str, defense: str) -> pd.Data
 
     steps = DEFENSES.get(defense).ablation
     board_path, summary_path = board_paths(leaderboard_dir, dataset, official=True)
-    board, summary = read_board(board_path), read_board(summary_path, SUMMARY_TEXT)
+    board, summary = read_board(board_path), read_summary(summary_path)
     if board.empty or summary.empty:
         return pd.DataFrame()
     summary = summary[summary["settings"].eq("")]

@@ -3,9 +3,9 @@
 `<dir>/<dataset>.csv` (official: the protocol's standard settings only) or `<dir>/custom/<dataset>.csv`
 (any other run, its differing settings in the `settings` key column): one row per defense x backbone
 x attack x eps x seed (x train set x settings). `summary-<dataset>.csv` beside each: one row per
-defense x backbone x seed (x train set x settings), built from ONE run, the one that covered the most
-attacks at the standard ε, so its `command` reproduces every number in it. Columns are documented in
-`leaderboards/README.md`.
+defense x backbone x seed x suite (x train set x settings), built from ONE run, the one that covered the
+most attacks at the standard ε, so its `command` reproduces every number in it; readers show one suite per
+recipe (`headline_rows`). Columns are documented in `leaderboards/README.md`.
 
 A model is (data set, train set, defense label, backbone, seed, settings); its checkpoint key hashes
 the full training specification and code. When a board would hold rows of one model from two
@@ -31,16 +31,17 @@ from filelock import FileLock
 from benchmark.core.atomic import atomic_write_text
 from benchmark.core.enums import Seen
 from benchmark.core.errors import BenchmarkError
+from benchmark.core.protocol import HEADLINE_SUITE, WORST_CASE
 from benchmark.core.protocol import STANDARD_EPS_LABEL as STANDARD_EPS
-from benchmark.core.protocol import WORST_CASE
 from benchmark.core.seed_stats import paired_interval, paired_verdict, verdict
 
 log = logging.getLogger("benchmark.report.boards")
 
 ROW_KEY = ("dataset", "train_dataset", "defense", "backbone", "attack", "eps", "seed", "settings")
-SUMMARY_KEY = ("dataset", "train_dataset", "defense", "backbone", "seed", "settings")
 #: one trained model (its rows may come from several runs of one checkpoint)
-MODEL_KEY = SUMMARY_KEY
+MODEL_KEY = ("dataset", "train_dataset", "defense", "backbone", "seed", "settings")
+#: a summary row: one per model and suite, so a suite's new version is published beside the old one
+SUMMARY_KEY = (*MODEL_KEY, "suite")
 #: what the `images_per_second` column of a throughput board counts, by row kind
 THROUGHPUT_UNITS = {"extract": "images / s (one forward pass each)",
                     "attack": "image-iterations / s (one gradient step or query per image)",
@@ -235,7 +236,9 @@ def seeds_path(summary_path: Path) -> Path:
     return summary_path.parent / summary_path.name.replace("summary-", "seeds-", 1)
 
 
-SEED_GROUP = ("dataset", "train_dataset", "defense", "backbone", "settings")
+#: one recipe (a model without its seed)
+RECIPE = ("dataset", "train_dataset", "defense", "backbone", "settings")
+SEED_GROUP = (*RECIPE, "suite")
 SEED_METRICS = ("clean_mAP", "worst_case_mAP", "worst_case_R1", "robust_mAP_mean")
 #: metrics whose query-bootstrap interval the seeds board gives beside the training-seed sd
 SEED_INTERVALS = ("clean_mAP", "worst_case_mAP")
@@ -279,7 +282,7 @@ def seed_summary(summary: pd.DataFrame) -> pd.DataFrame:
         rows.append(row)
     out = pd.DataFrame(rows)
     out["vs_best"] = ""
-    for _, idx in out.groupby("dataset").groups.items():
+    for _, idx in out.groupby(["dataset", "suite"]).groups.items():  # worst cases of one suite compare
         block = out.loc[idx]
         ranked = block["worst_case_mAP_mean"].dropna()
         if ranked.empty:
@@ -367,12 +370,12 @@ def _schema(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     def numeric(row_type: type) -> tuple[str, ...]:
         return tuple(f.name for f in fields(row_type) if f.type in ("float", "int"))
 
-    if kind == "seeds":
-        return (*SEED_GROUP, "n", "worst_case_mAP_mean"), ("n", *seed_columns())
+    if kind == "seeds":  # boards written before the suite was part of the key have no suite column
+        return (*RECIPE, "n", "worst_case_mAP_mean"), ("n", *seed_columns())
     if kind == "throughput":
         return ("kind", "name", "images_per_second"), numeric(ThroughputRow)
     if kind == "summary":
-        return (*SUMMARY_KEY, "clean_mAP", "run_id", "date"), numeric(SummaryRow)
+        return (*MODEL_KEY, "clean_mAP", "run_id", "date"), numeric(SummaryRow)
     return (*ROW_KEY, "mAP", "seen", "run_id", "date"), numeric(LeaderboardRow)
 
 
@@ -518,7 +521,7 @@ def summarise_run(run: pd.DataFrame) -> dict[str, Any]:
     seen = scope[scope["seen"] == Seen.SEEN.value]
     white = scope[scope["knowledge"] == "white-box"]
     return dataclasses.asdict(SummaryRow(
-        **{k: first[k] for k in SUMMARY_KEY},
+        **{k: first[k] for k in MODEL_KEY},
         clean_mAP=float(clean["mAP"].iloc[0]) if len(clean) else math.nan,
         clean_R1=float(clean["R1"].iloc[0]) if len(clean) else math.nan,
         clean_id_ap_var=float(clean["id_ap_var"].iloc[0]) if len(clean) else math.nan,
@@ -603,11 +606,43 @@ def upsert_rows(board_path: Path, records: list[dict]) -> None:
            resolve=newest_training)
 
 
+def suite_rows_win(old: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A model's summary row without a suite goes once the model has one with a suite, on either side."""
+    def suiteless(frame: pd.DataFrame) -> pd.Series:
+        return frame["suite"].fillna("").astype(str).eq("") if "suite" in frame else pd.Series(True, frame.index)
+
+    with_suite = set(_keys(old[~suiteless(old)], MODEL_KEY)) | set(_keys(new[~suiteless(new)], MODEL_KEY))
+    return tuple(frame[~(suiteless(frame) & _keys(frame, MODEL_KEY).isin(with_suite))]  # type: ignore[return-value]
+                 for frame in (old, new))
+
+
+def _summary_resolve(old: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return suite_rows_win(*newest_training(old, new))
+
+
+def headline_rows(frame: pd.DataFrame, key: tuple[str, ...] = RECIPE, suite: str = HEADLINE_SUITE) -> pd.DataFrame:
+    """The rows of one suite per recipe (`key`), so no mean, rank or figure mixes two suites' worst cases: the
+    headline suite where the recipe has it, else its newest version (names sort by version). Rows of runs
+    without a suite stay (a model has one only when it has no suite row)."""
+    if frame.empty or "suite" not in frame:
+        return frame
+    suites = frame["suite"].fillna("").astype(str)
+    rank = suites.eq(suite).map({True: "1", False: "0"}) + suites  # the headline first, then by name
+    best = rank.groupby([frame[c].astype(str) for c in key]).transform("max")
+    return frame[(rank == best) | suites.eq("")]
+
+
+def read_summary(path: str | Path) -> pd.DataFrame:
+    """A summary board as tables, pages and figures show it: one suite per recipe (`headline_rows`)."""
+    return headline_rows(read_board(path, SUMMARY_TEXT))
+
+
 def upsert_summaries(summary_path: Path, summaries: list[dict]) -> None:
-    """Upsert per-run summary rows (the newest training of a model wins; among runs of one checkpoint the
-    one covering more attacks) and rebuild the seeds board beside."""
+    """Upsert per-run summary rows, one per model and suite (the newest training of a model wins; among runs
+    of one checkpoint and suite the one covering more attacks; a row with a suite replaces one without) and
+    rebuild the seeds board beside."""
     upsert(summary_path, summaries, SUMMARY_KEY, keep_old=_covers_more, text=SUMMARY_TEXT,
-           order=("worst_case_mAP", True), resolve=newest_training,
+           order=("worst_case_mAP", True), resolve=_summary_resolve,
            then=lambda merged, path=summary_path: write_csv(seed_summary(merged), seeds_path(path)))
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from attacks.suites import DEFAULT_SUITE
+from attacks.suites import DEFAULT_SUITE, PUBLISHED_SUITES
 from benchmark.core.atomic import atomic_folder
 from benchmark.core.errors import BenchmarkError
 from benchmark.report.boards import ROW_KEY, SUMMARY_TEXT, board_paths, read_board, upsert_rows, upsert_summaries
@@ -74,9 +74,9 @@ def _refusal(run: RunToPublish, official: pd.DataFrame) -> str | None:
         return f"a custom run (settings {spec.get('settings')}): only the protocol's standard settings are published"
     if run.config.get("allow_dirty") or str(prov.get("git_commit", "")).endswith("+dirty"):
         return "made from a tree with uncommitted code changes: commit, then run it again"
-    if spec.get("suite") != DEFAULT_SUITE or not spec.get("check_convergence"):
-        return (f"made without the standard suite ({DEFAULT_SUITE}) and its convergence check: run it with "
-                "--attack all --check-convergence")
+    if spec.get("suite") not in PUBLISHED_SUITES or not spec.get("check_convergence"):
+        return (f"made without a published suite ({' or '.join(PUBLISHED_SUITES)}) and its convergence check: run "
+                f"it with --attack all --check-convergence (the default suite is {DEFAULT_SUITE})")
     if run.rows.empty or run.summary.empty:
         return "its rows are not on the workspace's official board (was it run with --no-write?)"
     device = str(run.rows["device"].iloc[0])

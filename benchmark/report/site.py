@@ -21,7 +21,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from benchmark.core.atomic import TMP_PREFIX, atomic_write_text, remove_folder, sweep_stale_temps
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.protocol import WORST_CASE
-from benchmark.report.boards import THROUGHPUT_UNITS, check_boards
+from benchmark.report.boards import THROUGHPUT_UNITS, check_boards, headline_rows
 from benchmark.report.captions import current_flags, single_attack_caption
 from benchmark.report.records import read_json_record
 from benchmark.run.spec import safe_name
@@ -211,7 +211,8 @@ class SiteBuilder:
 
     def dataset_pages(self, out: Path, dataset: str) -> list[Path]:
         """The data set's board and one page per run it cites."""
-        summary = _read(self.boards / f"summary-{dataset}.csv", [c.key for c in BOARD_COLUMNS] + ["run_id", "eps"])
+        summary = headline_rows(_read(self.boards / f"summary-{dataset}.csv",
+                                      [c.key for c in BOARD_COLUMNS] + ["run_id", "eps", "suite"]))
         board_path = self.boards / f"{dataset}.csv"
         needed = [c.key for c in ATTACK_COLUMNS] + [*GROUP, "seed", "run_id", "eps", "suite", "checkpoint", "date"]
         board = _read(board_path, needed) if board_path.is_file() else None
@@ -244,7 +245,7 @@ class SiteBuilder:
         path = self.boards / f"seeds-{dataset}.csv"
         if not path.is_file():
             return {}
-        frame = _read(path, ["train_dataset", *GROUP, "n"])
+        frame = headline_rows(_read(path, ["train_dataset", *GROUP, "n", "suite"]))
         return {(str(r["train_dataset"]), *(str(r[k]) for k in GROUP)): r for _, r in frame.iterrows()}
 
     def board_row(self, first: pd.Series, group: pd.DataFrame, href: str, over_seeds: pd.Series | None = None

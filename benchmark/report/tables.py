@@ -2,7 +2,8 @@
 
 The README's result tables sit between `<!-- table:<dataset>[:<variant>] -->` and `<!-- /table -->`
 markers and are regenerated with `python -m benchmark table --readme`; a test checks they match. Variants:
-`seeds` (recipes over seeds), `variants` (labelled recipes), `ablation-<defense>` (a defense's ablation study).
+`seeds` (recipes over seeds), `suites` (each suite's worst case per model), `variants` (labelled recipes),
+`ablation-<defense>` (a defense's ablation study).
 """
 
 from __future__ import annotations
@@ -17,14 +18,18 @@ import pandas as pd
 
 from benchmark.core.atomic import atomic_write_text
 from benchmark.core.errors import BenchmarkError
-from benchmark.core.protocol import HEADLINE_ATTACKS
+from benchmark.core.protocol import HEADLINE_ATTACKS, HEADLINE_SUITE
 from benchmark.report import ablation
 from benchmark.report.boards import (
+    MODEL_KEY,
+    RECIPE,
     STANDARD_EPS,
     SUMMARY_TEXT,
     board_paths,
     check_boards,
+    headline_rows,
     read_board,
+    read_summary,
     rows_of_model,
     seeds_path,
 )
@@ -68,7 +73,7 @@ def summary_frame(leaderboard_dir: str | Path, dataset: str, variants: bool = Fa
     `variants=False` keeps defenses without options; `True` keeps only labelled recipes (e.g. ablations).
     """
     board_path, summary_path = board_paths(leaderboard_dir, dataset, official=True)
-    board, summary = read_board(board_path), read_board(summary_path, SUMMARY_TEXT)
+    board, summary = read_board(board_path), read_summary(summary_path)
     if board.empty or summary.empty:
         return pd.DataFrame()
     summary = _protocol_rows(summary, variants)
@@ -137,9 +142,10 @@ def seeds_frame(leaderboard_dir: str | Path, dataset: str) -> pd.DataFrame:
     """Standard recipes over their seeds (`seeds-<dataset>.csv`): n, mean ± sd of clean and worst-case mAP, and
     whether the gap to the best worst case exceeds the seed spread."""
     _, summary_path = board_paths(leaderboard_dir, dataset, official=True)
-    seeds = read_board(seeds_path(summary_path), ("defense", "settings", "seeds", "vs_best"))
+    seeds = read_board(seeds_path(summary_path), ("defense", "settings", "seeds", "vs_best", "suite"))
     if seeds.empty:
         return pd.DataFrame()
+    seeds = headline_rows(seeds, RECIPE)
     seeds = seeds[seeds["settings"].eq("") & ~seeds["defense"].str.contains(r"\[", regex=True)]
 
     def pm(row: pd.Series, metric: str) -> str:
@@ -154,10 +160,34 @@ def seeds_frame(leaderboard_dir: str | Path, dataset: str) -> pd.DataFrame:
                           "vs the best worst case": r["vs_best"]} for _, r in seeds.iterrows()])
 
 
+def suites_frame(leaderboard_dir: str | Path, dataset: str) -> pd.DataFrame:
+    """Every suite's worst case side by side, one row per model with more than one suite at the protocol's
+    settings: mAP [95 % interval] per suite, and the difference from the headline suite."""
+    _, summary_path = board_paths(leaderboard_dir, dataset, official=True)
+    summary = read_board(summary_path, SUMMARY_TEXT)
+    if summary.empty or "suite" not in summary:
+        return pd.DataFrame()
+    summary = _protocol_rows(summary[summary["suite"].ne("")], variants=False)
+    rows = []
+    for _, model in summary.groupby(list(MODEL_KEY), sort=False):
+        if model["suite"].nunique() < 2:
+            continue
+        by_suite = model.set_index("suite")
+        row = {"defense": model["defense"].iloc[0], "seed": str(int(model["seed"].iloc[0]))}
+        for suite in sorted(by_suite.index):
+            row[f"{suite} worst case mAP"] = _with_interval(by_suite.loc[suite], "worst_case_mAP", text=True)
+        if HEADLINE_SUITE in by_suite.index:
+            for suite in sorted(set(by_suite.index) - {HEADLINE_SUITE}):
+                row[f"{suite} - {HEADLINE_SUITE}"] = float(by_suite.loc[suite, "worst_case_mAP"]
+                                                           - by_suite.loc[HEADLINE_SUITE, "worst_case_mAP"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _caption(leaderboard_dir: str | Path, dataset: str) -> str:
     """The summary table's caption paragraph (Markdown), '' when there is nothing to say."""
     _, summary_path = board_paths(leaderboard_dir, dataset, official=True)
-    summary = read_board(summary_path, SUMMARY_TEXT)
+    summary = read_summary(summary_path)
     sentence = single_attack_caption(_protocol_rows(summary, variants=False)) if not summary.empty else ""
     return f"\n{sentence}\n" if sentence else ""
 
@@ -168,6 +198,8 @@ def readme_tables(text: str, leaderboard_dir: str | Path) -> str:
         dataset, _, variant = match.group("key").partition(":")
         if variant == "seeds":
             frame = seeds_frame(leaderboard_dir, dataset)
+        elif variant == "suites":
+            frame = suites_frame(leaderboard_dir, dataset)
         elif variant.startswith("ablation-"):
             frame = ablation.table(leaderboard_dir, dataset, variant.removeprefix("ablation-"))
         else:
@@ -197,6 +229,9 @@ def cmd_table(args: argparse.Namespace) -> int:
                        if not p.stem.startswith(("summary-", "seeds-", "throughput-")))
         raise BenchmarkError(f"table: no board {board}; boards in {args.leaderboard_dir}: "
                              f"{', '.join(found) or 'none'} (--dataset, --leaderboard-dir)")
+    if args.suites:
+        print(render(suites_frame(args.leaderboard_dir, args.dataset), args.format), end="")
+        return 0
     print(render(summary_frame(args.leaderboard_dir, args.dataset, args.variants), args.format), end="")
     if args.format == "md" and not args.variants:
         print(_caption(args.leaderboard_dir, args.dataset), end="")
