@@ -4,13 +4,27 @@
 per suite result (a run's `standard-*` worst case), one Markdown row per member and a total row whose
 passes are per query of the whole set (a member's passes per attacked query times the queries it
 attacked, summed, over the number of queries). Used to compare suite versions on the same checkpoint.
+
+`--csv PATH` writes the study table instead (`leaderboards/studies/suite-v2-vs-v1-synthped.csv`): one row per
+suite result with clean and worst-case mAP, the worst case's 95 % identity-bootstrap interval, passes per
+query, each member's attacked/improved queries, and, where another given run attacked the same checkpoint
+with another suite, the paired interval of the difference over the same queries (this run minus that one).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmark.core.atomic import atomic_write_text
+from benchmark.core.intervals import identity_bootstrap, paired_identity_bootstrap
 
 
 def suite_rows(run: Path) -> list[str]:
@@ -35,11 +49,74 @@ def suite_rows(run: Path) -> list[str]:
     return rows
 
 
+def _passes(result: dict[str, Any]) -> tuple[float, float]:
+    """Forward and backward passes per query of the whole set for one suite result."""
+    n, forward, backward = result["num_queries"], 0.0, 0.0
+    for m in result["members"]:
+        passes = m.get("report", {}).get("passes_per_query", {"forward": 0.0, "backward": 0.0})
+        forward += passes["forward"] * m["attacked"] / n
+        backward += passes["backward"] * m["attacked"] / n
+    return forward, backward
+
+
+def study_records(runs: list[Path]) -> list[dict[str, Any]]:
+    """One study row per suite result of the runs, paired with the other runs on the same checkpoint."""
+    records, per_query = [], {}
+    for run in runs:
+        metrics = json.loads((run / "metrics.json").read_text())
+        config = json.loads((run / "config.json").read_text())
+        spec = config["spec"]
+        table = pd.read_csv(run / "per_query.csv")
+        for result in metrics["worst_cases"]:
+            if "members" not in result:
+                continue
+            column = f"{result['suite']}@8/255_ap"
+            ap = table[column].to_numpy(dtype=float) if column in table else np.full(len(table), np.nan)
+            low, high = identity_bootstrap(ap, table["pid"].to_numpy())
+            forward, backward = _passes(result)
+            records.append({
+                "dataset": spec["data"]["name"], "scale": f"{spec['settings'] or 'default'} ({config['dataset']})",
+                "defense": spec["defense_label"], "seed": spec["seed"], "suite": result["suite"],
+                "clean_mAP": metrics["clean"]["mAP"], "worst_case_mAP": result["mAP"],
+                "worst_case_mAP_low": 100 * low, "worst_case_mAP_high": 100 * high,
+                "worst_case_R1": result["rank1"], "forward_per_query": forward, "backward_per_query": backward,
+                "attack_seconds": result["seconds"],
+                "members": ";".join(f"{m['member']}:{m['attacked']}/{m['improved']}" for m in result["members"]),
+                "paired_vs": "", "paired_diff": np.nan, "paired_low": np.nan, "paired_high": np.nan,
+                "run_id": run.name, "git_commit": config["provenance"]["git_commit"],
+                "_model": (config["checkpoint"], spec["defense_label"])})
+            per_query[len(records) - 1] = (ap, table["pid"].to_numpy())
+    for i, row in enumerate(records):
+        others = [j for j, other in enumerate(records) if j != i and other["_model"] == row["_model"]
+                  and other["suite"] != row["suite"]]  # the same deployed model: checkpoint and defense
+        if others:
+            j = others[0]
+            (a, pids), (b, _) = per_query[i], per_query[j]
+            low, high = paired_identity_bootstrap(a, b, pids)
+            both = ~(np.isnan(a) | np.isnan(b))
+            row.update(paired_vs=records[j]["suite"], paired_diff=100 * float((a[both] - b[both]).mean()),
+                       paired_low=100 * low, paired_high=100 * high)
+    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
+
+
+def write_study(records: list[dict[str, Any]], path: Path) -> None:
+    """The study table as CSV, written atomically."""
+    buffer = io.StringIO()
+    pd.DataFrame(records).to_csv(buffer, index=False, float_format="%.4f", lineterminator="\n",
+                                 quoting=csv.QUOTE_MINIMAL)
+    atomic_write_text(path, buffer.getvalue())
+
+
 def main() -> None:
     """Print the table for the run folders given."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (each with metrics.json and config.json)")
+    parser.add_argument("--csv", type=Path, default=None, help="write the study table to this CSV instead")
     args = parser.parse_args()
+    if args.csv is not None:
+        write_study(study_records(args.runs), args.csv)
+        print(f"wrote {args.csv}")
+        return
     print("| defense | suite | member | attacked | improved | forward / backward per attacked query | seconds |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
     for run in args.runs:

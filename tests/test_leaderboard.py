@@ -75,7 +75,12 @@ def test_board_figures_draw_sweeps_per_attack_and_variants_apart(tmp_path):
         for eps in ((2, 8) if defense == "none" else (8,)):
             rows.append({"defense": defense, "attack": "fna", "eps": f"{eps}/255", "eps_value": eps / 255,
                          "seen": "unseen", "mAP": 40.0 - eps, "suite": "", "run_id": defense})
+            for attack in ("standard-v1", "worst-case"):  # the suite's robustness curve; not the run's aggregate
+                rows.append({"defense": defense, "attack": attack, "eps": f"{eps}/255", "eps_value": eps / 255,
+                             "seen": "worst-case", "mAP": 10.0 - eps, "suite": "standard-v1", "run_id": defense})
     board = pd.DataFrame(rows)
+    _, pairs = figures.swept(board)
+    assert sorted(pairs.index) == [("fna", "none"), ("standard-v1", "none")]
     summary = pd.DataFrame([{"defense": d, "worst_case_mAP": 5.0, "clean_mAP": 60.0, "seed": 0, "run_id": d}
                             for d in ("none", "ddid")])
     assert [p.name for p in figures.eps_curves(board, "d", tmp_path / "d-eps-curves", save_figure)] == \

@@ -143,19 +143,28 @@ def heatmap(board: pd.DataFrame, summary: pd.DataFrame, dataset: str, stem: Path
     return save(fig, stem)
 
 
-def eps_curves(board: pd.DataFrame, dataset: str, stem: Path, save: Saver) -> list[Path]:
-    """One panel per attack swept over ε, every defense on it; ticks at the measured ε; seen attacks hollow."""
-    attacked = board[~board["seen"].isin(["clean", WORST_CASE]) & ~is_variant(board["defense"])]
+def swept(board: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """The attacked rows of standard recipes, and the (attack, defense) pairs measured at two or more ε. A suite's
+    per-query worst case counts as an attack (its robustness curve); the worst case over a run's attacks does not,
+    as its attacks differ between runs."""
+    attacked = board[board["seen"].ne("clean") & board["attack"].ne(WORST_CASE) & ~is_variant(board["defense"])]
     counts = attacked.groupby(["attack", "defense"])["eps_value"].nunique()
-    swept = counts[counts >= 2]
-    if swept.empty:
+    return attacked, counts[counts >= 2]
+
+
+def eps_curves(board: pd.DataFrame, dataset: str, stem: Path, save: Saver) -> list[Path]:
+    """One panel per attack or suite swept over ε, every defense on it; ticks at the measured ε; seen attacks
+    hollow. A suite's panel is the robustness curve of its per-query worst case."""
+    attacked, swept_pairs = swept(board)
+    if swept_pairs.empty:
         return []
-    attacks = sorted(swept.index.get_level_values("attack").unique())
+    attacks = sorted(swept_pairs.index.get_level_values("attack").unique(),
+                     key=lambda a: (not str(a).startswith("standard-"), a))  # suites first
     styles = defense_styles(board["defense"])
     fig, axes = plt.subplots(1, len(attacks), figsize=(TWO_COLUMNS, 2.5), sharey=True, squeeze=False)
     for ax, attack in zip(axes[0], attacks, strict=True):
         ticks: set[float] = {0.0}
-        for defense in sorted(swept.loc[attack].index):
+        for defense in sorted(swept_pairs.loc[attack].index):
             rows = attacked[(attacked["attack"] == attack) & (attacked["defense"] == defense)]
             # the label (8/255) holds the exact ε; eps_value is rounded in the CSV
             curve = rows.groupby(rows["eps"].map(_eps_units))["mAP"].mean().sort_index()
@@ -168,7 +177,7 @@ def eps_curves(board: pd.DataFrame, dataset: str, stem: Path, save: Saver) -> li
             ax.plot(xs, ys, color=style["color"], marker=style["marker"], markersize=4, linewidth=1.2,
                     markerfacecolor="white" if is_seen else style["color"], label=defense)
         ax.set_xticks(sorted(ticks), [f"{t:g}" for t in sorted(ticks)], fontsize=7)
-        ax.set_title(attack, fontsize=8)
+        ax.set_title(f"{attack} (worst case)" if attack in set(attacked["suite"]) else attack, fontsize=8)
         ax.set_xlabel("ε (×1/255)", fontsize=7)
     axes[0][0].set_ylabel("mAP (%)", fontsize=7)
     handles, labels = axes[0][0].get_legend_handles_labels()
