@@ -88,6 +88,9 @@ def test_board_figures_draw_sweeps_per_attack_and_variants_apart(tmp_path):
     assert [p.name for p in plot_variants(board, "d", tmp_path)] == ["d-ddid-variants.png", "d-ddid-variants.pdf"]
     assert (tmp_path / "d-heatmap.png") in figures.heatmap(board, summary, "d", tmp_path / "d-heatmap", save_figure)
     assert (tmp_path / "d-cvw.png") in figures.clean_vs_worst_case(summary, "d", tmp_path / "d-cvw", save_figure)
+    assert figures.iteration_curves(summary, "d", tmp_path / "d-iter", save_figure) == []  # no convergence check
+    checked = summary.assign(worst_case_mAP_2x=[4.8, 4.9], suite="standard-v1")
+    assert (tmp_path / "d-iter.png") in figures.iteration_curves(checked, "d", tmp_path / "d-iter", save_figure)
     # a board without any swept (defense, attack) pair has no epsilon figure
     assert figures.eps_curves(board[board["defense"] != "none"], "e", tmp_path / "e", save_figure) == []
 

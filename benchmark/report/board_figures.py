@@ -187,6 +187,35 @@ def eps_curves(board: pd.DataFrame, dataset: str, stem: Path, save: Saver) -> li
     return save(fig, stem)
 
 
+def iteration_curves(summary: pd.DataFrame, dataset: str, stem: Path, save: Saver) -> list[Path]:
+    """Worst-case mAP against the suite's APGD iterations (1x, and 2x from `--check-convergence`), one line per
+    defense over the seeds that have both: a curve still falling at 2x says the suite had not converged."""
+    main = _main_defenses(summary)
+    if main.empty or "worst_case_mAP_2x" not in main:
+        return []
+    both = main[main["worst_case_mAP"].notna() & main["worst_case_mAP_2x"].notna()]
+    if both.empty:
+        return []
+    stats = both.groupby("defense")[["worst_case_mAP", "worst_case_mAP_2x"]].mean()
+    counts = both.groupby("defense")["seed"].count()
+    styles = defense_styles(summary["defense"])
+    fig, ax = plt.subplots(figsize=(ONE_COLUMN, 2.6))
+    for defense in _ranked(both):
+        style, (once, twice) = styles[defense], stats.loc[defense]
+        seeds = f" (n={int(counts[defense])})" if counts[defense] > 1 else ""
+        ax.plot([1, 2], [once, twice], color=style["color"], marker=style["marker"], markersize=4, linewidth=1.2,
+                label=f"{defense}{seeds}")
+    ax.set_xticks([1, 2], ["1x", "2x"], fontsize=7)
+    ax.set_xlim(0.8, 2.2)
+    ax.set_xlabel("APGD iterations of the suite (multiple of its own)", fontsize=7)
+    ax.set_ylabel("worst-case mAP (%)", fontsize=7)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6, frameon=False, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    suites = ", ".join(sorted(s for s in both.get("suite", pd.Series(dtype=str)).unique() if s))
+    ax.set_title(f"Worst case vs iterations, {dataset} ({suites or 'suite'})", fontsize=8)
+    return save(fig, stem)
+
+
 def clean_vs_worst_case(summary: pd.DataFrame, dataset: str, stem: Path, save: Saver) -> list[Path]:
     """Trade-off: clean mAP against worst-case mAP, labelled points, error bars over seeds."""
     main = _main_defenses(summary)

@@ -293,6 +293,7 @@ def plot_all(leaderboard_dir: str | Path, results_dir: str | Path, out: str | Pa
         summary = read_summary(leaderboard_dir / f"summary-{name}.csv")
         paths += figures.heatmap(board, summary, name, out / f"{name}-heatmap", save_figure)
         paths += figures.eps_curves(board, name, out / f"{name}-eps-curves", save_figure)
+        paths += figures.iteration_curves(summary, name, out / f"{name}-iteration-curves", save_figure)
         paths += figures.clean_vs_worst_case(summary, name, out / f"{name}-clean-vs-worst-case", save_figure)
         paths += figures.worst_case_ap(summary, results_dir, name, out / f"{name}-worst-case-ap", save_figure)
         paths += figures.cmc(board, summary, name, out / f"{name}-cmc", save_figure)
