@@ -173,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_pub.add_argument("--results-dir", default=None, help="the runs' folder (default: your workspace's runs/)")
     p_pub.add_argument("--leaderboard-dir", default=None,
                        help="the boards the runs wrote (default: your workspace's leaderboards/)")
+    p_cmp = sub.add_parser("compare", help="two runs on the same test set, query by query: paired differences "
+                           "with 95 %% intervals", formatter_class=fmt)
+    p_cmp.add_argument("runs", nargs=2, metavar="RUN", help="run folders, or run ids in --results-dir or results/")
+    p_cmp.add_argument("--results-dir", default=None, help="where run ids are looked up first (default: your "
+                       "workspace's runs/, then the published results/)")
     p_plots = sub.add_parser("plots", help="draw every figure from the leaderboards and the latest runs",
                              formatter_class=fmt)
     p_plots.add_argument("--leaderboard-dir", default="leaderboards")

@@ -182,6 +182,17 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Print the paired, query-by-query comparison of two runs."""
+    from benchmark.core.paths import OFFICIAL_RESULTS, runs_dir
+    from benchmark.report.compare import compare_text, resolve_run
+
+    folders = [Path(args.results_dir) if args.results_dir else runs_dir(), REPO / OFFICIAL_RESULTS]
+    a, b = (resolve_run(run, folders) for run in args.runs)
+    print(compare_text(a, b), end="")
+    return 0
+
+
 def cmd_site(args: argparse.Namespace) -> int:
     """Render the static site from the boards and run folders."""
     from benchmark.report.site import build_site
@@ -226,7 +237,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "list": cmd_list, "run": _per_seed(cmd_run), "eval": _per_seed(cmd_run), "train": _per_seed(cmd_train),
     "plots": cmd_plots,
     "throughput": cmd_throughput, "sweep": cmd_sweep, "table": cmd_table, "merge": cmd_merge,
-    "validate": cmd_validate, "site": cmd_site, "publish": cmd_publish}
+    "validate": cmd_validate, "site": cmd_site, "publish": cmd_publish, "compare": cmd_compare}
 
 
 #: commands that run one cell and may be launched by torchrun (one process per device)
