@@ -74,6 +74,8 @@ BOARD_COLUMNS = (
            title="bootstrap interval of worst-case mAP over queries, resampling identities (runs that recorded it); "
                  "over several seeds the mean of the seeds' interval ends"),
     Column("spread", "± seeds", title="standard deviation of worst-case mAP over seeds"),
+    Column("suite", "suite", text=True, title="the versioned suite the worst case comes from (one per defense: the "
+                                              "headline suite where the defense has it)"),
     Column("unseen_mAP_mean", "unseen mean", title="mean mAP over attacks the defense did not train with"),
     Column("unseen_mAP_worst", "unseen worst", title="lowest mAP over single unseen attacks"),
     Column("flags", "flags", decimals=0, title="number of sanity flags; each stands next to its number"),
