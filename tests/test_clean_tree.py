@@ -30,6 +30,9 @@ def clean_clone_commands(home: Path) -> list[list[str]]:
         ["validate", "--defense", "none"],
         ["throughput", "--attack", "fgsm", "--defense", "none", "--repeats", "1", "--batch-size", "8"],
         ["table"], ["table", "--dataset", "pku"],
+        # two published runs, looked up in the clone's results/
+        ["compare", "20261202-224625-pku-ddid-reidnet-s-s0-33ca2e",
+         "20261202-214751-pku-metric-at-reidnet-s-s0-ffdd6e"],
         ["plots", "--results-dir", str(home / "no-runs")],  # board figures; run figures are checked below
         ["site"],
     ]
