@@ -14,8 +14,6 @@ with another suite, the paired interval of the difference over the same queries 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -23,8 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmark.core.atomic import atomic_write_text
-from benchmark.core.intervals import identity_bootstrap, paired_identity_bootstrap
+from benchmark.core.intervals import identity_bootstrap, paired_difference
+from benchmark.report.boards import write_csv
 
 
 def suite_rows(run: Path) -> list[str]:
@@ -36,24 +34,27 @@ def suite_rows(run: Path) -> list[str]:
     for result in metrics["worst_cases"]:
         if "members" not in result:
             continue
-        n = result["num_queries"]
-        forward = backward = 0.0
         for m in result["members"]:
-            passes = m.get("report", {}).get("passes_per_query", {"forward": 0.0, "backward": 0.0})
-            forward += passes["forward"] * m["attacked"] / n
-            backward += passes["backward"] * m["attacked"] / n
+            passes = _member_passes(m)
             rows.append(f"| {defense} | {result['suite']} | {m['member']} | {m['attacked']} | {m['improved']} | "
                         f"{passes['forward']:.0f} / {passes['backward']:.0f} | {m['seconds']:.0f} |")
-        rows.append(f"| {defense} | **{result['suite']}** | worst-case mAP {result['mAP']:.2f} | {n} | | "
+        forward, backward = _passes(result)
+        rows.append(f"| {defense} | **{result['suite']}** | worst-case mAP {result['mAP']:.2f} | "
+                    f"{result['num_queries']} | | "
                     f"{forward:.0f} / {backward:.0f} per query | {result['seconds']:.0f} |")
     return rows
+
+
+def _member_passes(member: dict[str, Any]) -> dict[str, float]:
+    """A suite member's forward and backward passes per attacked query (0 where the run did not count them)."""
+    return member.get("report", {}).get("passes_per_query", {"forward": 0.0, "backward": 0.0})
 
 
 def _passes(result: dict[str, Any]) -> tuple[float, float]:
     """Forward and backward passes per query of the whole set for one suite result."""
     n, forward, backward = result["num_queries"], 0.0, 0.0
     for m in result["members"]:
-        passes = m.get("report", {}).get("passes_per_query", {"forward": 0.0, "backward": 0.0})
+        passes = _member_passes(m)
         forward += passes["forward"] * m["attacked"] / n
         backward += passes["backward"] * m["attacked"] / n
     return forward, backward
@@ -92,19 +93,10 @@ def study_records(runs: list[Path]) -> list[dict[str, Any]]:
         if others:
             j = others[0]
             (a, pids), (b, _) = per_query[i], per_query[j]
-            low, high = paired_identity_bootstrap(a, b, pids)
-            both = ~(np.isnan(a) | np.isnan(b))
-            row.update(paired_vs=records[j]["suite"], paired_diff=100 * float((a[both] - b[both]).mean()),
-                       paired_low=100 * low, paired_high=100 * high)
+            diff, low, high = paired_difference(a, b, pids)
+            row.update(paired_vs=records[j]["suite"], paired_diff=100 * diff, paired_low=100 * low,
+                       paired_high=100 * high)
     return [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
-
-
-def write_study(records: list[dict[str, Any]], path: Path) -> None:
-    """The study table as CSV, written atomically."""
-    buffer = io.StringIO()
-    pd.DataFrame(records).to_csv(buffer, index=False, float_format="%.4f", lineterminator="\n",
-                                 quoting=csv.QUOTE_MINIMAL)
-    atomic_write_text(path, buffer.getvalue())
 
 
 def main() -> None:
@@ -114,7 +106,7 @@ def main() -> None:
     parser.add_argument("--csv", type=Path, default=None, help="write the study table to this CSV instead")
     args = parser.parse_args()
     if args.csv is not None:
-        write_study(study_records(args.runs), args.csv)
+        write_csv(pd.DataFrame(study_records(args.runs)), args.csv)  # the boards' CSV writer
         print(f"wrote {args.csv}")
         return
     print("| defense | suite | member | attacked | improved | forward / backward per attacked query | seconds |")

@@ -43,3 +43,11 @@ def paired_identity_bootstrap(a: np.ndarray, b: np.ndarray, identities: np.ndarr
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     both = ~(np.isnan(a) | np.isnan(b))
     return identity_bootstrap(np.where(both, a - b, np.nan), identities, replicates, level, seed)
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, identities: np.ndarray) -> tuple[float, float, float]:
+    """(mean of a - b, low, high) over the queries scored in both, with `paired_identity_bootstrap`'s interval."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    both = ~(np.isnan(a) | np.isnan(b))
+    low, high = paired_identity_bootstrap(a, b, identities)
+    return float((a[both] - b[both]).mean()), low, high

@@ -301,8 +301,9 @@ def _mean_interval(group: pd.DataFrame, metric: str) -> dict[str, float]:
     move together). Empty when a seed has no interval (rows made before intervals were recorded)."""
     ends = {}
     for end in ("low", "high"):
-        values = group[f"{metric}_{end}"].astype(float) if f"{metric}_{end}" in group else pd.Series(math.nan)
-        ends[f"{metric}_ci_{end}"] = float(values.mean()) if values.notna().all() and len(values) else math.nan
+        values = group[f"{metric}_{end}"].astype(float) if f"{metric}_{end}" in group else None
+        recorded = values is not None and values.notna().all()
+        ends[f"{metric}_ci_{end}"] = float(values.mean()) if recorded else math.nan
     return ends
 
 

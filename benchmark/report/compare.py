@@ -2,7 +2,7 @@
 
 Both runs must have scored the same test queries against the same gallery (same data set and data seed:
 their recorded query and gallery digests agree); each query is then its own control, and the interval of
-the mean difference resamples identities (`benchmark.core.intervals.paired_identity_bootstrap`), as
+the mean difference resamples identities (`benchmark.core.intervals.paired_difference`), as
 the boards' intervals do. Training seeds are compared run by run; over several seeds, the seeds board.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.core.errors import BenchmarkError
-from benchmark.core.intervals import paired_identity_bootstrap
+from benchmark.core.intervals import paired_difference
 from benchmark.report.records import read_json_record
 
 
@@ -50,8 +50,7 @@ def compare_runs(a: Path, b: Path) -> pd.DataFrame:
     for column in scores:
         x, y = left[column].to_numpy(dtype=float), right[column].to_numpy(dtype=float)
         both = ~(np.isnan(x) | np.isnan(y))
-        low, high = paired_identity_bootstrap(x, y, identities)
-        diff = float((x[both] - y[both]).mean())
+        diff, low, high = paired_difference(x, y, identities)
         what, metric = column.rsplit("_", 1)
         rows.append({"score": what, "metric": "mAP" if metric == "ap" else "R1",
                      "a": 100 * float(x[both].mean()), "b": 100 * float(y[both].mean()), "diff": 100 * diff,

@@ -145,8 +145,7 @@ def seeds_frame(leaderboard_dir: str | Path, dataset: str) -> pd.DataFrame:
     seeds = read_board(seeds_path(summary_path), ("defense", "settings", "seeds", "vs_best", "suite"))
     if seeds.empty:
         return pd.DataFrame()
-    seeds = headline_rows(seeds, RECIPE)
-    seeds = seeds[seeds["settings"].eq("") & ~seeds["defense"].str.contains(r"\[", regex=True)]
+    seeds = _protocol_rows(headline_rows(seeds, RECIPE), variants=False)
 
     def pm(row: pd.Series, metric: str) -> str:
         """mean ± training-seed sd [query-bootstrap interval], each part where the board has it."""
