@@ -199,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_val.add_argument("--report", default=None, metavar="PATH",
                        help="report file, markdown or .json (default: validate-DEFENSE.md in your workspace)")
     p_val.add_argument("--threads", type=_count, default=None)
+    p_val.add_argument("--rule", action="append", default=None, metavar="NAME",
+                       help="check only this rule (repeatable; `trains` always runs first); default: every rule")
     p_tp = sub.add_parser("throughput", help="images/s of extraction, attacks and training steps", formatter_class=fmt)
     p_tp.add_argument("--device", default="auto")
     p_tp.add_argument("--backbone", default="reidnet-s")

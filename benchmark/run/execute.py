@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -22,11 +22,12 @@ from benchmark.core.errors import BenchmarkError, RunInterrupted
 from benchmark.core.metrics import evaluate_features
 from benchmark.run.cells import CellStore, attack_context, attack_options, run_attack
 from benchmark.run.checkpoints import attack_views, deploy, embed, external_model, train_or_load
-from benchmark.run.outcome import AttackResult, RunOutcome, Runtime, eps_label, seen_tag
+from benchmark.run.outcome import AttackResult, RunOutcome, Runtime, TrainInfo, eps_label, seen_tag
 from benchmark.run.sanity import sanity_flags
 from benchmark.run.spec import RunSpec
 from benchmark.run.suites import run_suites, run_worst_cases
 from benchmark.run.workspace import Workspace, load_workspace
+from defenses import Defense
 
 log = logging.getLogger("benchmark")
 
@@ -70,6 +71,21 @@ def execute(spec: RunSpec, runtime: Runtime | None = None, write: Writer | None 
     else:
         net, info = train_or_load(spec.defense, spec, ws, device, retrain=runtime.retrain, defense=defense,
                                   config=config)
+    outcome = attack_model(spec, defense, config, net, info, ws, device, progress=runtime.progress)
+    if write is not None and world().is_main:
+        outcome.written = write(outcome)
+    return outcome
+
+
+def attack_model(spec: RunSpec, defense: Defense, config: dict[str, Any], net: nn.Module, info: TrainInfo,
+                 ws: Workspace, device: torch.device, *, progress: bool = False,
+                 stop_at: torch.Tensor | None = None) -> RunOutcome:
+    """Deploy `net` behind `defense`, score the clean queries, every (attack, ε) cell and the suite.
+
+    `execute` calls it once it has the model; `validate`'s planted-example rule calls it on a planted model,
+    with `stop_at` (per query, an AP at which the suite may stop besides its own floor).
+    Finished attack cells are cached as they complete, so a killed run resumes.
+    """
     deployed = deploy(defense, net)
     qf = embed(deployed, ws.query.images, spec, device)
     gf = embed(deployed, ws.gallery.images, spec, device)
@@ -80,11 +96,12 @@ def execute(spec: RunSpec, runtime: Runtime | None = None, write: Writer | None 
                               spec.metric)
     cells = CellStore(spec, info.checkpoint_key, defense, config, ws, device)
     views = attack_views(defense, deployed)
-    outcome = RunOutcome(spec, defense, clean, [], info, ws, deployed, qf, gf, views, [], defense_config=config)
+    outcome = RunOutcome(spec, defense, clean, [], info, ws, deployed, qf, gf, views, [], defense_config=config,
+                         stop_at=stop_at)
     jobs = [(a.name, e) for a in spec.attacks for e in spec.eps]
     clean_images = ws.query.float_images()  # what every cell's output is checked against
     try:
-        for name, eps in tqdm(jobs, desc=f"attacks on {spec.defense.label}", disable=not runtime.progress or None,
+        for name, eps in tqdm(jobs, desc=f"attacks on {spec.defense.label}", disable=not progress or None,
                               leave=False):
             outcome.attacks.append(_attack_cell(outcome, cells, name, eps, clean_images, device))
         if spec.suite is not None:
@@ -96,8 +113,6 @@ def execute(spec: RunSpec, runtime: Runtime | None = None, write: Writer | None 
     if outcome.resumed:
         log.info("resumed: %d of %d attack cells came from the cache", outcome.resumed, len(jobs))
     outcome.flags = sanity_flags(outcome)
-    if write is not None and world().is_main:
-        outcome.written = write(outcome)
     return outcome
 
 

@@ -89,6 +89,9 @@ class RunOutcome:
     flags: list[Any] = field(default_factory=list)
     #: what the run's writer wrote, by label (empty when nothing was written)
     written: dict[str, Path] = field(default_factory=dict)
+    #: per query, an AP (fraction) at or below which the suite stops attacking it, besides its own floor
+    #: (the planted-example check: once a query reached its target, later members cannot change the verdict)
+    stop_at: torch.Tensor | None = field(repr=False, default=None)
 
     @property
     def resumed(self) -> int:

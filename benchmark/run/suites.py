@@ -67,6 +67,8 @@ def query_floors(suite: Suite, outcome: RunOutcome) -> torch.Tensor:
     if suite.floor_above_lowest:
         scorer = QueryScorer(outcome.gallery_feats, ws.gallery.pids, ws.gallery.camids, outcome.spec.metric)
         floor += scorer.lowest_ap(ws.query.pids, ws.query.camids).nan_to_num(0.0)
+    if outcome.stop_at is not None:
+        floor = torch.maximum(floor, outcome.stop_at.to(floor.dtype))
     return floor
 
 

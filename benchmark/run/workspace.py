@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -65,3 +66,8 @@ def load_workspace(spec: RunSpec) -> Workspace:
     return Workspace(test_ds, train, query, gallery, train_name, digests)
 
 
+def subset_queries(ws: Workspace, index: torch.Tensor) -> Workspace:
+    """`ws` with only the queries at `index` (gallery and training split whole); its query digest names the
+    subset, so attack cells of the subset never pass for the whole query set's."""
+    query = SplitTensors(ws.query.images[index], ws.query.pids[index], ws.query.camids[index])
+    return dataclasses.replace(ws, query=query, digests={**ws.digests, "query": split_fingerprint(query)})
