@@ -38,6 +38,8 @@ from benchmark.run.workspace import Workspace, subset_queries
 from defenses import Defense
 
 SHARE = 0.95            # of the planted damage an attack must reach on a query
+AP_TOLERANCE = 0.01     # or it comes this close to the planted AP (1 point: standard-v2's per-query floor)
+FOUND = f"{SHARE:.0%} of its damage or within 1 AP point of it, or the probe fired"  # what found means
 CELLS = (1, 2, 4)       # checkerboard cell sizes tried, in pixels: transforms keep different frequencies
 GATE_LOGIT = 7.0        # the probe's logit at the clean images' highest and the planted images' lowest response
 MIN_GAP = 0.05          # of eps: a smaller gap between the two responses cannot be gated without touching clean scores
@@ -178,8 +180,10 @@ class PlantedReport:
         return ~torch.isnan(self.clean_ap) & (self.clean_ap - self.planted_ap > 0.01)
 
     def found_queries(self, attack: str) -> torch.Tensor:
-        """Per tested query: `attack` reached SHARE of the planted damage, or fired the probe to SHARE."""
-        hit = self.reached[attack] >= SHARE
+        """Per tested query: `attack` reached SHARE of the planted damage (or came within AP_TOLERANCE of the planted
+        AP, the resolution at which standard-v2 stops a query), or fired the probe to SHARE."""
+        damage = (self.clean_ap - self.planted_ap).clamp_min(0.0)
+        hit = (self.reached[attack] >= SHARE) | ((1 - self.reached[attack]) * damage <= AP_TOLERANCE)
         if attack in self.fired:
             hit = hit | (self.fired[attack] >= SHARE)
         return hit[self.tested]
@@ -235,7 +239,7 @@ class PlantedCheck:
         if self.damaged == 0:
             return "the planted example damages no query through the defense"
         if self.found < self.damaged:
-            return (f"{self.suite} found the planted example ({SHARE:.0%} of its damage, or the probe fired) on "
+            return (f"{self.suite} found the planted example ({FOUND}) on "
                     f"{self.found} of {self.damaged} damaged queries: its gradients through the defense do not lead to "
                     "an adversarial example that exists (masked or misdeclared adaptive forward?)")
         return None
@@ -245,7 +249,7 @@ class PlantedCheck:
         if self.problem is not None:
             return self.problem
         improved = ", ".join(f"{m['member']} {m['improved']}/{m['attacked']}" for m in self.members if m["attacked"])
-        return (f"{self.suite} found the planted example ({SHARE:.0%} of its damage, or the probe fired) on "
+        return (f"{self.suite} found the planted example ({FOUND}) on "
                 f"{self.found} of {self.damaged} damaged queries (checkerboard cell {self.plant.cell} px, gap "
                 f"{self.plant.gap:.2f} eps; worst case "
                 f"{self.worst_case_mAP:.2f}; improved/attacked: {improved})")
