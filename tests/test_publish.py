@@ -11,6 +11,7 @@ import pytest
 
 from benchmark.core.errors import BenchmarkError
 from benchmark.report.boards import SUMMARY_TEXT, read_board
+from benchmark.report.fill_intervals import fill_board, fill_intervals
 from benchmark.report.publish import publish
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,3 +118,61 @@ def test_unknown_or_hostile_run_names_are_refused(setting):
     for name in ("nope", "../../etc"):
         with pytest.raises(BenchmarkError, match="no run folder"):
             publish([name], ws_runs, ws_boards, results, boards, say=lambda line: None)
+
+
+LIVE = "20261204-022149-synthped-ddid-reidnet-s-s1-2641b7"  # published with intervals computed by the run itself
+INTERVALS = ["mAP_low", "mAP_high", "R1_low", "R1_high"]
+
+
+def _official_copy(tmp_path):
+    boards = tmp_path / "leaderboards"
+    shutil.copytree(REPO / "leaderboards", boards, ignore=shutil.ignore_patterns("figures", "site", "studies",
+                                                                                "archive"))
+    return boards
+
+
+def test_filling_intervals_reproduces_the_runs_own_and_changes_no_measured_number(tmp_path):
+    boards = _official_copy(tmp_path)
+    board = read_board(boards / "synthped.csv")
+    live = board[board["run_id"] == LIVE][INTERVALS].astype(float).reset_index(drop=True)
+    assert live.notna().all().all()
+    blanked = board.copy()
+    blanked[INTERVALS] = float("nan")
+    blanked.to_csv(boards / "synthped.csv", index=False)
+    summary = read_board(boards / "summary-synthped.csv", SUMMARY_TEXT)
+    ends = [c for c in summary.columns if c.endswith(("_low", "_high"))]
+    summary.assign(**{c: float("nan") for c in ends}).to_csv(boards / "summary-synthped.csv", index=False)
+
+    reports = {r.board.name: r for r in fill_intervals(boards, REPO / "results")}
+
+    assert reports["synthped.csv"].filled == 2 * len(board) and not reports["synthped.csv"].unmatched
+    filled = read_board(boards / "synthped.csv")
+    again = filled[filled["run_id"] == LIVE][INTERVALS].astype(float).reset_index(drop=True)
+    assert ((again - live).abs() <= 2e-4).all().all()  # the record's six decimals, printed to four
+    kept = [c for c in board.columns if c not in INTERVALS]
+    assert filled[kept].astype(str).equals(board[kept].astype(str))
+    assert (filled["mAP_low"] <= filled["mAP"] + 1e-9).all() and (filled["mAP"] <= filled["mAP_high"] + 1e-9).all()
+    seeds = pd.read_csv(boards / "seeds-synthped.csv")
+    assert seeds["worst_case_mAP_ci_low"].notna().all()  # every recipe, one seed or three, now has its interval
+
+
+def test_a_row_its_record_does_not_reproduce_stays_empty_and_is_named(tmp_path):
+    boards = _official_copy(tmp_path)
+    board = read_board(boards / "synthped.csv")
+    odfa = (board["run_id"] == RUN) & (board["attack"] == "odfa")
+    board.loc[odfa, "mAP"] = board.loc[odfa, "mAP"].astype(float) + 1.0
+    board.loc[board["run_id"] == RUN, INTERVALS] = float("nan")
+    board.to_csv(boards / "synthped.csv", index=False)
+
+    report = fill_board(boards / "synthped.csv", REPO / "results")
+
+    assert report.unmatched == [f"{RUN} mAP odfa@8/255: its record does not reproduce the row"]
+    filled = read_board(boards / "synthped.csv")
+    assert filled.loc[odfa, "mAP_low"].isna().all() and filled.loc[odfa, "R1_low"].notna().all()
+    assert filled.loc[(filled["run_id"] == RUN) & ~odfa, "mAP_low"].notna().all()
+
+
+def test_publish_needs_a_run_or_the_fill_flag(setting):
+    ws_runs, ws_boards, results, boards = setting
+    with pytest.raises(BenchmarkError, match="or pass --fill-intervals"):
+        publish([], ws_runs, ws_boards, results, boards, say=lambda line: None)
