@@ -45,3 +45,40 @@ def test_runs_on_different_test_sets_are_refused_in_one_line(tmp_path):
         compare_runs(a, b)
     with pytest.raises(BenchmarkError, match="no run folder with a per_query.csv named 'c'"):
         resolve_run("c", [tmp_path])
+
+
+def _seeded(folder, defense, seed, ap):
+    run = _run(folder, defense, ap)
+    config = json.loads((run / "config.json").read_text())
+    config["spec"]["seed"] = seed
+    (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
+def test_several_seeds_a_side_are_paired_by_seed_and_their_spread_widens_the_interval(tmp_path):
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.05, 0.2, 40)
+    gains = {0: 0.04, 1: 0.00, 2: 0.02}  # the gain depends on the training seed
+    a = [_seeded(tmp_path / f"a{s}", "ddid", s, base + g + rng.normal(0, 0.002, 40)) for s, g in gains.items()]
+    b = [_seeded(tmp_path / f"b{s}", "metric-at", s, base) for s in gains]
+    frame = compare_runs(list(reversed(a)), b).set_index(["score", "metric"])  # paired by seed, not by order
+    row = frame.loc[("standard-v2@8/255", "mAP")]
+    assert row["diff"] == pytest.approx(2.0, abs=0.1)
+    per_seed = [float(x) for x in row["per_seed"].split()]
+    assert per_seed == pytest.approx([100 * g for g in gains.values()], abs=0.1)
+    one_seed = compare_runs(a[2], b[2]).set_index(["score", "metric"]).loc[("standard-v2@8/255", "mAP")]
+    assert row["high"] - row["low"] > 3 * (one_seed["high"] - one_seed["low"])  # seed spread is in the interval
+    text = compare_text(a, b)
+    assert text.startswith("a = ddid seeds 0,1,2 (3 runs); b = metric-at seeds 0,1,2 (3 runs)")
+    assert "over training seeds and identities" in text and "| per seed |" in text
+
+
+def test_sides_on_different_seeds_or_with_a_repeated_seed_are_refused(tmp_path):
+    a = [_seeded(tmp_path / f"a{s}", "ddid", s, np.full(4, 0.1)) for s in (0, 1)]
+    b = [_seeded(tmp_path / f"b{s}", "metric-at", s, np.full(4, 0.1)) for s in (0, 2)]
+    with pytest.raises(BenchmarkError, match=r"different seeds \(0,1 vs 0,2\)"):
+        compare_runs(a, b)
+    with pytest.raises(BenchmarkError, match="two runs of one training seed"):
+        compare_runs([a[0], a[0]], b)
+    with pytest.raises(BenchmarkError, match="name a run"):
+        compare_runs([], b)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
-from benchmark.core.intervals import identity_bootstrap, paired_identity_bootstrap
+from benchmark.core.intervals import identity_bootstrap, paired_identity_bootstrap, seed_and_identity_bootstrap
 
 
 def _clustered(rng: np.random.Generator, identities: int = 60, per_id: int = 3) -> tuple[np.ndarray, np.ndarray]:
@@ -47,3 +48,17 @@ def test_a_paired_interval_separates_a_steady_gain_that_unpaired_intervals_overl
     assert 0 < low <= high < 0.03
     a, b = identity_bootstrap(better, ids), identity_bootstrap(values, ids)
     assert a[0] < b[1]  # unpaired, the intervals overlap: the gain hides in the identity spread
+
+
+def test_the_seed_and_identity_bootstrap_is_the_identity_one_for_one_seed_and_holds_the_seed_spread():
+    values, ids = _clustered(np.random.default_rng(4))
+    other = np.clip(values + np.random.default_rng(5).normal(0.02, 0.01, len(values)), 0, 1)
+    mean, low, high = seed_and_identity_bootstrap((values - other)[None], ids)
+    assert (low, high) == paired_identity_bootstrap(values, other, ids) and mean == pytest.approx(
+        float((values - other).mean()))
+    steady = np.stack([values - other] * 3)
+    spread = steady + np.array([[0.05], [0.0], [-0.05]])  # same mean over seeds, seeds disagree
+    _, s_low, s_high = seed_and_identity_bootstrap(steady, ids)
+    _, w_low, w_high = seed_and_identity_bootstrap(spread, ids)
+    assert w_high - w_low > 2 * (s_high - s_low)
+    assert seed_and_identity_bootstrap(spread, ids) == seed_and_identity_bootstrap(spread, ids)

@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the boards the runs wrote (default: your workspace's leaderboards/)")
     p_cmp = sub.add_parser("compare", help="two runs on the same test set, query by query: paired differences "
                            "with 95 %% intervals", formatter_class=fmt)
-    p_cmp.add_argument("runs", nargs=2, metavar="RUN", help="run folders, or run ids in --results-dir or results/")
+    p_cmp.add_argument("runs", nargs=2, metavar="RUN", help="run folders, or run ids in --results-dir or results/; "
+                       "a comma list of runs, one per training seed, compares over seeds (paired by seed)")
     p_cmp.add_argument("--results-dir", default=None, help="where run ids are looked up first (default: your "
                        "workspace's runs/, then the published results/)")
     p_plots = sub.add_parser("plots", help="draw every figure from the leaderboards and the latest runs",

@@ -192,12 +192,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Print the paired, query-by-query comparison of two runs."""
+    """Print the paired, query-by-query comparison of two runs (or two sets of runs, one per training seed)."""
     from benchmark.core.paths import OFFICIAL_RESULTS, runs_dir
     from benchmark.report.compare import compare_text, resolve_run
 
     folders = [Path(args.results_dir) if args.results_dir else runs_dir(), REPO / OFFICIAL_RESULTS]
-    a, b = (resolve_run(run, folders) for run in args.runs)
+    a, b = ([resolve_run(run, folders) for run in side.split(",") if run] for side in args.runs)
     print(compare_text(a, b), end="")
     return 0
 

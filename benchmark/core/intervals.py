@@ -51,3 +51,32 @@ def paired_difference(a: np.ndarray, b: np.ndarray, identities: np.ndarray) -> t
     both = ~(np.isnan(a) | np.isnan(b))
     low, high = paired_identity_bootstrap(a, b, identities)
     return float((a[both] - b[both]).mean()), low, high
+
+
+def seed_and_identity_bootstrap(differences: np.ndarray, identities: np.ndarray, replicates: int = REPLICATES,
+                                level: float = LEVEL, seed: int = SEED) -> tuple[float, float, float]:
+    """(mean, low, high) of per-query differences between two defenses trained on the same seeds, one row per
+    training seed (seeds x queries; NaN: a query not scored in both). Each replicate draws training seeds and test
+    identities with replacement, both at once, so the interval holds the spread over training and over the test
+    set; with one seed it is `paired_identity_bootstrap`'s. A query is kept only where every seed scored it."""
+    differences = np.atleast_2d(np.asarray(differences, dtype=np.float64))
+    keep = ~np.isnan(differences).any(axis=0)
+    differences, identities = differences[:, keep], np.asarray(identities)[keep]
+    mean = float(differences.mean()) if differences.size else math.nan
+    if len(differences) == 1:
+        return (mean, *identity_bootstrap(differences[0], identities, replicates, level, seed))
+    groups, index = np.unique(identities, return_inverse=True)
+    if len(groups) < 2:
+        return mean, math.nan, math.nan
+    sums = np.stack([np.bincount(index, weights=row, minlength=len(groups)) for row in differences])  # seeds x ids
+    counts = np.bincount(index, minlength=len(groups)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    n_seeds = len(differences)
+    seed_weights = np.stack([np.bincount(d, minlength=n_seeds)
+                             for d in rng.integers(0, n_seeds, (replicates, n_seeds))])
+    id_weights = np.stack([np.bincount(d, minlength=len(groups))
+                           for d in rng.integers(0, len(groups), (replicates, len(groups)))]).astype(np.float64)
+    means = (np.einsum("rs,sg,rg->r", seed_weights, sums, id_weights)
+             / (seed_weights.sum(axis=1) * (id_weights @ counts)))
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return mean, float(low), float(high)

@@ -1,9 +1,10 @@
-"""Two runs compared query by query: the paired difference of every score both report, with its interval.
+"""Two defenses compared query by query: the paired difference of every score both report, with its interval.
 
-Both runs must have scored the same test queries against the same gallery (same data set and data seed:
-their recorded query and gallery digests agree); each query is then its own control, and the interval of
-the mean difference resamples identities (`benchmark.core.intervals.paired_difference`), as
-the boards' intervals do. Training seeds are compared run by run; over several seeds, the seeds board.
+Every run must have scored the same test queries against the same gallery (same data set and data seed:
+their recorded query and gallery digests agree); each query is then its own control. One run a side: the
+interval of the mean difference resamples identities, as the boards' intervals do. Several runs a side,
+one per training seed (the same seeds on both): runs are paired by seed and the interval resamples
+training seeds and identities together (`benchmark.core.intervals.seed_and_identity_bootstrap`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.core.errors import BenchmarkError
-from benchmark.core.intervals import paired_difference
+from benchmark.core.intervals import seed_and_identity_bootstrap
 from benchmark.report.records import read_json_record
 
 
@@ -28,44 +29,87 @@ def resolve_run(run: str, folders: list[Path]) -> Path:
     return candidates[0]
 
 
-def _label(run: Path) -> str:
-    spec = read_json_record(run / "config.json").get("spec", {})
-    return f"{spec.get('defense_label', '?')} seed {spec.get('seed', '?')}"
+def _spec(run: Path) -> dict:
+    return read_json_record(run / "config.json").get("spec", {})
 
 
-def compare_runs(a: Path, b: Path) -> pd.DataFrame:
-    """One row per score both runs have (clean and each attack or suite at each ε): the two means, their
-    difference `diff` = a - b in AP (or rank-1) points, its 95 % paired interval, and whether it excludes 0."""
-    digests = [read_json_record(run / "config.json").get("data_digests", {}) for run in (a, b)]
+def _label(runs: list[Path]) -> str:
+    specs = [_spec(run) for run in runs]
+    seeds = ",".join(str(spec.get("seed", "?")) for spec in specs)
+    names = runs[0].name if len(runs) == 1 else f"{len(runs)} runs"
+    return f"{specs[0].get('defense_label', '?')} seed{'s' if len(runs) > 1 else ''} {seeds} ({names})"
+
+
+def pair_by_seed(a: list[Path], b: list[Path]) -> list[tuple[Path, Path]]:
+    """Runs of the two sides paired by training seed (one run each: paired as given, whatever their seeds)."""
+    if not a or not b:
+        raise BenchmarkError("compare: name a run (or a comma list of runs) on each side")
+    if len(a) == 1 and len(b) == 1:
+        return [(a[0], b[0])]
+    sides = []
+    for runs in (a, b):
+        by_seed = {str(_spec(run).get("seed", "?")): run for run in runs}
+        if len(by_seed) < len(runs):
+            names = ", ".join(r.name for r in runs)
+            raise BenchmarkError(f"compare: two runs of one training seed on one side ({names}); give one run per seed")
+        sides.append(by_seed)
+    if set(sides[0]) != set(sides[1]):
+        raise BenchmarkError(f"compare: the sides were trained on different seeds ({','.join(sorted(sides[0]))} vs "
+                             f"{','.join(sorted(sides[1]))}); give runs of the same training seeds on both")
+    return [(sides[0][seed], sides[1][seed]) for seed in sorted(sides[0], key=lambda s: (len(s), s))]
+
+
+def compare_runs(a: Path | list[Path], b: Path | list[Path]) -> pd.DataFrame:
+    """One row per score both sides have (clean and each attack or suite at each ε): the two means, their
+    difference `diff` = a - b in AP (or rank-1) points, its 95 % paired interval, and whether it excludes 0.
+
+    A side may be several runs, one per training seed, paired with the other side's run of the same seed:
+    the means are over seeds and queries, and the interval resamples training seeds and test identities
+    (`seed_and_identity_bootstrap`); `per_seed` gives each seed's difference."""
+    pairs = pair_by_seed([a] if isinstance(a, Path) else list(a), [b] if isinstance(b, Path) else list(b))
+    runs = [run for pair in pairs for run in pair]
+    digests = [read_json_record(run / "config.json").get("data_digests", {}) for run in runs]
     for split in ("query", "gallery"):
-        if not digests[0].get(split) or digests[0].get(split) != digests[1].get(split):
-            raise BenchmarkError(f"compare: {a.name} and {b.name} scored different {split} sets (data set, data seed "
-                                 "or input size differ); a paired comparison needs the same test set")
-    left, right = (pd.read_csv(run / "per_query.csv") for run in (a, b))
-    if not left["name"].equals(right["name"]) or not left["pid"].equals(right["pid"]):
-        raise BenchmarkError(f"compare: {a.name} and {b.name} list their queries differently; rerun one of them")
-    scores = [c for c in left.columns if c.endswith(("_ap", "_r1")) and c in right.columns]
-    identities = left["pid"].to_numpy()
+        for run, d in zip(runs, digests, strict=True):
+            if not d.get(split) or not digests[0].get(split) or d.get(split) != digests[0].get(split):
+                raise BenchmarkError(f"compare: {runs[0].name} and {run.name} scored different {split} sets (data "
+                                     "set, data seed or input size differ); a paired comparison needs the same test "
+                                     "set")
+    tables = [pd.read_csv(run / "per_query.csv") for run in runs]
+    for run, table in zip(runs[1:], tables[1:], strict=True):
+        if not tables[0]["name"].equals(table["name"]) or not tables[0]["pid"].equals(table["pid"]):
+            raise BenchmarkError(f"compare: {runs[0].name} and {run.name} list their queries differently; rerun one "
+                                 "of them")
+    scores = [c for c in tables[0].columns if c.endswith(("_ap", "_r1")) and all(c in t for t in tables)]
+    identities = tables[0]["pid"].to_numpy()
     rows = []
     for column in scores:
-        x, y = left[column].to_numpy(dtype=float), right[column].to_numpy(dtype=float)
-        both = ~(np.isnan(x) | np.isnan(y))
-        diff, low, high = paired_difference(x, y, identities)
+        x = np.stack([tables[2 * i][column].to_numpy(dtype=float) for i in range(len(pairs))])
+        y = np.stack([tables[2 * i + 1][column].to_numpy(dtype=float) for i in range(len(pairs))])
+        kept = ~(np.isnan(x) | np.isnan(y)).any(axis=0)
+        diff, low, high = seed_and_identity_bootstrap(x - y, identities)
         what, metric = column.rsplit("_", 1)
         rows.append({"score": what, "metric": "mAP" if metric == "ap" else "R1",
-                     "a": 100 * float(x[both].mean()), "b": 100 * float(y[both].mean()), "diff": 100 * diff,
-                     "low": 100 * low, "high": 100 * high, "queries": int(both.sum()),
-                     "verdict": "a higher" if low > 0 else "b higher" if high < 0 else "not separated"})
+                     "a": 100 * float(x[:, kept].mean()), "b": 100 * float(y[:, kept].mean()), "diff": 100 * diff,
+                     "low": 100 * low, "high": 100 * high, "queries": int(kept.sum()),
+                     "verdict": "a higher" if low > 0 else "b higher" if high < 0 else "not separated",
+                     "per_seed": " ".join(f"{100 * float(d[kept].mean()):+.2f}" for d in x - y)})
     return pd.DataFrame(rows)
 
 
-def compare_text(a: Path, b: Path) -> str:
-    """The comparison as a Markdown table under a line naming the two runs."""
-    frame = compare_runs(a, b)
-    head = f"a = {_label(a)} ({a.name}); b = {_label(b)} ({b.name}); 95 % paired intervals over identities\n\n"
-    lines = ["| score | metric | a | b | a - b [95 % interval] | queries | verdict |",
-             "| --- | --- | ---: | ---: | --- | ---: | --- |"]
+def compare_text(a: Path | list[Path], b: Path | list[Path]) -> str:
+    """The comparison as a Markdown table under a line naming the two sides."""
+    a_runs, b_runs = ([a] if isinstance(a, Path) else list(a)), ([b] if isinstance(b, Path) else list(b))
+    frame = compare_runs(a_runs, b_runs)
+    pairs = pair_by_seed(a_runs, b_runs)
+    several = len(pairs) > 1
+    over = "training seeds and identities" if several else "identities"
+    head = (f"a = {_label([p[0] for p in pairs])}; b = {_label([p[1] for p in pairs])}; 95 % paired intervals "
+            f"over {over}\n\n")
+    extra = (" per seed |", " --- |") if several else ("", "")
+    lines = ["| score | metric | a | b | a - b [95 % interval] | queries | verdict |" + extra[0],
+             "| --- | --- | ---: | ---: | --- | ---: | --- |" + extra[1]]
     for r in frame.itertuples(index=False):
         lines.append(f"| {r.score} | {r.metric} | {r.a:.2f} | {r.b:.2f} | {r.diff:+.2f} [{r.low:+.2f}, {r.high:+.2f}] "
-                     f"| {r.queries} | {r.verdict} |")
+                     f"| {r.queries} | {r.verdict} |" + (f" {r.per_seed} |" if several else ""))
     return head + "\n".join(lines) + "\n"
