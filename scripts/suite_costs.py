@@ -5,7 +5,8 @@ per suite result (a run's `standard-*` worst case), one Markdown row per member 
 passes are per query of the whole set (a member's passes per attacked query times the queries it
 attacked, summed, over the number of queries). Used to compare suite versions on the same checkpoint.
 
-`--csv PATH` writes the study table instead (`leaderboards/studies/suite-v2-vs-v1-synthped.csv`): one row per
+`--csv PATH` writes the study table instead, keeping the rows of runs already in it that are not given
+(`leaderboards/studies/suite-v2-vs-v1-synthped.csv`): one row per
 suite result with clean and worst-case mAP, the worst case's 95 % identity-bootstrap interval, passes per
 query, each member's attacked/improved queries, and, where another given run attacked the same checkpoint
 with another suite, the paired interval of the difference over the same queries (this run minus that one).
@@ -106,8 +107,12 @@ def main() -> None:
     parser.add_argument("--csv", type=Path, default=None, help="write the study table to this CSV instead")
     args = parser.parse_args()
     if args.csv is not None:
-        write_csv(pd.DataFrame(study_records(args.runs)), args.csv)  # the boards' CSV writer
-        print(f"wrote {args.csv}")
+        new = pd.DataFrame(study_records(args.runs))
+        if args.csv.is_file():  # rows of runs not given stay: a study grows run by run
+            old = pd.read_csv(args.csv, dtype={"git_commit": str})
+            new = pd.concat([old[~old["run_id"].isin(set(new["run_id"]))], new], ignore_index=True)
+        write_csv(new.sort_values(["dataset", "scale", "defense", "seed", "suite"], kind="stable"), args.csv)
+        print(f"wrote {args.csv} ({len(new)} rows)")
         return
     print("| defense | suite | member | attacked | improved | forward / backward per attacked query | seconds |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: |")

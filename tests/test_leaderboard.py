@@ -17,7 +17,7 @@ def make_row(defense="none", attack="fna", seen="unseen", mAP=10.0, eps="8/255",
                           id_ap_var=1.0, id_ap_worst10=0.5, clean_id_ap_var=2.0, num_queries=10, attack_seconds=1.0,
                           queries_per_image=float("nan"), flags="", train_seconds=3.0, run_id="r", seed=seed,
                           package_version="0", torch_version="t", git_commit="c", device="cpu",
-                          date="2026-01-01T00:00:00Z", command=command)
+                          date="2026-01-01T00:00:00Z", command=command, data_seed="0")
 
 
 def clean_row(defense="none", seed=0):

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from benchmark.core.errors import BenchmarkError
+from benchmark.report.backfill import backfill, backfill_board
 from benchmark.report.boards import SUMMARY_TEXT, read_board
-from benchmark.report.fill_intervals import fill_board, fill_intervals
 from benchmark.report.publish import publish
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,7 +143,7 @@ def test_filling_intervals_reproduces_the_runs_own_and_changes_no_measured_numbe
     ends = [c for c in summary.columns if c.endswith(("_low", "_high"))]
     summary.assign(**{c: float("nan") for c in ends}).to_csv(boards / "summary-synthped.csv", index=False)
 
-    reports = {r.board.name: r for r in fill_intervals(boards, REPO / "results")}
+    reports = {r.board.name: r for r in backfill(boards, REPO / "results")}
 
     assert reports["synthped.csv"].filled == 2 * len(board) and not reports["synthped.csv"].unmatched
     filled = read_board(boards / "synthped.csv")
@@ -164,7 +164,7 @@ def test_a_row_its_record_does_not_reproduce_stays_empty_and_is_named(tmp_path):
     board.loc[board["run_id"] == RUN, INTERVALS] = float("nan")
     board.to_csv(boards / "synthped.csv", index=False)
 
-    report = fill_board(boards / "synthped.csv", REPO / "results")
+    report = backfill_board(boards / "synthped.csv", REPO / "results")
 
     assert report.unmatched == [f"{RUN} mAP odfa@8/255: its record does not reproduce the row"]
     filled = read_board(boards / "synthped.csv")
@@ -174,5 +174,5 @@ def test_a_row_its_record_does_not_reproduce_stays_empty_and_is_named(tmp_path):
 
 def test_publish_needs_a_run_or_the_fill_flag(setting):
     ws_runs, ws_boards, results, boards = setting
-    with pytest.raises(BenchmarkError, match="or pass --fill-intervals"):
+    with pytest.raises(BenchmarkError, match="or pass --backfill"):
         publish([], ws_runs, ws_boards, results, boards, say=lambda line: None)

@@ -13,7 +13,7 @@ from benchmark.report.boards import seed_summary
 def _summary(defense: str, values: list[float], clean: float = 50.0) -> list[dict]:
     return [{"dataset": "synthped", "train_dataset": "synthped", "defense": defense, "backbone": "reidnet-s",
              "settings": "", "seed": s, "clean_mAP": clean + s, "worst_case_mAP": v, "worst_case_R1": v / 2,
-             "robust_mAP_mean": 2 * v} for s, v in enumerate(values)]
+             "robust_mAP_mean": 2 * v, "data_seed": "0"} for s, v in enumerate(values)]
 
 
 def test_seed_summary_reports_mean_sd_n_and_calls_only_gaps_beyond_the_spread():
@@ -44,6 +44,21 @@ def test_the_seeds_board_pairs_a_steady_gap_that_a_seed_wide_shift_hides():
     out = seed_summary(frame).set_index("defense")
     assert "within seed spread; paired on seeds 0,1,2" in out.loc["other", "vs_best"]
     assert out.loc["other", "vs_best"].endswith(": separated")
+
+
+def test_rows_on_another_test_set_share_no_mean():
+    """Rows made before --data-seed drew their data with their training seed: seed 1's row of 'old' is on
+    another test set and stays out of the mean; a custom data seed named in the settings is its own recipe."""
+    fixed = _summary("new", [8.0, 9.0, 10.0])
+    old = _summary("old", [8.0, 30.0])
+    for row in old:
+        row["data_seed"] = ""  # not recorded: its training seed drew the data
+    custom = [dict(r, settings="data-seed=5", data_seed="5") for r in _summary("new", [1.0, 2.0])]
+    out = seed_summary(pd.DataFrame(fixed + old + custom))
+    by_recipe = out.set_index(["defense", "settings"])
+    assert by_recipe.loc[("old", ""), "n"] == 1 and by_recipe.loc[("old", ""), "worst_case_mAP_mean"] == 8.0
+    assert by_recipe.loc[("new", ""), "n"] == 3
+    assert by_recipe.loc[("new", "data-seed=5"), "n"] == 2
 
 
 def test_the_seeds_board_gives_the_query_interval_beside_the_training_seed_sd():

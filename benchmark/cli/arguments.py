@@ -169,9 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_pub = sub.add_parser("publish", help="put runs of your workspace on the official boards and results/ "
                            "(the only writer of both), after the admission rules", formatter_class=fmt)
     p_pub.add_argument("runs", nargs="*", metavar="RUN", help="run folder names in your workspace's runs/")
-    p_pub.add_argument("--fill-intervals", action="store_true",
-                       help="fill the empty 95 %% intervals of published rows from their committed per_query.csv "
-                            "(rows made before runs recorded intervals; no measured number changes)")
+    p_pub.add_argument("--backfill", action="store_true",
+                       help="fill what published rows made before a column existed lack, from their committed "
+                            "records: 95 %% intervals (per_query.csv) and data_seed (config.json); no measured "
+                            "number changes")
     p_pub.add_argument("--yes", action="store_true", help="replace published rows (the diff is printed first)")
     p_pub.add_argument("--results-dir", default=None, help="the runs' folder (default: your workspace's runs/)")
     p_pub.add_argument("--leaderboard-dir", default=None,

@@ -171,20 +171,20 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     """Admit runs of the workspace onto the official boards and into results/ (the only writer of both); with
-    --fill-intervals, fill published rows' missing intervals from their records."""
+    --backfill, fill the cells published rows made before a column existed lack, from their records."""
     from benchmark.core.paths import OFFICIAL_RESULTS, runs_dir
-    from benchmark.report.fill_intervals import fill_intervals
+    from benchmark.report.backfill import backfill
     from benchmark.report.publish import publish
 
-    if args.runs or not args.fill_intervals:
+    if args.runs or not args.backfill:
         written = publish(args.runs, Path(args.results_dir) if args.results_dir else runs_dir(),
                           Path(args.leaderboard_dir) if args.leaderboard_dir else boards_dir(),
                           REPO / OFFICIAL_RESULTS, REPO / OFFICIAL_BOARDS, yes=args.yes)
         for path in dict.fromkeys(written):
             print(f"published: {path}")
-    if args.fill_intervals:
-        for report in fill_intervals(REPO / OFFICIAL_BOARDS, REPO / OFFICIAL_RESULTS):
-            print(f"{report.board.name}: {report.filled} intervals filled, {report.present} already there, "
+    if args.backfill:
+        for report in backfill(REPO / OFFICIAL_BOARDS, REPO / OFFICIAL_RESULTS):
+            print(f"{report.board.name}: {report.filled} cells filled, {report.present} already there, "
                   f"{len(report.unmatched)} without a matching record")
             for line in report.unmatched:
                 print(f"  {line}")

@@ -106,8 +106,8 @@ class LeaderboardRow:
                              "the training code)", "")
     data_digest: str = column("content hash of the train, query and gallery splits", "")
     data_seed: str = column("seed that drew the data set (synthped's images, a random identity split); official rows: "
-                            "0, the protocol's test set. Empty on rows written before it was separate from `seed`, "
-                            "which then drew the data as well", "")
+                            "0, the protocol's test set. Rows made before it was separate from `seed` were drawn by "
+                            "their training seed, which `publish --backfill` wrote here", "")
     defense_dist: str = column("the distribution (name and version) that provided the defense: this package or a "
                                "plug-in", "")
     attack_dist: str = column("the distribution that provided the attack", "")
@@ -192,6 +192,10 @@ class SummaryRow:
     worst_case_mAP_high: float = column("upper end of the same interval", math.nan)
     worst_case_R1_low: float = column("95 % bootstrap interval of `worst_case_R1`: lower end", math.nan)
     worst_case_R1_high: float = column("upper end of the same interval", math.nan)
+    data_seed: str = column("seed that drew the data set; the protocol's test set is data seed 0, any other is named "
+                            "in `settings` (`data-seed=N`), except on rows made before `--data-seed`, whose training "
+                            "seed drew the data: those stay on the board but share no mean, table or figure with "
+                            "rows on another test set", "")
 
 
 @dataclass
@@ -215,7 +219,7 @@ class ThroughputRow:
 TEXT_COLUMNS = tuple(f.name for f in fields(LeaderboardRow) if f.type == "str")
 SUMMARY_TEXT = ("dataset", "train_dataset", "defense", "backbone", "settings", "eps", "worst_attack", "flags", "suite",
                 "attacked_with", "run_id", "git_commit", "train_commit", "device", "torch_version", "date",
-                "command", "checkpoint")
+                "command", "checkpoint", "data_seed")
 
 
 def neutralise(value: object) -> object:
@@ -260,11 +264,14 @@ def seed_summary(summary: pd.DataFrame) -> pd.DataFrame:
     `vs_best` compares each recipe's worst-case mean with the best one on the same data set and calls
     a difference real only when it exceeds the two seed spreads added (±1 sd bars that do not
     touch); with one seed there is no spread, and nothing is called. Where the two seed sets differ, the
-    gap on the seeds both have follows.
+    gap on the seeds both have follows. Rows on another test set than their recipe's (`on_recipe_test_set`:
+    made before `--data-seed` with a training seed other than 0) are left out: a mean never mixes test sets.
     """
     if summary.empty or "worst_case_mAP" not in summary:
         return pd.DataFrame()
-    frame = summary.copy()
+    frame = summary[on_recipe_test_set(summary)].copy()
+    if frame.empty:
+        return pd.DataFrame()
     for col in SEED_GROUP:
         frame[col] = frame[col].fillna("").astype(str) if col in frame else ""
     rows, worst_by_seed = [], []
@@ -550,7 +557,28 @@ def summarise_run(run: pd.DataFrame) -> dict[str, Any]:
         clean_mAP_low=_at(clean, "mAP_low"), clean_mAP_high=_at(clean, "mAP_high"),
         worst_case_mAP_low=_at(suite_row, "mAP_low"), worst_case_mAP_high=_at(suite_row, "mAP_high"),
         worst_case_R1_low=_at(suite_row, "R1_low"), worst_case_R1_high=_at(suite_row, "R1_high"),
+        data_seed=_text(first.get("data_seed")),
     ))
+
+
+def _text(value: Any) -> str:
+    """A text cell: empty for a missing or NaN value; a number read from CSV as 0.0 back to '0'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def on_recipe_test_set(frame: pd.DataFrame) -> pd.Series:
+    """Rows scored on the test set their recipe names: data seed 0, the protocol's, unless `settings` names another
+    (`data-seed=N`). A row made before `--data-seed` drew its data with its training seed under standard settings;
+    with a seed other than 0 it is on another test set, and shares no mean, table or figure with the others."""
+    if frame.empty:
+        return pd.Series(True, index=frame.index)
+    seeds = frame["seed"].map(_text) if "seed" in frame else pd.Series("0", index=frame.index)
+    recorded = frame["data_seed"].map(_text) if "data_seed" in frame else pd.Series("", index=frame.index)
+    data_seed = recorded.where(recorded.ne(""), seeds)
+    named = frame["settings"].fillna("").astype(str).str.contains("data-seed=") if "settings" in frame else False
+    return data_seed.eq("0") | named
 
 
 def _covers_more(old: pd.Series, new: pd.Series) -> bool:
@@ -634,8 +662,10 @@ def headline_rows(frame: pd.DataFrame, key: tuple[str, ...] = RECIPE, suite: str
 
 
 def read_summary(path: str | Path) -> pd.DataFrame:
-    """A summary board as tables, pages and figures show it: one suite per recipe (`headline_rows`)."""
-    return headline_rows(read_board(path, SUMMARY_TEXT))
+    """A summary board as tables, pages and figures show it: one suite per recipe (`headline_rows`), the rows on
+    their recipe's test set (`on_recipe_test_set`)."""
+    frame = headline_rows(read_board(path, SUMMARY_TEXT))
+    return frame[on_recipe_test_set(frame)]
 
 
 def upsert_summaries(summary_path: Path, summaries: list[dict]) -> None:

@@ -22,8 +22,8 @@ import pandas as pd
 from attacks.suites import DEFAULT_SUITE, PUBLISHED_SUITES
 from benchmark.core.atomic import atomic_folder
 from benchmark.core.errors import BenchmarkError
+from benchmark.report.backfill import backfill_board
 from benchmark.report.boards import ROW_KEY, SUMMARY_TEXT, board_paths, read_board, upsert_rows, upsert_summaries
-from benchmark.report.fill_intervals import fill_board
 from benchmark.run.spec import safe_name
 
 #: what a published run folder keeps: its records (figures are redrawn from them)
@@ -128,7 +128,7 @@ def publish(run_ids: list[str], workspace_runs: Path, workspace_boards: Path, re
     (or none): run folders' records into `results`, rows and summaries onto the official `boards`."""
     if not run_ids:
         raise BenchmarkError("publish: name at least one run (a folder of your workspace's runs/), or pass "
-                             "--fill-intervals")
+                             "--backfill")
     runs = [_load(r, workspace_runs, workspace_boards) for r in run_ids]
     refusals = []
     for run in runs:
@@ -161,5 +161,5 @@ def publish(run_ids: list[str], workspace_runs: Path, workspace_boards: Path, re
         upsert_summaries(summary_path, run.summary.to_dict("records"))
         written += [target, board_path, summary_path]
     for board in dict.fromkeys(p for p in written if p.suffix == ".csv"):
-        fill_board(board, results)  # a run made before runs recorded intervals gets them from its record
+        backfill_board(board, results)  # cells older rows lack, from their records
     return written

@@ -275,7 +275,7 @@ class RunSpec:
                 metric=record["metric"], norm=record["norm"], suite=record.get("suite"),
                 check_convergence=bool(record.get("check_convergence", False)),
                 train_processes=int(record.get("train_processes", 1)), amp=record.get("amp", "off"),
-                split=record.get("split", "test"), data_seed=int(record.get("data_seed", record["seed"])))
+                split=record.get("split", "test"), data_seed=recorded_data_seed(record))
         except (KeyError, TypeError, ValueError) as exc:
             raise BenchmarkError(f"run specification JSON is incomplete or malformed ({type(exc).__name__}: {exc}); "
                                  "write it with RunSpec.to_json") from None
@@ -283,6 +283,12 @@ class RunSpec:
             raise BenchmarkError(f"run specification JSON reads back as digest {spec.digest}, not its recorded "
                                  f"{record['digest']}: it was written by another version of the benchmark")
         return spec
+
+
+def recorded_data_seed(record: Mapping[str, Any]) -> int:
+    """The data seed of a specification's JSON: written when it differs from the training seed; a record made before
+    `--data-seed` has none, and its training seed drew the data."""
+    return int(record.get("data_seed", record["seed"]))
 
 
 def _data_from_json(record: Mapping[str, Any]) -> DataSpec:
