@@ -25,7 +25,7 @@ from filelock import FileLock
 from benchmark.core.enums import Seen
 from benchmark.core.intervals import identity_bootstrap
 from benchmark.core.protocol import STANDARD_EPS_LABEL
-from benchmark.report.boards import SUMMARY_TEXT, board_kind, read_board, seed_summary, seeds_path, write_csv
+from benchmark.report.boards import SUMMARY_TEXT, board_kind, read_board, seed_summary, seeds_path, text_cell, write_csv
 from benchmark.report.records import read_json_record
 from benchmark.run.spec import recorded_data_seed
 
@@ -80,7 +80,7 @@ def _score_interval(record: pd.DataFrame, column: str, expected: float) -> tuple
 
 
 def _empty(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == ""
+    return text_cell(value) == ""
 
 
 def _fill_intervals(frame: pd.DataFrame, records: _Records, report: BackfillReport,

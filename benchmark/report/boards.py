@@ -557,11 +557,11 @@ def summarise_run(run: pd.DataFrame) -> dict[str, Any]:
         clean_mAP_low=_at(clean, "mAP_low"), clean_mAP_high=_at(clean, "mAP_high"),
         worst_case_mAP_low=_at(suite_row, "mAP_low"), worst_case_mAP_high=_at(suite_row, "mAP_high"),
         worst_case_R1_low=_at(suite_row, "R1_low"), worst_case_R1_high=_at(suite_row, "R1_high"),
-        data_seed=_text(first.get("data_seed")),
+        data_seed=text_cell(first.get("data_seed")),
     ))
 
 
-def _text(value: Any) -> str:
+def text_cell(value: Any) -> str:
     """A text cell: empty for a missing or NaN value; a number read from CSV as 0.0 back to '0'."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -574,8 +574,8 @@ def on_recipe_test_set(frame: pd.DataFrame) -> pd.Series:
     with a seed other than 0 it is on another test set, and shares no mean, table or figure with the others."""
     if frame.empty:
         return pd.Series(True, index=frame.index)
-    seeds = frame["seed"].map(_text) if "seed" in frame else pd.Series("0", index=frame.index)
-    recorded = frame["data_seed"].map(_text) if "data_seed" in frame else pd.Series("", index=frame.index)
+    seeds = frame["seed"].map(text_cell) if "seed" in frame else pd.Series("0", index=frame.index)
+    recorded = frame["data_seed"].map(text_cell) if "data_seed" in frame else pd.Series("", index=frame.index)
     data_seed = recorded.where(recorded.ne(""), seeds)
     named = frame["settings"].fillna("").astype(str).str.contains("data-seed=") if "settings" in frame else False
     return data_seed.eq("0") | named
