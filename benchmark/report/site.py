@@ -21,7 +21,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from benchmark.core.atomic import TMP_PREFIX, atomic_write_text, remove_folder, sweep_stale_temps
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.protocol import WORST_CASE
-from benchmark.report.boards import THROUGHPUT_UNITS, check_boards, headline_rows
+from benchmark.report.boards import THROUGHPUT_UNITS, check_boards, headline_rows, on_recipe_test_set
 from benchmark.report.captions import current_flags, single_attack_caption
 from benchmark.report.records import read_json_record
 from benchmark.run.spec import safe_name
@@ -212,9 +212,12 @@ class SiteBuilder:
         return self.render(out, "index.html", "index.html.j2", title="reid-robustness-bench", pages=entries)
 
     def dataset_pages(self, out: Path, dataset: str) -> list[Path]:
-        """The data set's board and one page per run it cites."""
-        summary = headline_rows(_read(self.boards / f"summary-{dataset}.csv",
-                                      [c.key for c in BOARD_COLUMNS] + ["run_id", "eps", "suite"]))
+        """The data set's board (the headline suite's rows on their recipe's test set) and one page per run on the
+        recipe's test set, of any suite: the board links the headline runs, each run page its recipe's others."""
+        published = _read(self.boards / f"summary-{dataset}.csv",
+                          [c.key for c in BOARD_COLUMNS] + ["run_id", "eps", "suite", "data_seed"])
+        published = published[on_recipe_test_set(published)]
+        summary = headline_rows(published)
         board_path = self.boards / f"{dataset}.csv"
         needed = [c.key for c in ATTACK_COLUMNS] + [*GROUP, "seed", "run_id", "eps", "suite", "checkpoint", "date"]
         board = _read(board_path, needed) if board_path.is_file() else None
@@ -229,6 +232,9 @@ class SiteBuilder:
             pages += run_pages
             over_seeds = seeds.get((str(first["train_dataset"]), *(str(first[k]) for k in GROUP)))
             rows.append(self.board_row(first, group, run_pages[0].relative_to(out).as_posix(), over_seeds))
+        for _, run in published[~published["run_id"].isin(set(summary["run_id"]))].iterrows():  # other suites
+            same = (published[list(GROUP)] == run[list(GROUP)]).all(axis=1) & published["suite"].eq(run["suite"])
+            pages.append(self.run_page(out, dataset, run, board, published[same]))
         rank = [c.key for c in BOARD_COLUMNS].index("worst_case_mAP")
         rows.sort(key=lambda r: -(_number(r.cells[rank].value) or -1.0))
         figures = []
