@@ -66,7 +66,15 @@ def compare_runs(a: Path | list[Path], b: Path | list[Path]) -> pd.DataFrame:
     A side may be several runs, one per training seed, paired with the other side's run of the same seed:
     the means are over seeds and queries, and the interval resamples training seeds and test identities
     (`seed_and_identity_bootstrap`); `per_seed` gives each seed's difference."""
-    pairs = pair_by_seed([a] if isinstance(a, Path) else list(a), [b] if isinstance(b, Path) else list(b))
+    return _compare_pairs(pair_by_seed(_side(a), _side(b)))
+
+
+def _side(runs: Path | list[Path]) -> list[Path]:
+    return [runs] if isinstance(runs, Path) else list(runs)
+
+
+def _compare_pairs(pairs: list[tuple[Path, Path]]) -> pd.DataFrame:
+    """`compare_runs` on runs already paired by seed."""
     runs = [run for pair in pairs for run in pair]
     digests = [read_json_record(run / "config.json").get("data_digests", {}) for run in runs]
     for split in ("query", "gallery"):
@@ -84,8 +92,8 @@ def compare_runs(a: Path | list[Path], b: Path | list[Path]) -> pd.DataFrame:
     identities = tables[0]["pid"].to_numpy()
     rows = []
     for column in scores:
-        x = np.stack([tables[2 * i][column].to_numpy(dtype=float) for i in range(len(pairs))])
-        y = np.stack([tables[2 * i + 1][column].to_numpy(dtype=float) for i in range(len(pairs))])
+        x = np.stack([table[column].to_numpy(dtype=float) for table in tables[0::2]])  # a side: every pair's first
+        y = np.stack([table[column].to_numpy(dtype=float) for table in tables[1::2]])
         kept = ~(np.isnan(x) | np.isnan(y)).any(axis=0)
         diff, low, high = seed_and_identity_bootstrap(x - y, identities)
         what, metric = column.rsplit("_", 1)
@@ -99,9 +107,8 @@ def compare_runs(a: Path | list[Path], b: Path | list[Path]) -> pd.DataFrame:
 
 def compare_text(a: Path | list[Path], b: Path | list[Path]) -> str:
     """The comparison as a Markdown table under a line naming the two sides."""
-    a_runs, b_runs = ([a] if isinstance(a, Path) else list(a)), ([b] if isinstance(b, Path) else list(b))
-    frame = compare_runs(a_runs, b_runs)
-    pairs = pair_by_seed(a_runs, b_runs)
+    pairs = pair_by_seed(_side(a), _side(b))
+    frame = _compare_pairs(pairs)
     several = len(pairs) > 1
     over = "training seeds and identities" if several else "identities"
     head = (f"a = {_label([p[0] for p in pairs])}; b = {_label([p[1] for p in pairs])}; 95 % paired intervals "
