@@ -95,6 +95,17 @@ def test_board_figures_draw_sweeps_per_attack_and_variants_apart(tmp_path):
     assert figures.eps_curves(board[board["defense"] != "none"], "e", tmp_path / "e", save_figure) == []
 
 
+def test_a_curves_clean_point_comes_from_the_checkpoints_of_its_other_points():
+    from benchmark.report.board_figures import _clean_of
+
+    board = pd.DataFrame([{"defense": "none", "seen": "clean", "mAP": m, "checkpoint": c}
+                          for m, c in ((60.0, "s0"), (70.0, "s1"), (80.0, "s2"))]
+                         + [{"defense": "none", "seen": "worst-case", "mAP": 1.0, "checkpoint": "s1"}])
+    assert list(_clean_of(board, board[board["seen"] == "worst-case"])["mAP"]) == [70.0]
+    legacy = board.assign(checkpoint="")  # rows before checkpoints were recorded: every clean row of the defense
+    assert len(_clean_of(legacy, legacy[legacy["seen"] == "worst-case"])) == 3
+
+
 def test_heatmap_rows_name_their_seeds_when_seed_sets_differ():
     from benchmark.report.board_figures import seed_labels
 

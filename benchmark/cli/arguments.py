@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_table.add_argument("--variants", action="store_true", help="the labelled recipes (e.g. DDID ablations)")
     p_table.add_argument("--suites", action="store_true",
                          help="every published suite's worst case side by side, per model (standard-v1 vs -v2)")
+    p_table.add_argument("--curves", action="store_true",
+                         help="robustness curves: each model's suite worst case at every ε it was run at")
     p_table.add_argument("--leaderboard-dir", default="leaderboards")
     p_table.add_argument("--readme", default=None, metavar="PATH",
                          help="rewrite the tables between <!-- table:... --> markers in this file instead")

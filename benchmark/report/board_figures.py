@@ -152,6 +152,14 @@ def swept(board: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     return attacked, counts[counts >= 2]
 
 
+def _clean_of(board: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """The clean rows of the models `rows` were measured on (by checkpoint where rows record one), so a curve's ε = 0
+    point comes from the same checkpoints as the rest of it."""
+    clean = board[board["defense"].isin(rows["defense"]) & (board["seen"] == "clean")]
+    checkpoints = set(rows["checkpoint"]) - {""} if "checkpoint" in rows else set()
+    return clean[clean["checkpoint"].isin(checkpoints)] if checkpoints else clean
+
+
 def eps_curves(board: pd.DataFrame, dataset: str, stem: Path, save: Saver) -> list[Path]:
     """One panel per attack or suite swept over ε, every defense on it; ticks at the measured ε; seen attacks
     hollow. A suite's panel is the robustness curve of its per-query worst case."""
@@ -168,7 +176,7 @@ def eps_curves(board: pd.DataFrame, dataset: str, stem: Path, save: Saver) -> li
             rows = attacked[(attacked["attack"] == attack) & (attacked["defense"] == defense)]
             # the label (8/255) holds the exact ε; eps_value is rounded in the CSV
             curve = rows.groupby(rows["eps"].map(_eps_units))["mAP"].mean().sort_index()
-            clean = board[(board["defense"] == defense) & (board["seen"] == "clean")]["mAP"]
+            clean = _clean_of(board, rows)["mAP"]
             xs = [0.0, *curve.index]
             ys = [float(clean.mean()) if len(clean) else np.nan, *curve.values]
             ticks |= set(np.round(xs, 3))

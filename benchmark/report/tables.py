@@ -2,8 +2,8 @@
 
 The README's result tables sit between `<!-- table:<dataset>[:<variant>] -->` and `<!-- /table -->`
 markers and are regenerated with `python -m benchmark table --readme`; a test checks they match. Variants:
-`seeds` (recipes over seeds), `suites` (each suite's worst case per model), `variants` (labelled recipes),
-`ablation-<defense>` (a defense's ablation study).
+`seeds` (recipes over seeds), `suites` (each suite's worst case per model), `curves` (a suite's worst case over
+ε per model), `variants` (labelled recipes), `ablation-<defense>` (a defense's ablation study).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from benchmark.report.boards import (
     board_paths,
     check_boards,
     headline_rows,
+    on_recipe_test_set,
     read_board,
     read_summary,
     rows_of_model,
@@ -183,6 +184,43 @@ def suites_frame(leaderboard_dir: str | Path, dataset: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _eps_value(label: str) -> float:
+    """2/255 -> 2.0, for ordering ε labels."""
+    return float(str(label).split("/")[0])
+
+
+def curves_frame(leaderboard_dir: str | Path, dataset: str) -> pd.DataFrame:
+    """Robustness curves as a table: one row per model and suite measured at two or more ε, at the protocol's
+    settings and on the recipe's test set: clean mAP and the suite's per-query worst-case mAP [95 % interval] at
+    each ε. Rows by worst case at the standard ε, best first; a model keeps its own row (no mean over seeds
+    hides which checkpoints a point comes from)."""
+    board_path, summary_path = board_paths(leaderboard_dir, dataset, official=True)
+    board, summary = read_board(board_path), read_board(summary_path, SUMMARY_TEXT)
+    if board.empty or summary.empty or "suite" not in summary:
+        return pd.DataFrame()
+    summary = summary[summary["suite"].ne("") & on_recipe_test_set(summary)]
+    summary = _protocol_rows(summary, variants=False)
+    rows, order = [], []
+    for _, s in summary.iterrows():
+        model = rows_of_model(board, s)
+        curve = model[model["attack"] == s["suite"]]
+        if curve["eps"].nunique() < 2:
+            continue
+        clean = model[model["seen"] == "clean"]
+        row = {"defense": s["defense"], "seed": str(int(s["seed"])), "suite": s["suite"],
+               "clean mAP": _with_interval(clean.iloc[0], "mAP", text=True) if len(clean) else "-"}
+        for _, point in curve.sort_values("eps", key=lambda e: e.map(_eps_value)).iterrows():
+            row[f"ε {point['eps']}"] = _with_interval(point, "mAP", text=True)
+        rows.append(row)
+        order.append((-float(s["worst_case_mAP"]) if pd.notna(s["worst_case_mAP"]) else 0.0, s["defense"],
+                      int(s["seed"]), s["suite"]))
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame([r for _, r in sorted(zip(order, rows, strict=True), key=lambda pair: pair[0])])
+    eps_columns = sorted((c for c in frame.columns if c.startswith("ε ")), key=lambda c: _eps_value(c[2:]))
+    return frame[["defense", "seed", "suite", "clean mAP", *eps_columns]].fillna("-")
+
+
 def _caption(leaderboard_dir: str | Path, dataset: str) -> str:
     """The summary table's caption paragraph (Markdown), '' when there is nothing to say."""
     _, summary_path = board_paths(leaderboard_dir, dataset, official=True)
@@ -199,6 +237,8 @@ def readme_tables(text: str, leaderboard_dir: str | Path) -> str:
             frame = seeds_frame(leaderboard_dir, dataset)
         elif variant == "suites":
             frame = suites_frame(leaderboard_dir, dataset)
+        elif variant == "curves":
+            frame = curves_frame(leaderboard_dir, dataset)
         elif variant.startswith("ablation-"):
             frame = ablation.table(leaderboard_dir, dataset, variant.removeprefix("ablation-"))
         else:
@@ -230,6 +270,9 @@ def cmd_table(args: argparse.Namespace) -> int:
                              f"{', '.join(found) or 'none'} (--dataset, --leaderboard-dir)")
     if args.suites:
         print(render(suites_frame(args.leaderboard_dir, args.dataset), args.format), end="")
+        return 0
+    if args.curves:
+        print(render(curves_frame(args.leaderboard_dir, args.dataset), args.format), end="")
         return 0
     print(render(summary_frame(args.leaderboard_dir, args.dataset, args.variants), args.format), end="")
     if args.format == "md" and not args.variants:
