@@ -150,10 +150,6 @@ class JpegDefense(TransformDefense):
 
     Options = JpegOptions
 
-    def surrogate_choice(self) -> str:
-        """The --defense-opt surrogate: 'auto' or one declared forward by name."""
-        return self.options.surrogate
-
     def preprocessor(self) -> Any:
         """The ART preprocessor of this transform."""
         from art.defences.preprocessor import JpegCompression
@@ -179,10 +175,6 @@ class SqueezeDefense(TransformDefense):
 
     Options = SqueezeOptions
 
-    def surrogate_choice(self) -> str:
-        """The --defense-opt surrogate: 'auto' or one declared forward by name."""
-        return self.options.surrogate
-
     def preprocessor(self) -> Any:
         """The ART preprocessor of this transform."""
         from art.defences.preprocessor import FeatureSqueezing
@@ -207,10 +199,6 @@ class SmoothDefense(TransformDefense):
     """Median filtering of the input (ART SpatialSmoothing), attacked through the exact median in torch."""
 
     Options = SmoothOptions
-
-    def surrogate_choice(self) -> str:
-        """The --defense-opt surrogate: 'auto' or one declared forward by name."""
-        return self.options.surrogate
 
     def preprocessor(self) -> Any:
         """The ART preprocessor of this transform."""
