@@ -95,6 +95,25 @@ def test_board_figures_draw_sweeps_per_attack_and_variants_apart(tmp_path):
     assert figures.eps_curves(board[board["defense"] != "none"], "e", tmp_path / "e", save_figure) == []
 
 
+def test_the_eps_figure_legend_names_every_defense_whichever_panel_it_is_on(tmp_path):
+    from benchmark.report import board_figures as figures
+
+    rows = [{"defense": d, "attack": "clean", "eps": "0", "eps_value": 0.0, "seen": "clean", "mAP": 60.0,
+             "suite": "", "run_id": d, "checkpoint": d} for d in ("ddid", "none")]
+    rows += [{"defense": d, "attack": a, "eps": f"{e}/255", "eps_value": e / 255, "seen": "unseen", "mAP": 9.0 - e,
+              "suite": "standard-v2" if a == "standard-v2" else "", "run_id": d, "checkpoint": d}
+             for d, a in (("ddid", "standard-v2"), ("none", "fna")) for e in (2, 8)]
+    labels: list[str] = []
+
+    def record(fig, stem):
+        labels.extend(text.get_text() for text in fig.legends[0].get_texts())
+        fig.clf()
+        return []
+
+    figures.eps_curves(pd.DataFrame(rows), "d", tmp_path / "d", record)
+    assert labels == ["ddid", "none"]
+
+
 def test_a_curves_clean_point_comes_from_the_checkpoints_of_its_other_points():
     from benchmark.report.board_figures import _clean_of
 

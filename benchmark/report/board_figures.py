@@ -188,9 +188,12 @@ def eps_curves(board: pd.DataFrame, dataset: str, stem: Path, save: Saver) -> li
         ax.set_title(f"{attack} (worst case)" if attack in set(attacked["suite"]) else attack, fontsize=8)
         ax.set_xlabel("ε (×1/255)", fontsize=7)
     axes[0][0].set_ylabel("mAP (%)", fontsize=7)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, -0.12), ncols=len(labels), fontsize=7,
-               frameon=False)
+    legend: dict[str, object] = {}  # every defense once, whichever panels it is on
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", bbox_to_anchor=(0.5, -0.12),
+               ncols=len(legend), fontsize=7, frameon=False)
     fig.suptitle(f"mAP vs ε, {dataset} (hollow markers: attack seen in training)", fontsize=8, y=1.02)
     return save(fig, stem)
 
