@@ -17,7 +17,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from benchmark.core.protocol import STANDARD_EPS_LABEL as EPS
 from benchmark.core.protocol import WORST_CASE
-from benchmark.report.boards import THROUGHPUT_UNITS
+from benchmark.report.boards import THROUGHPUT_UNITS, eps_units
 
 ONE_COLUMN, TWO_COLUMNS = 3.4, 7.0
 #: Okabe & Ito (2008), distinguishable under the common colour-vision deficiencies (their yellow, too faint
@@ -66,11 +66,6 @@ def spread_labels(values: list[float], min_gap: float) -> list[float]:
         for i, y in zip(cluster, layout(cluster), strict=True):
             placed[i] = y
     return placed
-
-
-def _eps_units(label: str) -> float:
-    """8/255 -> 8.0."""
-    return float(str(label).split("/")[0])
 
 
 def is_variant(defenses: pd.Series | pd.Index) -> np.ndarray:
@@ -174,8 +169,7 @@ def eps_curves(board: pd.DataFrame, dataset: str, stem: Path, save: Saver) -> li
         ticks: set[float] = {0.0}
         for defense in sorted(swept_pairs.loc[attack].index):
             rows = attacked[(attacked["attack"] == attack) & (attacked["defense"] == defense)]
-            # the label (8/255) holds the exact ε; eps_value is rounded in the CSV
-            curve = rows.groupby(rows["eps"].map(_eps_units))["mAP"].mean().sort_index()
+            curve = rows.groupby(rows["eps"].map(eps_units))["mAP"].mean().sort_index()
             clean = _clean_of(board, rows)["mAP"]
             xs = [0.0, *curve.index]
             ys = [float(clean.mean()) if len(clean) else np.nan, *curve.values]

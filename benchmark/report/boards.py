@@ -491,6 +491,12 @@ def _at(frame: pd.DataFrame, column: str, default: float = math.nan) -> float:
     return float(frame[column].iloc[0]) if len(frame) and column in frame else default
 
 
+def eps_units(label: str) -> float:
+    """A board's ε label in units of 1/255, for ordering and plotting: '8/255' -> 8.0 (the label holds the exact ε;
+    `eps_value` is rounded in the CSV)."""
+    return float(str(label).split("/")[0])
+
+
 def rows_of_model(board: pd.DataFrame, summary_row: pd.Series) -> pd.DataFrame:
     """The board's rows for the trained model a summary row describes, whichever run wrote them.
 

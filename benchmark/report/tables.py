@@ -27,6 +27,7 @@ from benchmark.report.boards import (
     SUMMARY_TEXT,
     board_paths,
     check_boards,
+    eps_units,
     headline_rows,
     on_recipe_test_set,
     read_board,
@@ -184,11 +185,6 @@ def suites_frame(leaderboard_dir: str | Path, dataset: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _eps_value(label: str) -> float:
-    """2/255 -> 2.0, for ordering ε labels."""
-    return float(str(label).split("/")[0])
-
-
 def curves_frame(leaderboard_dir: str | Path, dataset: str) -> pd.DataFrame:
     """Robustness curves as a table: one row per model and suite measured at two or more ε, at the protocol's
     settings and on the recipe's test set: clean mAP and the suite's per-query worst-case mAP [95 % interval] at
@@ -209,7 +205,7 @@ def curves_frame(leaderboard_dir: str | Path, dataset: str) -> pd.DataFrame:
         clean = model[model["seen"] == "clean"]
         row = {"defense": s["defense"], "seed": str(int(s["seed"])), "suite": s["suite"],
                "clean mAP": _with_interval(clean.iloc[0], "mAP", text=True) if len(clean) else "-"}
-        for _, point in curve.sort_values("eps", key=lambda e: e.map(_eps_value)).iterrows():
+        for _, point in curve.sort_values("eps", key=lambda e: e.map(eps_units)).iterrows():
             row[f"ε {point['eps']}"] = _with_interval(point, "mAP", text=True)
         rows.append(row)
         order.append((-float(s["worst_case_mAP"]) if pd.notna(s["worst_case_mAP"]) else 0.0, s["defense"],
@@ -217,7 +213,7 @@ def curves_frame(leaderboard_dir: str | Path, dataset: str) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
     frame = pd.DataFrame([r for _, r in sorted(zip(order, rows, strict=True), key=lambda pair: pair[0])])
-    eps_columns = sorted((c for c in frame.columns if c.startswith("ε ")), key=lambda c: _eps_value(c[2:]))
+    eps_columns = sorted((c for c in frame.columns if c.startswith("ε ")), key=lambda c: eps_units(c[2:]))
     return frame[["defense", "seed", "suite", "clean mAP", *eps_columns]].fillna("-")
 
 
