@@ -21,7 +21,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from benchmark.core.atomic import TMP_PREFIX, atomic_write_text, remove_folder, sweep_stale_temps
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.protocol import WORST_CASE
-from benchmark.report.boards import THROUGHPUT_UNITS, check_boards, headline_rows, on_recipe_test_set
+from benchmark.report.boards import THROUGHPUT_UNITS, check_boards, eps_units, headline_rows, on_recipe_test_set
 from benchmark.report.captions import current_flags, single_attack_caption
 from benchmark.report.records import read_json_record
 from benchmark.run.spec import safe_name
@@ -339,7 +339,7 @@ class SiteBuilder:
             if key in board:
                 same = same[same[key] == run.get(key, "")]
         same = same[~same["attack"].isin(["clean", WORST_CASE])]
-        eps_values = sorted(same["eps"].unique(), key=lambda e: _number(e.split("/")[0]) or 0.0)
+        eps_values = sorted(same["eps"].unique(), key=eps_units)
         if len(eps_values) < 2:
             return [], []
         columns = [Column("attack", "attack", text=True)] + [Column(e, f"ε {e}") for e in eps_values]

@@ -196,7 +196,7 @@ def curves_frame(leaderboard_dir: str | Path, dataset: str) -> pd.DataFrame:
         return pd.DataFrame()
     summary = summary[summary["suite"].ne("") & on_recipe_test_set(summary)]
     summary = _protocol_rows(summary, variants=False)
-    rows, order = [], []
+    rows = []
     for _, s in summary.iterrows():
         model = rows_of_model(board, s)
         curve = model[model["attack"] == s["suite"]]
@@ -204,15 +204,14 @@ def curves_frame(leaderboard_dir: str | Path, dataset: str) -> pd.DataFrame:
             continue
         clean = model[model["seen"] == "clean"]
         row = {"defense": s["defense"], "seed": str(int(s["seed"])), "suite": s["suite"],
-               "clean mAP": _with_interval(clean.iloc[0], "mAP", text=True) if len(clean) else "-"}
+               "clean mAP": _with_interval(clean.iloc[0], "mAP", text=True) if len(clean) else "-",
+               "_worst": -float(s["worst_case_mAP"]) if pd.notna(s["worst_case_mAP"]) else 0.0, "_seed": int(s["seed"])}
         for _, point in curve.sort_values("eps", key=lambda e: e.map(eps_units)).iterrows():
             row[f"ε {point['eps']}"] = _with_interval(point, "mAP", text=True)
         rows.append(row)
-        order.append((-float(s["worst_case_mAP"]) if pd.notna(s["worst_case_mAP"]) else 0.0, s["defense"],
-                      int(s["seed"]), s["suite"]))
     if not rows:
         return pd.DataFrame()
-    frame = pd.DataFrame([r for _, r in sorted(zip(order, rows, strict=True), key=lambda pair: pair[0])])
+    frame = pd.DataFrame(rows).sort_values(["_worst", "defense", "_seed", "suite"], kind="stable")
     eps_columns = sorted((c for c in frame.columns if c.startswith("ε ")), key=lambda c: eps_units(c[2:]))
     return frame[["defense", "seed", "suite", "clean mAP", *eps_columns]].fillna("-")
 
