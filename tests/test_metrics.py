@@ -14,7 +14,7 @@ from benchmark.core import metrics
 from benchmark.core.metrics import QueryScorer, evaluate, evaluate_features, pairwise_distance
 
 
-@pytest.fixture(autouse=True, params=["select-then-search", "search-every-item"])
+@pytest.fixture(autouse=True, params=["select-then-search", "bucket-every-item"])
 def counting_path(request, monkeypatch):
     """Every test runs through both ways of placing gallery items among a query's positives."""
     monkeypatch.setattr(metrics, "SELECT_BELOW", 0 if request.param == "select-then-search" else 10**12)
@@ -241,3 +241,32 @@ def test_lowest_ap_is_reached_by_ranking_every_match_last():
     ap = evaluate(dist, qp, gp, qc, gc).per_query_ap
     assert torch.allclose(lowest, ap, equal_nan=True, atol=1e-12)
     assert lowest.min() > 0
+
+
+def _searched(columns, thresholds):
+    return metrics._row_bincount(torch.searchsorted(thresholds, columns), thresholds.shape[1] + 1)
+
+
+@pytest.mark.parametrize("case", ["wide", "ties-and-signed-zeros", "constant-rows", "tiny-range", "infinite"])
+def test_bucketed_placement_equals_a_search_of_every_item(case):
+    """The bucket histogram is exact: it equals searching every item, whatever the row's range."""
+    g = torch.Generator().manual_seed(3)
+    rows, size = 6, 5000
+    columns = torch.randn(rows, size, generator=g) * 3
+    if case == "ties-and-signed-zeros":
+        columns = (columns * 2).round() / 2
+        columns[:, ::7] = -0.0
+        columns[:, 1::7] = 0.0
+    elif case == "constant-rows":
+        columns = torch.full((rows, size), 2.5)
+    elif case == "tiny-range":
+        columns = 1.0 + torch.randint(0, 3, (rows, size), generator=g) * torch.finfo(torch.float32).eps
+    elif case == "infinite":
+        columns[0, 5] = float("inf")
+        columns[1, 7] = float("-inf")
+    picks = columns.gather(1, torch.randint(0, size, (rows, 20), generator=g))
+    picks[:, -3:] = float("inf")  # rows with fewer positives are padded with inf
+    thresholds = torch.cat([torch.nextafter(picks, torch.tensor(-float("inf"))), picks], 1).sort(1).values
+    counts = metrics._count_bucketed(columns, thresholds)
+    assert torch.equal(counts, _searched(columns, thresholds))
+    assert int(counts.sum()) == rows * size
