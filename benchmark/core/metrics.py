@@ -30,11 +30,13 @@ import numpy as np
 import torch
 
 JUNK_PID = -1
-#: distances scored per block (float32): 16M elements = 64 MB held at once, whatever the data set size
-BLOCK_ELEMENTS = 16 * 1024 * 1024
+#: distances scored per block (float32): 4M elements = 16 MB held at once, whatever the data set size. Below
+#: glibc's 32 MB mmap ceiling a block's temporaries reuse freed heap memory instead of faulting in fresh pages
+#: (at Market size, true matches deep: half the time of 16M-element blocks on one core, measured)
+BLOCK_ELEMENTS = 4 * 1024 * 1024
 #: items are selected and searched when fewer than 1 in SELECT_BELOW can affect a score, else every item is
-#: bucketed (crossover measured at Market size: 1 in 7 to 1 in 8)
-SELECT_BELOW = 7
+#: bucketed (crossover measured at Market size with the default blocks: about 1 in 14)
+SELECT_BELOW = 14
 #: the share of selected items is estimated from every SAMPLE_EVERY-th column
 SAMPLE_EVERY = 16
 #: bucketed placement: about ITEMS_PER_BUCKET items of a row per bucket, within [BUCKETS_MIN, BUCKETS_MAX]
@@ -432,7 +434,7 @@ def evaluate_features(qf: torch.Tensor, gf: torch.Tensor, q_pids: torch.Tensor, 
                       block_elements: int | None = None) -> RetrievalMetrics:
     """Scores from embeddings, computing distances a block of queries at a time (on the features' device).
 
-    Peak extra memory is one block of `block_elements` float32 distances (64 MB by default) plus the
+    Peak extra memory is one block of `block_elements` float32 distances (16 MB by default) plus the
     scorer's per-query arrays, whatever the number of queries.
     """
     qf = _as_tensor(qf)
