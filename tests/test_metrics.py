@@ -14,10 +14,11 @@ from benchmark.core import metrics
 from benchmark.core.metrics import QueryScorer, evaluate, evaluate_features, pairwise_distance
 
 
-@pytest.fixture(autouse=True, params=["select-then-search", "bucket-every-item"])
+@pytest.fixture(autouse=True, params=["select-then-search", "bucket-every-item", "search-every-item"])
 def counting_path(request, monkeypatch):
-    """Every test runs through both ways of placing gallery items among a query's positives."""
+    """Every test runs through each way of placing gallery items among a query's positives."""
     monkeypatch.setattr(metrics, "SELECT_BELOW", 0 if request.param == "select-then-search" else 10**12)
+    monkeypatch.setattr(metrics, "BUCKETS_FROM", 0 if request.param == "bucket-every-item" else 10**12)
     return request.param
 
 

@@ -39,6 +39,8 @@ BLOCK_ELEMENTS = 4 * 1024 * 1024
 SELECT_BELOW = 14
 #: the share of selected items is estimated from every SAMPLE_EVERY-th column
 SAMPLE_EVERY = 16
+#: fewer items than this in a block are searched one by one rather than bucketed (crossover ~30k, measured)
+BUCKETS_FROM = 32 * 1024
 #: bucketed placement: about ITEMS_PER_BUCKET items of a row per bucket, within [BUCKETS_MIN, BUCKETS_MAX]
 ITEMS_PER_BUCKET, BUCKETS_MIN, BUCKETS_MAX = 4, 64, 4096
 
@@ -167,6 +169,8 @@ def _count_before(columns: torch.Tensor, thresholds: torch.Tensor, last: torch.T
     """
     sample = columns[:, ::SAMPLE_EVERY]  # both ways are exact: a sample of the items is enough to choose
     if int(torch.count_nonzero(sample <= last)) * SELECT_BELOW > sample.numel():
+        if columns.numel() < BUCKETS_FROM:  # too few items to repay the bucket passes' fixed cost
+            return _row_bincount(torch.searchsorted(thresholds, columns), thresholds.shape[1] + 1)
         return _count_bucketed(columns, thresholds)
     rows, cols = (columns <= last).nonzero(as_tuple=True)
     return _place_exactly(rows, columns[rows, cols], thresholds)
