@@ -252,7 +252,7 @@ def _searched(columns, thresholds):
 def test_bucketed_placement_equals_a_search_of_every_item(case):
     """The bucket histogram is exact: it equals searching every item, whatever the row's range."""
     g = torch.Generator().manual_seed(3)
-    rows, size = 6, 5000
+    rows, size = 8, 5000  # above BUCKETS_FROM, so the buckets are used by default too
     columns = torch.randn(rows, size, generator=g) * 3
     if case == "ties-and-signed-zeros":
         columns = (columns * 2).round() / 2
@@ -268,6 +268,6 @@ def test_bucketed_placement_equals_a_search_of_every_item(case):
     picks = columns.gather(1, torch.randint(0, size, (rows, 20), generator=g))
     picks[:, -3:] = float("inf")  # rows with fewer positives are padded with inf
     thresholds = torch.cat([torch.nextafter(picks, torch.tensor(-float("inf"))), picks], 1).sort(1).values
-    counts = metrics._count_bucketed(columns, thresholds)
+    counts = metrics._count_every_item(columns, thresholds)
     assert torch.equal(counts, _searched(columns, thresholds))
     assert int(counts.sum()) == rows * size

@@ -169,9 +169,7 @@ def _count_before(columns: torch.Tensor, thresholds: torch.Tensor, last: torch.T
     """
     sample = columns[:, ::SAMPLE_EVERY]  # both ways are exact: a sample of the items is enough to choose
     if int(torch.count_nonzero(sample <= last)) * SELECT_BELOW > sample.numel():
-        if columns.numel() < BUCKETS_FROM:  # too few items to repay the bucket passes' fixed cost
-            return _row_bincount(torch.searchsorted(thresholds, columns), thresholds.shape[1] + 1)
-        return _count_bucketed(columns, thresholds)
+        return _count_every_item(columns, thresholds)
     rows, cols = (columns <= last).nonzero(as_tuple=True)
     return _place_exactly(rows, columns[rows, cols], thresholds)
 
@@ -189,19 +187,21 @@ def _place_exactly(rows: torch.Tensor, values: torch.Tensor, thresholds: torch.T
     return counts.view(len(thresholds), width + 1)
 
 
-def _count_bucketed(columns: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+def _count_every_item(columns: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """(B, T + 1) histogram of `searchsorted(thresholds[b], columns[b])` for every item, exact.
 
     A binary search of every item costs ~20 ns each; equal-width buckets of each row's range cost a few
     elementwise passes. The bucket map (subtract, multiply, floor, clamp: each exactly rounded, so the
     same on every code path) is monotone, so an item whose bucket holds no threshold lies strictly
     between the thresholds of the buckets around it: a bucket histogram places all of those at once.
-    The few items sharing a bucket with a threshold are placed exactly.
+    The few items sharing a bucket with a threshold are placed exactly. A small block (the passes'
+    fixed cost would not pay) and one holding an infinite value (no finite range to divide) are
+    searched item by item.
     """
     rows, size = columns.shape
     width = thresholds.shape[1]
     lo, hi = columns.amin(1, keepdim=True), columns.amax(1, keepdim=True)
-    if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
+    if columns.numel() < BUCKETS_FROM or not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
         return _row_bincount(torch.searchsorted(thresholds, columns), width + 1)
     buckets = min(BUCKETS_MAX, max(BUCKETS_MIN, size // ITEMS_PER_BUCKET))
     # float64 for the quotient: a tiny range must give a large finite scale, never inf (0 * inf is NaN)
