@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessExitedException
 
 from benchmark.core import distributed
 from benchmark.core.errors import BenchmarkError
@@ -90,7 +91,14 @@ def _train_tiny(rank: int, size: int, rendezvous: str, out: str) -> None:
 
 def _spawn(fn, tmp_path: Path, size: int = 2) -> str:
     out = str(tmp_path / "out")
-    mp.spawn(fn, args=(size, str(tmp_path / "rendezvous"), out), nprocs=size, join=True)
+    try:
+        mp.spawn(fn, args=(size, str(tmp_path / "rendezvous"), out), nprocs=size, join=True)
+    except ProcessExitedException:
+        # gloo's worker threads can abort a process at interpreter exit after its work is done
+        # (pytorch/pytorch#179291; seen once here, "terminate called without an active exception");
+        # a rank that died before writing its result still fails, and the results are checked below
+        if not all(Path(f"{out}.{rank}").exists() for rank in range(size)):
+            raise
     return out
 
 
