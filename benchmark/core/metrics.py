@@ -200,8 +200,10 @@ def _count_every_item(columns: torch.Tensor, thresholds: torch.Tensor) -> torch.
     """
     rows, size = columns.shape
     width = thresholds.shape[1]
-    lo, hi = columns.amin(1, keepdim=True), columns.amax(1, keepdim=True)
-    if columns.numel() < BUCKETS_FROM or not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
+    lo = hi = None
+    if columns.numel() >= BUCKETS_FROM:  # an attack's per-iteration scoring never pays for the range
+        lo, hi = columns.amin(1, keepdim=True), columns.amax(1, keepdim=True)
+    if lo is None or not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
         return _row_bincount(torch.searchsorted(thresholds, columns), width + 1)
     buckets = min(BUCKETS_MAX, max(BUCKETS_MIN, size // ITEMS_PER_BUCKET))
     # float64 for the quotient: a tiny range must give a large finite scale, never inf (0 * inf is NaN)
