@@ -198,13 +198,18 @@ def _count_every_item(columns: torch.Tensor, thresholds: torch.Tensor) -> torch.
     fixed cost would not pay) and one holding an infinite value (no finite range to divide) are
     searched item by item.
     """
+    if columns.numel() >= BUCKETS_FROM:  # an attack's per-iteration scoring never pays for the range
+        lo, hi = columns.amin(1, keepdim=True), columns.amax(1, keepdim=True)  # two passes: aminmax is ~20x slower here
+        if bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
+            return _bucket_histogram(columns, thresholds, lo, hi)
+    return _row_bincount(torch.searchsorted(thresholds, columns), thresholds.shape[1] + 1)
+
+
+def _bucket_histogram(columns: torch.Tensor, thresholds: torch.Tensor, lo: torch.Tensor,
+                      hi: torch.Tensor) -> torch.Tensor:
+    """`_count_every_item` by equal-width buckets of each row's finite range [lo, hi]."""
     rows, size = columns.shape
     width = thresholds.shape[1]
-    lo = hi = None
-    if columns.numel() >= BUCKETS_FROM:  # an attack's per-iteration scoring never pays for the range
-        lo, hi = columns.amin(1, keepdim=True), columns.amax(1, keepdim=True)
-    if lo is None or not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
-        return _row_bincount(torch.searchsorted(thresholds, columns), width + 1)
     buckets = min(BUCKETS_MAX, max(BUCKETS_MIN, size // ITEMS_PER_BUCKET))
     # float64 for the quotient: a tiny range must give a large finite scale, never inf (0 * inf is NaN)
     scale = (buckets / (hi - lo).double().clamp(min=1e-300)).clamp(max=1e30).float()
