@@ -162,8 +162,10 @@ class Attack:
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Onto the epsilon-ball around x, intersected with [0, 1]."""
         eps = self.options.eps
-        delta = (x_adv - x).clamp(-eps, eps) if self.options.norm == Norm.LINF.value else self._l2_clip(x_adv - x, eps)
-        return (x + delta).clamp(0.0, 1.0)
+        if self.options.norm == Norm.LINF.value:
+            # in place on the one fresh buffer: the bits of (x + clamp(x_adv - x)).clamp(0, 1), two allocations fewer
+            return (x_adv - x).clamp_(-eps, eps).add_(x).clamp_(0.0, 1.0)
+        return (x + self._l2_clip(x_adv - x, eps)).clamp(0.0, 1.0)
 
     @staticmethod
     def _l2_clip(delta: torch.Tensor, eps: float) -> torch.Tensor:

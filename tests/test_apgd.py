@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from attacks import Attack, AttackContext
-from attacks.apgd import APGDOptions, checkpoints
+from attacks.apgd import APGDOptions, checkpoints, momentum_step
 from attacks.base import sq_dist
 
 EPS = 8 / 255
@@ -167,3 +167,18 @@ def test_a_given_start_is_where_the_first_run_begins():
     attack(x, ctx)
     assert torch.equal(calls[0][:2], target[:2])
     assert (calls[0][2] - x[2]).abs().max() <= EPS + 1e-7
+
+
+def test_in_place_steps_keep_the_bits_of_the_plain_formulas():
+    """The loop's in-place momentum step and L-inf projection give the exact bits of the textbook expressions,
+    so published results reproduce after the speed-up (operation order matters in floating point)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 3, 16, 8, generator=g)
+    x_cur = (x + (torch.rand(x.shape, generator=g) * 2 - 1) * EPS).clamp(0, 1)
+    x_prev = (x + (torch.rand(x.shape, generator=g) * 2 - 1) * EPS).clamp(0, 1)
+    z = x_cur + 0.37 * torch.randn(x.shape, generator=g) * EPS
+    expected = x_cur + 0.75 * (z - x_cur) + (1 - 0.75) * (x_cur - x_prev)
+    assert torch.equal(momentum_step(z.clone(), x_cur, x_prev, 0.75), expected)
+    attack = AwayFromClean(Flatten(), eps=EPS)
+    far = x + 3 * EPS * torch.randn(x.shape, generator=g)
+    assert torch.equal(attack.project(far, x), (x + (far - x).clamp(-EPS, EPS)).clamp(0.0, 1.0))
