@@ -71,6 +71,16 @@ def test_eval_model_from_the_command_line_writes_the_same_numbers(trained, weigh
         assert by_attack[r.attack] == pytest.approx(r.metrics.mAP, abs=5e-5)
     assert board["settings"].str.contains("model=").all()
     assert (board["backbone"] == "tests.user_model:build").all()
+    assert board["model_digest"].astype(str).str.fullmatch("[0-9a-f]{16}").all()
+
+
+def test_a_run_names_the_model_it_measured_whether_trained_or_from_the_cache(trained, tiny_ws):
+    from benchmark.models.external import content_hash
+    from benchmark.run.execute import execute
+
+    assert trained.train_info.model_digest == content_hash(trained.model.model)[:16]
+    again = execute(tiny_config(defense="none", attacks="fgsm", epochs=1), cpu_runtime(), workspace=tiny_ws)
+    assert again.train_info.cached and again.train_info.model_digest == trained.train_info.model_digest
 
 
 def test_the_api_refuses_what_it_cannot_score(weights):

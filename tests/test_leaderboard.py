@@ -205,6 +205,38 @@ def test_an_older_training_never_overwrites_a_newer_one(tmp_path):
     assert "sma" not in set(board["attack"])
 
 
+def test_a_new_key_with_the_same_model_digest_keeps_the_models_rows(tmp_path):
+    """Training code changed without changing the model (same weights and forward, so the same digest): the new
+    key's rows join the published ones instead of superseding them; a different digest still supersedes."""
+    from benchmark.report.boards import SUMMARY_TEXT, read_board, rows_of_model, training_identity
+
+    old = [dataclasses.replace(_trained(r, "aaa", "2026-01-01T00:00:00Z"), model_digest="d1")
+           for r in (clean_row("ddid"), make_row("ddid", "fna", mAP=30.0), make_row("ddid", "sma", mAP=40.0))]
+    write_leaderboards(old, tmp_path)
+    same = [dataclasses.replace(_trained(r, "bbb", "2026-02-01T00:00:00Z"), model_digest="d1")
+            for r in (clean_row("ddid"), make_row("ddid", "tma", mAP=20.0))]
+    write_leaderboards(same, tmp_path)
+    board = read_board(tmp_path / "toy.csv")
+    assert set(board["attack"]) == {"clean", "fna", "sma", "tma"}
+    assert set(training_identity(board)) == {"model:d1"}
+    summary = read_board(tmp_path / "summary-toy.csv", SUMMARY_TEXT)
+    assert len(rows_of_model(board, summary.iloc[0])) == 4  # the summary's run and the earlier one: one model
+    other = [dataclasses.replace(_trained(r, "ccc", "2026-03-01T00:00:00Z"), model_digest="d2")
+             for r in (clean_row("ddid"), make_row("ddid", "fna", mAP=25.0))]
+    write_leaderboards(other, tmp_path)
+    board = pd.read_csv(tmp_path / "toy.csv", dtype=str)
+    assert set(board["attack"]) == {"clean", "fna"} and set(board["checkpoint"]) == {"ccc"}
+
+
+def test_training_identity_spreads_a_digest_to_rows_of_its_key_and_leaves_legacy_rows_alone():
+    from benchmark.report.boards import training_identity
+
+    frame = pd.DataFrame({"checkpoint": ["k1", "k1", "k2", "", "", "k3"],
+                          "model_digest": ["", "d", "d", "", "e", float("nan")]})
+    assert list(training_identity(frame)) == ["model:d", "model:d", "model:d", "", "model:e", "k3"]
+    assert list(training_identity(pd.DataFrame({"checkpoint": ["k1", ""]}))) == ["k1", ""]
+
+
 def _suite_run(suite, worst, run_id, seed=0):
     rows = [clean_row("ddid", seed), make_row("ddid", "fna", "unseen", 30.0, seed=seed),
             make_row("ddid", suite or "worst-case", "worst-case", worst, seed=seed)]

@@ -8,10 +8,11 @@ most attacks at the standard ε, so its `command` reproduces every number in it;
 recipe (`headline_rows`). Columns are documented in `leaderboards/README.md`.
 
 A model is (data set, train set, defense label, backbone, seed, settings); its checkpoint key hashes
-the full training specification and code. When a board would hold rows of one model from two
-checkpoints (changed defaults, which a label leaves out, or changed training code), the most recently
-trained checkpoint keeps the model and the other's rows go, whichever side of an upsert they are on:
-rows of two trainings never mix under one model, and none outlive the recipe they measured.
+the full training specification and code, its model digest what the trained model computes. When a board
+would hold rows of one model from two trainings (changed defaults, which a label leaves out, or changed
+training code that changed the weights), the most recently trained one keeps the model and the other's rows
+go, whichever side of an upsert they are on: rows of two trainings never mix under one model, and none
+outlive the recipe they measured. Two checkpoint keys with one model digest are one training.
 """
 
 from __future__ import annotations
@@ -130,6 +131,10 @@ class LeaderboardRow:
     mAP_high: float = column("upper end of the same interval", math.nan)
     R1_low: float = column("95 % bootstrap interval of `R1`, resampling identities: lower end", math.nan)
     R1_high: float = column("upper end of the same interval", math.nan)
+    model_digest: str = column("digest of the trained model as it computes: parameters, buffers, module tree and "
+                               "forward code (`benchmark.models.external.content_hash`, 16 hex). Rows with equal "
+                               "digests measured one model, whatever their checkpoint keys (a key also hashes "
+                               "training code that left the weights unchanged); empty on rows made before it", "")
 
 
 def doc_of(row_type: type, name: str) -> str:
@@ -196,6 +201,7 @@ class SummaryRow:
                             "in `settings` (`data-seed=N`), except on rows made before `--data-seed`, whose training "
                             "seed drew the data: those stay on the board but share no mean, table or figure with "
                             "rows on another test set", "")
+    model_digest: str = _as_on_board("model_digest", "")
 
 
 @dataclass
@@ -509,7 +515,8 @@ def rows_of_model(board: pd.DataFrame, summary_row: pd.Series) -> pd.DataFrame:
         same &= board[column] == summary_row[column]
     checkpoint = summary_row.get("checkpoint", "")
     if isinstance(checkpoint, str) and checkpoint and "checkpoint" in board:
-        return board[same & (board["checkpoint"] == checkpoint)]
+        identity = training_identity(pd.concat([board, summary_row.to_frame().T], ignore_index=True))
+        return board[same & (identity.iloc[:len(board)] == identity.iloc[-1]).to_numpy()]
     return board[same & (board["run_id"] == summary_row["run_id"])]
 
 
@@ -563,7 +570,7 @@ def summarise_run(run: pd.DataFrame) -> dict[str, Any]:
         clean_mAP_low=_at(clean, "mAP_low"), clean_mAP_high=_at(clean, "mAP_high"),
         worst_case_mAP_low=_at(suite_row, "mAP_low"), worst_case_mAP_high=_at(suite_row, "mAP_high"),
         worst_case_R1_low=_at(suite_row, "R1_low"), worst_case_R1_high=_at(suite_row, "R1_high"),
-        data_seed=text_cell(first.get("data_seed")),
+        data_seed=text_cell(first.get("data_seed")), model_digest=text_cell(first.get("model_digest")),
     ))
 
 
@@ -614,6 +621,23 @@ def _trained_at(frame: pd.DataFrame) -> pd.Series:
     return pd.Series("", index=frame.index)
 
 
+def training_identity(frame: pd.DataFrame) -> pd.Series:
+    """Which trained model each row measured: its model digest where any row of its checkpoint records one, else
+    its checkpoint key; '' where the row records neither (older boards).
+
+    Two checkpoint keys with one digest are one model: a key also hashes training code, so a change that leaves
+    the weights and the forward as they were (a refactor, a faster loop with the same bits) gives a new key but
+    the same model, whose published rows stay with it.
+    """
+    def text(column: str) -> list[str]:
+        return [text_cell(v) for v in frame[column]] if column in frame else [""] * len(frame)
+
+    keys, digests = text("checkpoint"), text("model_digest")
+    known = {k: d for k, d in zip(keys, digests, strict=True) if k and d}
+    return pd.Series([f"model:{known.get(k) or d}" if (k in known or (not k and d)) else k
+                      for k, d in zip(keys, digests, strict=True)], index=frame.index, dtype=object)
+
+
 def newest_training(old: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Keep, per model, only the rows of its most recently trained checkpoint (ties: the incoming one).
 
@@ -624,7 +648,7 @@ def newest_training(old: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame,
         return old, new
     both = pd.concat([old.assign(_side=0), new.assign(_side=1)], ignore_index=True)
     both["_model"] = _keys(both, MODEL_KEY)
-    both["_ckpt"] = both["checkpoint"].fillna("").astype(str)
+    both["_ckpt"] = training_identity(both)
     both["_when"] = _trained_at(both)
     known = both[both["_ckpt"] != ""]
     latest = known.groupby(["_model", "_ckpt"], sort=False).agg(when=("_when", "max"), side=("_side", "max"))

@@ -77,6 +77,7 @@ def build_rows(outcome: RunOutcome, flags: list[Flag], prov: dict[str, Any], rid
                                           "libraries")},
                   train_commit=str(trained.get("git_commit", "")),
                   train_date=str(trained.get("date", "")), checkpoint=outcome.train_info.checkpoint_key,
+                  model_digest=outcome.train_info.model_digest,
                   data_digest=fingerprint(outcome.workspace.digests, 12), data_seed=str(spec.data_seed),
                   defense_dist=DEFENSES.meta(spec.defense.name).dist, allow_dirty=allow_dirty,
                   training_quality=training_quality(outcome.train_info.history))
@@ -188,7 +189,7 @@ def write_run(outcome: RunOutcome, results_dir: str | Path, leaderboard_dir: str
               "seen_attacks": list(outcome.defense.seen_attacks()),
               "attacked_with": outcome.attacked_with, "provenance": prov, "allow_dirty": allow_dirty,
               "suite": _suite_record(outcome),
-              "checkpoint": outcome.train_info.checkpoint,
+              "checkpoint": outcome.train_info.checkpoint, "model_digest": outcome.train_info.model_digest,
               "training_provenance": outcome.train_info.provenance,
               "dataset": outcome.workspace.dataset.summary(), "data_digests": outcome.workspace.digests}
     metrics = {"clean": outcome.clean.as_dict(),

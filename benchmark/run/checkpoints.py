@@ -128,7 +128,8 @@ def train_or_load(recipe: DefenseSpec, spec: RunSpec, ws: Workspace, device: tor
 
     model, record, folder = cached_checkpoint(key, fit, retrain=retrain)
     info = TrainInfo(str(folder), folder.name, bool(record.get("cached", False)), record.get("train_seconds"),
-                     record.get("history") or {}, record.get("provenance") or {}, record.get("key") or key)
+                     record.get("history") or {}, record.get("provenance") or {}, record.get("key") or key,
+                     model_digest=content_hash(model)[:16])
     return model.to(device).eval(), info
 
 
@@ -170,4 +171,4 @@ def external_model(model_spec: ModelSpec, device: torch.device, supplied: torch.
         raise BenchmarkError(f"the model holds NaN or infinite values in {wrapped.non_finite()[0]}; pass intact "
                              "weights")
     return wrapped, TrainInfo(model_spec.factory or model_spec.source, f"external-{digest[:16]}", cached=True,
-                              train_seconds=0.0, key={"external": model_spec.identity()})
+                              train_seconds=0.0, key={"external": model_spec.identity()}, model_digest=digest[:16])

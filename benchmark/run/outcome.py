@@ -50,6 +50,8 @@ class TrainInfo:
     provenance: dict[str, Any] = field(default_factory=dict)
     #: everything the checkpoint depends on (its key's payload)
     key: dict[str, Any] = field(default_factory=dict)
+    #: digest of the model as it computes (weights, module tree, forward code): one model whatever its key
+    model_digest: str = ""
 
 
 @dataclass
