@@ -237,6 +237,31 @@ def test_training_identity_spreads_a_digest_to_rows_of_its_key_and_leaves_legacy
     assert list(training_identity(pd.DataFrame({"checkpoint": ["k1", ""]}))) == ["k1", ""]
 
 
+def test_one_suite_per_table_a_new_suite_takes_over_only_when_every_recipe_has_it():
+    from benchmark.report.boards import headline_rows
+
+    def frame(have):
+        return pd.DataFrame([{"dataset": "toy", "train_dataset": "toy", "defense": d, "backbone": "b", "settings": "",
+                              "suite": s} for d, suites in have.items() for s in suites]
+                            + [{"dataset": "toy", "train_dataset": "toy", "defense": "old", "backbone": "b",
+                                "settings": "", "suite": ""}])
+
+    def shown(have, headline):
+        rows = headline_rows(frame(have), suite=headline)
+        return sorted(zip(rows["defense"], rows["suite"], strict=True))
+
+    v12 = ["standard-v1", "standard-v2"]
+    # the headline suite on every recipe: it is shown; missing on one recipe: the suite they all have
+    assert shown({"a": v12, "b": v12}, "standard-v2") == [("a", "standard-v2"), ("b", "standard-v2"), ("old", "")]
+    assert shown({"a": v12, "b": ["standard-v1"]}, "standard-v2") == [("a", "standard-v1"), ("b", "standard-v1"),
+                                                                    ("old", "")]
+    # the headline on none but a newer suite on all: the newest common one
+    assert shown({"a": v12, "b": v12}, "standard-v0") == [("a", "standard-v2"), ("b", "standard-v2"), ("old", "")]
+    # nothing in common: each recipe its own headline, else its newest
+    assert shown({"a": ["standard-v2"], "b": ["standard-v1"]}, "standard-v1") == [("a", "standard-v2"),
+                                                                                 ("b", "standard-v1"), ("old", "")]
+
+
 def _suite_run(suite, worst, run_id, seed=0):
     rows = [clean_row("ddid", seed), make_row("ddid", "fna", "unseen", 30.0, seed=seed),
             make_row("ddid", suite or "worst-case", "worst-case", worst, seed=seed)]
@@ -259,14 +284,15 @@ def test_the_summary_keeps_one_row_per_suite_and_shows_the_headline_suite(tmp_pa
     summary = pd.read_csv(tmp_path / "summary-toy.csv", keep_default_na=False)
     pairs = sorted(zip(summary["suite"], summary["worst_case_mAP"], strict=True))
     assert pairs == [("standard-v1", 10.0), ("standard-v2", 7.0)]
-    assert read_summary(tmp_path / "summary-toy.csv")["suite"].tolist() == ["standard-v1"]
+    assert headline_rows(read_summary(tmp_path / "summary-toy.csv"))["suite"].tolist() == ["standard-v1"]
     assert summary_frame(tmp_path, "toy")["worst case mAP / R1"].tolist() == ["10.0 / 10.0"]
     # seed 1 has only v2: the recipe's rows on view stay v1, so no mean mixes the two suites
     write_leaderboards(_suite_run("standard-v2", 5.0, "v2-seed1", seed=1), tmp_path)
     seeds = pd.read_csv(tmp_path / "seeds-toy.csv", keep_default_na=False).set_index("suite")
     assert seeds.loc["standard-v2", "n"] == 2 and seeds.loc["standard-v1", "n"] == 1
     assert headline_rows(seeds.reset_index()).suite.tolist() == ["standard-v1"]
-    assert read_summary(tmp_path / "summary-toy.csv")[["seed", "suite"]].values.tolist() == [[0, "standard-v1"]]
+    assert headline_rows(read_summary(tmp_path / "summary-toy.csv"))[["seed", "suite"]].values.tolist() \
+        == [[0, "standard-v1"]]
     assert headline_rows(summary.assign(suite=["standard-v2"] * 2, defense=["a", "b"]))["defense"].tolist() \
         == ["a", "b"]  # a recipe without the headline suite shows its newest
     from benchmark.report.tables import suites_frame

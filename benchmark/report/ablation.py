@@ -18,7 +18,14 @@ import pandas as pd
 
 from benchmark.core.protocol import HEADLINE_ATTACKS
 from benchmark.core.seed_stats import paired_interval, paired_verdict, verdict
-from benchmark.report.boards import STANDARD_EPS, board_paths, read_board, read_summary, rows_of_model
+from benchmark.report.boards import (
+    STANDARD_EPS,
+    board_paths,
+    headline_rows,
+    read_board,
+    read_summary,
+    rows_of_model,
+)
 from benchmark.run.spec import defense_label
 
 #: the single attacks reported next to the worst case (the paper's Table 3 columns)
@@ -35,7 +42,8 @@ def per_seed(leaderboard_dir: str | Path, dataset: str, defense: str) -> pd.Data
     board, summary = read_board(board_path), read_summary(summary_path)
     if board.empty or summary.empty:
         return pd.DataFrame()
-    summary = summary[summary["settings"].eq("")]
+    labels = [defense_label(step.defense, step.options) for step in steps]
+    summary = headline_rows(summary[summary["settings"].eq("") & summary["defense"].isin(labels)])
     at8 = board[board["eps"] == STANDARD_EPS]
     rows = []
     for order, step in enumerate(steps):

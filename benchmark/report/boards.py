@@ -5,7 +5,7 @@
 x attack x eps x seed (x train set x settings). `summary-<dataset>.csv` beside each: one row per
 defense x backbone x seed x suite (x train set x settings), built from ONE run, the one that covered the
 most attacks at the standard ε, so its `command` reproduces every number in it; readers show one suite per
-recipe (`headline_rows`). Columns are documented in `leaderboards/README.md`.
+comparison (`headline_rows`). Columns are documented in `leaderboards/README.md`.
 
 A model is (data set, train set, defense label, backbone, seed, settings); its checkpoint key hashes
 the full training specification and code, its model digest what the trained model computes. When a board
@@ -680,21 +680,33 @@ def _summary_resolve(old: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame
 
 
 def headline_rows(frame: pd.DataFrame, key: tuple[str, ...] = RECIPE, suite: str = HEADLINE_SUITE) -> pd.DataFrame:
-    """The rows of one suite per recipe (`key`), so no mean, rank or figure mixes two suites' worst cases: the
-    headline suite where the recipe has it, else its newest version (names sort by version). Rows of runs
-    without a suite stay (a model has one only when it has no suite row)."""
+    """The rows of ONE suite per comparison, so no table, mean, rank or figure mixes two suites' worst cases.
+
+    Per data set, every recipe (`key`) of `frame` shows the same suite: the headline suite when every recipe has
+    it, else the newest suite they all have (names sort by version), so a new suite takes over a table only once
+    every row of it has been measured with it. Recipes with no suite in common fall back to their own (the
+    headline where they have it, else their newest). Rows of runs without a suite stay (a model has one only
+    when it has no suite row). Select the rows to compare first, then call this.
+    """
     if frame.empty or "suite" not in frame:
         return frame
     suites = frame["suite"].fillna("").astype(str)
-    rank = suites.eq(suite).map({True: "1", False: "0"}) + suites  # the headline first, then by name
-    best = rank.groupby([frame[c].astype(str) for c in key]).transform("max")
-    return frame[(rank == best) | suites.eq("")]
+    recipe = _keys(frame, key)
+    dataset = frame["dataset"].astype(str) if "dataset" in frame else pd.Series("", index=frame.index)
+    preference = [suite, *sorted(set(suites) - {suite, ""}, reverse=True)]
+    chosen = pd.Series("", index=frame.index)
+    for _, rows in frame[suites.ne("")].groupby(dataset[suites.ne("")], sort=False):
+        has = suites[rows.index].groupby(recipe[rows.index]).agg(set)
+        common = next((s for s in preference if all(s in have for have in has)), None)
+        for name, have in has.items():
+            chosen.loc[rows.index[recipe[rows.index] == name]] = common or next(s for s in preference if s in have)
+    return frame[suites.eq(chosen) | suites.eq("")]
 
 
 def read_summary(path: str | Path) -> pd.DataFrame:
-    """A summary board as tables, pages and figures show it: one suite per recipe (`headline_rows`), the rows on
-    their recipe's test set (`on_recipe_test_set`)."""
-    frame = headline_rows(read_board(path, SUMMARY_TEXT))
+    """A summary board's rows on their recipe's test set (`on_recipe_test_set`), every suite: select the rows a
+    table, page or figure compares, then `headline_rows` keeps one suite for all of them."""
+    frame = read_board(path, SUMMARY_TEXT)
     return frame[on_recipe_test_set(frame)]
 
 

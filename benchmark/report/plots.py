@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 
 from benchmark.core.protocol import STANDARD_EPS_LABEL
 from benchmark.report import board_figures as figures
-from benchmark.report.boards import check_boards, read_board, read_summary  # noqa: E402
+from benchmark.report.boards import check_boards, headline_rows, read_board, read_summary  # noqa: E402
 from benchmark.report.records import read_json_record
 from benchmark.report.study_figures import plot_studies  # noqa: E402
 
@@ -290,7 +290,7 @@ def plot_all(leaderboard_dir: str | Path, results_dir: str | Path, out: str | Pa
         if name.startswith(("summary-", "seeds-")):  # derived from the board of the same data set
             continue
         board = read_board(board_path)
-        summary = read_summary(leaderboard_dir / f"summary-{name}.csv")
+        summary = headline_rows(read_summary(leaderboard_dir / f"summary-{name}.csv"))
         paths += figures.heatmap(board, summary, name, out / f"{name}-heatmap", save_figure)
         paths += figures.eps_curves(board, name, out / f"{name}-eps-curves", save_figure)
         paths += figures.iteration_curves(summary, name, out / f"{name}-iteration-curves", save_figure)

@@ -78,7 +78,7 @@ def summary_frame(leaderboard_dir: str | Path, dataset: str, variants: bool = Fa
     board, summary = read_board(board_path), read_summary(summary_path)
     if board.empty or summary.empty:
         return pd.DataFrame()
-    summary = _protocol_rows(summary, variants)
+    summary = headline_rows(_protocol_rows(summary, variants))
     rows = []
     at8 = board[board["eps"] == STANDARD_EPS]
     # a leaderboard is read top-down: highest worst-case mAP first, then mean robust mAP (ties by name)
@@ -147,7 +147,7 @@ def seeds_frame(leaderboard_dir: str | Path, dataset: str) -> pd.DataFrame:
     seeds = read_board(seeds_path(summary_path), ("defense", "settings", "seeds", "vs_best", "suite"))
     if seeds.empty:
         return pd.DataFrame()
-    seeds = _protocol_rows(headline_rows(seeds, RECIPE), variants=False)
+    seeds = headline_rows(_protocol_rows(seeds, variants=False), RECIPE)
 
     def pm(row: pd.Series, metric: str) -> str:
         """mean ± training-seed sd [query-bootstrap interval], each part where the board has it."""
@@ -220,7 +220,9 @@ def _caption(leaderboard_dir: str | Path, dataset: str) -> str:
     """The summary table's caption paragraph (Markdown), '' when there is nothing to say."""
     _, summary_path = board_paths(leaderboard_dir, dataset, official=True)
     summary = read_summary(summary_path)
-    sentence = single_attack_caption(_protocol_rows(summary, variants=False)) if not summary.empty else ""
+    if summary.empty:
+        return ""
+    sentence = single_attack_caption(headline_rows(_protocol_rows(summary, variants=False)))
     return f"\n{sentence}\n" if sentence else ""
 
 
