@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from benchmark.core.errors import BenchmarkError
-from benchmark.report.compare import compare_runs, compare_text, resolve_run
+from benchmark.report.compare import compare_runs, compare_text, resolve_run, resolve_side
 
 
 def _run(folder, defense, ap, digests=None):
@@ -82,3 +82,28 @@ def test_sides_on_different_seeds_or_with_a_repeated_seed_are_refused(tmp_path):
         compare_runs([a[0], a[0]], b)
     with pytest.raises(BenchmarkError, match="name a run"):
         compare_runs([], b)
+
+
+def test_a_published_defense_name_stands_for_its_runs_of_the_suite_one_per_seed(tmp_path):
+    results, boards = tmp_path / "results", tmp_path / "leaderboards"
+    rows = []
+    for defense in ("ddid", "metric-at"):
+        for seed in (0, 1):
+            for suite in ("standard-v1", "standard-v2"):
+                run_id = f"{defense}-s{seed}-{suite}"
+                _run(results / run_id, defense, [0.1, 0.2])
+                rows.append({"dataset": "synthped", "train_dataset": "synthped", "defense": defense, "backbone": "b",
+                             "seed": seed, "settings": "", "suite": suite, "run_id": run_id, "data_seed": "0"})
+    rows.append({**rows[0], "settings": "epochs=2", "run_id": "custom"})  # not at the protocol's settings
+    boards.mkdir()
+    pd.DataFrame(rows).to_csv(boards / "summary-synthped.csv", index=False)
+    side = resolve_side("ddid", [results], boards, "synthped", "standard-v2")
+    assert [run.name for run in side] == ["ddid-s0-standard-v2", "ddid-s1-standard-v2"]
+    assert [r.name for r in resolve_side("metric-at", [results], boards, "synthped", "standard-v1", [1])] \
+        == ["metric-at-s1-standard-v1"]
+    assert resolve_side("ddid-s1-standard-v1", [results], boards, "synthped", "standard-v2")[0].name \
+        == "ddid-s1-standard-v1"  # a run id is a run, whatever the suite asked for
+    with pytest.raises(BenchmarkError, match="not a run and not a defense"):
+        resolve_side("goat", [results], boards, "synthped", "standard-v1")
+    with pytest.raises(BenchmarkError, match="no published standard-v2 run of seeds 2"):
+        resolve_side("ddid", [results], boards, "synthped", "standard-v2", [2])

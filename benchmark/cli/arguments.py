@@ -182,9 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp = sub.add_parser("compare", help="two runs on the same test set, query by query: paired differences "
                            "with 95 %% intervals", formatter_class=fmt)
     p_cmp.add_argument("runs", nargs=2, metavar="RUN", help="run folders, or run ids in --results-dir or results/; "
-                       "a comma list of runs, one per training seed, compares over seeds (paired by seed)")
+                       "a comma list of runs, one per training seed, compares over seeds (paired by seed); or a "
+                       "published defense (`ddid`): its runs of --suite on the official board, one per seed")
     p_cmp.add_argument("--results-dir", default=None, help="where run ids are looked up first (default: your "
                        "workspace's runs/, then the published results/)")
+    p_cmp.add_argument("--dataset", default="synthped", help="the official board a defense name is looked up on")
+    p_cmp.add_argument("--suite", default=None, help="the suite whose runs a defense name stands for (default: the "
+                       "headline suite)")
+    p_cmp.add_argument("--seeds", default=None, help="training seeds a defense name stands for, e.g. 0,1,2 "
+                       "(default: every published seed)")
+    p_cmp.add_argument("--leaderboard-dir", default=None, help="the official boards (default: the checkout's "
+                       "leaderboards/)")
     p_plots = sub.add_parser("plots", help="draw every figure from the leaderboards and the latest runs",
                              formatter_class=fmt)
     p_plots.add_argument("--leaderboard-dir", default="leaderboards")

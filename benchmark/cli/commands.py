@@ -193,11 +193,18 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Print the paired, query-by-query comparison of two runs (or two sets of runs, one per training seed)."""
-    from benchmark.core.paths import OFFICIAL_RESULTS, runs_dir
-    from benchmark.report.compare import compare_text, resolve_run
+    from attacks.suites import SUITES
+    from benchmark.core.paths import OFFICIAL_BOARDS, OFFICIAL_RESULTS, runs_dir
+    from benchmark.core.protocol import HEADLINE_SUITE
+    from benchmark.report.compare import compare_text, resolve_side
 
+    suite = args.suite or HEADLINE_SUITE
+    if suite not in SUITES:
+        raise BenchmarkError(f"--suite {suite}: not a suite; use one of {', '.join(SUITES.names())}")
+    seeds = seeds_from_args(args) if args.seeds else None
     folders = [Path(args.results_dir) if args.results_dir else runs_dir(), REPO / OFFICIAL_RESULTS]
-    a, b = ([resolve_run(run, folders) for run in side.split(",") if run] for side in args.runs)
+    boards = Path(args.leaderboard_dir) if args.leaderboard_dir else REPO / OFFICIAL_BOARDS
+    a, b = (resolve_side(side, folders, boards, args.dataset, suite, seeds) for side in args.runs)
     print(compare_text(a, b), end="")
     return 0
 

@@ -29,6 +29,44 @@ def resolve_run(run: str, folders: list[Path]) -> Path:
     return candidates[0]
 
 
+def published_runs(defense: str, boards: Path, dataset: str, suite: str, seeds: list[int] | None = None
+                   ) -> list[str]:
+    """Run ids of a defense's published models (one per training seed) on an official summary board: the run that
+    gave each model's `suite` row, at the protocol's settings and on the recipe's test set (`seeds`: only those)."""
+    from benchmark.report.boards import board_paths, read_summary
+
+    path = board_paths(boards, dataset, official=True)[1]
+    summary = read_summary(path) if path.is_file() else pd.DataFrame()
+    if summary.empty:
+        raise BenchmarkError(f"compare {defense}: no official summary board {path}; name runs instead, or pass "
+                             "--dataset and --leaderboard-dir")
+    plain = summary[summary["settings"].fillna("").eq("")]
+    if not plain["defense"].eq(defense).any():
+        raise BenchmarkError(f"compare {defense}: not a run and not a defense on {path} (it has "
+                             f"{', '.join(sorted(set(plain['defense'])))}); name a run or a published defense")
+    mine = plain[plain["defense"].eq(defense)]
+    rows = mine[mine["suite"].fillna("").eq(suite)]
+    if seeds is not None:
+        rows = rows[rows["seed"].astype(int).isin(seeds)]
+    if rows.empty:
+        have = ", ".join(f"{s or 'no suite'} (seeds {','.join(str(int(x)) for x in sorted(g['seed']))})"
+                         for s, g in mine.groupby(mine["suite"].fillna("")))
+        raise BenchmarkError(f"compare {defense}: no published {suite} run"
+                             f"{' of seeds ' + ','.join(map(str, seeds)) if seeds is not None else ''} on "
+                             f"{path.name} (it has {have}); pass --suite or --seeds")
+    return rows.sort_values("seed")["run_id"].astype(str).tolist()
+
+
+def resolve_side(side: str, folders: list[Path], boards: Path, dataset: str, suite: str,
+                 seeds: list[int] | None = None) -> list[Path]:
+    """One side of a comparison: run folders or ids (comma list, one per training seed), or the name of a published
+    defense, which stands for its runs of `suite` on the official board (one per training seed)."""
+    names = [run for run in side.split(",") if run]
+    if len(names) == 1 and not any(Path(f, names[0]).is_dir() for f in [Path("."), *folders]):
+        names = published_runs(names[0], boards, dataset, suite, seeds)
+    return [resolve_run(run, folders) for run in names]
+
+
 def _spec(run: Path) -> dict:
     return read_json_record(run / "config.json").get("spec", {})
 
@@ -55,7 +93,8 @@ def pair_by_seed(a: list[Path], b: list[Path]) -> list[tuple[Path, Path]]:
         sides.append(by_seed)
     if set(sides[0]) != set(sides[1]):
         raise BenchmarkError(f"compare: the sides were trained on different seeds ({','.join(sorted(sides[0]))} vs "
-                             f"{','.join(sorted(sides[1]))}); give runs of the same training seeds on both")
+                             f"{','.join(sorted(sides[1]))}); give runs of the same training seeds on both (with "
+                             "defense names: --seeds)")
     return [(sides[0][seed], sides[1][seed]) for seed in sorted(sides[0], key=lambda s: (len(s), s))]
 
 
