@@ -156,6 +156,18 @@ def test_filling_intervals_reproduces_the_runs_own_and_changes_no_measured_numbe
     assert seeds["worst_case_mAP_ci_low"].notna().all()  # every recipe, one seed or three, now has its interval
 
 
+def test_filling_rebuilds_a_seeds_board_that_no_longer_matches_its_summary(tmp_path):
+    """A change of the seeds board's rules (what `vs_best` compares with) reaches the committed file through the
+    publish step, and only when the file differs."""
+    boards = _official_copy(tmp_path)
+    seeds = boards / "seeds-synthped.csv"
+    current = seeds.read_text()
+    seeds.write_text(current.replace("best", "stale"))
+    report = backfill_board(boards / "summary-synthped.csv", REPO / "results")
+    assert report.seeds_rebuilt and seeds.read_text() == current
+    assert not backfill_board(boards / "summary-synthped.csv", REPO / "results").seeds_rebuilt
+
+
 def test_a_row_its_record_does_not_reproduce_stays_empty_and_is_named(tmp_path):
     boards = _official_copy(tmp_path)
     board = read_board(boards / "synthped.csv")

@@ -37,6 +37,18 @@ def test_seed_summary_reports_mean_sd_n_and_calls_only_gaps_beyond_the_spread():
     assert list(out.index) == ["a", "b", "d", "c"]  # ordered by the worst-case mean
 
 
+def test_the_best_is_among_the_recipes_with_the_most_seeds():
+    """A one-seed recipe above the three-seed ones is not the reference (every comparison with it would be 'not
+    separable'); it is named as above the best."""
+    frame = pd.DataFrame(_summary("three", [10.0, 11.0, 12.0]) + _summary("other", [5.0, 6.0, 7.0])
+                         + _summary("lucky", [20.0]))
+    out = seed_summary(frame).set_index("defense")
+    assert out.loc["three", "vs_best"] == "best"
+    assert out.loc["other", "vs_best"].startswith("5.00 below the best, seed sds add to 2.00: separated")
+    assert out.loc["lucky", "vs_best"].startswith("9.00 above the best; not separable (this recipe has one seed)")
+    assert out.loc["lucky", "vs_best"].endswith("; on the seeds both have (0): 10.00 above")
+
+
 def test_the_seeds_board_pairs_a_steady_gap_that_a_seed_wide_shift_hides():
     """Seeds that move both recipes alike (synthped draws its data from the seed) blow up the sds; the
     gap within each seed is steady, and the paired interval calls it where the sd rule cannot."""

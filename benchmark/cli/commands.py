@@ -185,7 +185,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if args.backfill:
         for report in backfill(REPO / OFFICIAL_BOARDS, REPO / OFFICIAL_RESULTS):
             print(f"{report.board.name}: {report.filled} cells filled, {report.present} already there, "
-                  f"{len(report.unmatched)} without a matching record")
+                  f"{len(report.unmatched)} without a matching record"
+                  + ("; its seeds board rebuilt" if report.seeds_rebuilt else ""))
             for line in report.unmatched:
                 print(f"  {line}")
     return 0

@@ -14,6 +14,7 @@ from a live run's by about 1e-4 AP points.
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ class BackfillReport:
     filled: int = 0
     present: int = 0
     unmatched: list[str] = field(default_factory=list)
+    #: a summary's seeds board was rewritten because it no longer matched the summary (its rules changed)
+    seeds_rebuilt: bool = False
 
 
 class _Records:
@@ -163,9 +166,22 @@ def backfill_board(path: Path, results: Path, records: _Records | None = None) -
         _fill_data_seed(frame, records, report)
         if report.filled:
             write_csv(frame, path)
-            if kind == "summary":  # from the board as written (four decimals), as every later upsert computes it
-                write_csv(seed_summary(read_board(path, text)), seeds_path(path))
+        if kind == "summary":  # from the board as written (four decimals), as every later upsert computes it
+            report.seeds_rebuilt = _rebuild_seeds(path, read_board(path, text))
     return report
+
+
+def _rebuild_seeds(summary_path: Path, summary: pd.DataFrame) -> bool:
+    """Write the seeds board a summary derives, when the file differs from it (True when written)."""
+    target = seeds_path(summary_path)
+    fresh = seed_summary(summary)
+    with tempfile.TemporaryDirectory() as scratch:
+        write_csv(fresh, Path(scratch) / target.name)
+        text = (Path(scratch) / target.name).read_text()
+    if target.is_file() and target.read_text() == text:
+        return False
+    write_csv(fresh, target)
+    return True
 
 
 def backfill(boards: Path, results: Path) -> list[BackfillReport]:
