@@ -14,7 +14,6 @@ from a live run's by about 1e-4 AP points.
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +22,20 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
+from benchmark.core.atomic import atomic_write_text
 from benchmark.core.enums import Seen
 from benchmark.core.intervals import identity_bootstrap
 from benchmark.core.protocol import STANDARD_EPS_LABEL
-from benchmark.report.boards import SUMMARY_TEXT, board_kind, read_board, seed_summary, seeds_path, text_cell, write_csv
+from benchmark.report.boards import (
+    SUMMARY_TEXT,
+    board_kind,
+    csv_text,
+    read_board,
+    seed_summary,
+    seeds_path,
+    text_cell,
+    write_csv,
+)
 from benchmark.report.records import read_json_record
 from benchmark.run.spec import recorded_data_seed
 
@@ -173,14 +182,10 @@ def backfill_board(path: Path, results: Path, records: _Records | None = None) -
 
 def _rebuild_seeds(summary_path: Path, summary: pd.DataFrame) -> bool:
     """Write the seeds board a summary derives, when the file differs from it (True when written)."""
-    target = seeds_path(summary_path)
-    fresh = seed_summary(summary)
-    with tempfile.TemporaryDirectory() as scratch:
-        write_csv(fresh, Path(scratch) / target.name)
-        text = (Path(scratch) / target.name).read_text()
+    target, text = seeds_path(summary_path), csv_text(seed_summary(summary))
     if target.is_file() and target.read_text() == text:
         return False
-    write_csv(fresh, target)
+    atomic_write_text(target, text)
     return True
 
 

@@ -358,11 +358,16 @@ def _versus(row: pd.Series, best: pd.Series) -> str:
     return f"{where}, seed sds add to {spread:.2f}: {called}"
 
 
-def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    """Atomic CSV write with normal permissions."""
+def csv_text(frame: pd.DataFrame) -> str:
+    """A board as its file holds it (four decimals, Unix line ends)."""
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False, float_format="%.4f", lineterminator="\n")
-    atomic_write_text(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Atomic CSV write with normal permissions."""
+    atomic_write_text(path, csv_text(frame))
 
 
 def read_board(path: str | Path, text: Iterable[str] = TEXT_COLUMNS) -> pd.DataFrame:
