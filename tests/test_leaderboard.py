@@ -260,6 +260,17 @@ def test_one_suite_per_table_a_new_suite_takes_over_only_when_every_recipe_has_i
     # nothing in common: each recipe its own headline, else its newest
     assert shown({"a": ["standard-v2"], "b": ["standard-v1"]}, "standard-v1") == [("a", "standard-v2"),
                                                                                  ("b", "standard-v1"), ("old", "")]
+    # a suite covers a recipe only when it covers each of its seeds: v2 on seed 1 alone does not take over
+    seeds = pd.DataFrame([{"dataset": "toy", "train_dataset": "toy", "defense": d, "backbone": "b", "settings": "",
+                           "seed": seed, "suite": suite} for d in ("a", "b") for seed in (0, 1)
+                          for suite in ("standard-v1", "standard-v2") if not (d == "b" and seed == 0
+                                                                             and suite == "standard-v2")])
+    rows = headline_rows(seeds, suite="standard-v2")
+    assert set(rows["suite"]) == {"standard-v1"} and len(rows) == 4
+    board = pd.DataFrame([{"dataset": "toy", "train_dataset": "toy", "defense": "a", "backbone": "b", "settings": "",
+                           "seeds": seeds_, "suite": suite} for suite, seeds_ in (("standard-v1", "0,1,2"),
+                                                                                 ("standard-v2", "1,2"))])
+    assert headline_rows(board, suite="standard-v2")["suite"].tolist() == ["standard-v1"]  # the seeds board's form
 
 
 def _suite_run(suite, worst, run_id, seed=0):
@@ -286,13 +297,14 @@ def test_the_summary_keeps_one_row_per_suite_and_shows_the_headline_suite(tmp_pa
     assert pairs == [("standard-v1", 10.0), ("standard-v2", 7.0)]
     assert headline_rows(read_summary(tmp_path / "summary-toy.csv"))["suite"].tolist() == ["standard-v1"]
     assert summary_frame(tmp_path, "toy")["worst case mAP / R1"].tolist() == ["10.0 / 10.0"]
-    # seed 1 has only v2: the recipe's rows on view stay v1, so no mean mixes the two suites
+    # seed 1 has only v2: v1 no longer covers the recipe's models and v2 does, so v2 is on view (both seeds), and
+    # no mean mixes the two suites
     write_leaderboards(_suite_run("standard-v2", 5.0, "v2-seed1", seed=1), tmp_path)
     seeds = pd.read_csv(tmp_path / "seeds-toy.csv", keep_default_na=False).set_index("suite")
     assert seeds.loc["standard-v2", "n"] == 2 and seeds.loc["standard-v1", "n"] == 1
-    assert headline_rows(seeds.reset_index()).suite.tolist() == ["standard-v1"]
+    assert headline_rows(seeds.reset_index()).suite.tolist() == ["standard-v2"]
     assert headline_rows(read_summary(tmp_path / "summary-toy.csv"))[["seed", "suite"]].values.tolist() \
-        == [[0, "standard-v1"]]
+        == [[0, "standard-v2"], [1, "standard-v2"]]
     assert headline_rows(summary.assign(suite=["standard-v2"] * 2, defense=["a", "b"]))["defense"].tolist() \
         == ["a", "b"]  # a recipe without the headline suite shows its newest
     from benchmark.report.tables import suites_frame

@@ -691,25 +691,44 @@ def _summary_resolve(old: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame
 def headline_rows(frame: pd.DataFrame, key: tuple[str, ...] = RECIPE, suite: str = HEADLINE_SUITE) -> pd.DataFrame:
     """The rows of ONE suite per comparison, so no table, mean, rank or figure mixes two suites' worst cases.
 
-    Per data set, every recipe (`key`) of `frame` shows the same suite: the headline suite when every recipe has
-    it, else the newest suite they all have (names sort by version), so a new suite takes over a table only once
-    every row of it has been measured with it. Recipes with no suite in common fall back to their own (the
-    headline where they have it, else their newest). Rows of runs without a suite stay (a model has one only
-    when it has no suite row). Select the rows to compare first, then call this.
+    Per data set, every recipe (`key`) of `frame` shows the same suite: the headline suite when it covers every
+    recipe's models (each training seed the recipe has a suite row for), else the newest suite that does (names
+    sort by version), so a new suite takes over a table only once every model in it has been measured with it.
+    Without such a suite each recipe shows its own (the headline where it covers the recipe, else the newest
+    that does, else its newest). Rows of runs without a suite stay (a model has one only when it has no suite
+    row). Select the rows to compare first, then call this.
     """
     if frame.empty or "suite" not in frame:
         return frame
     suites = frame["suite"].fillna("").astype(str)
-    recipe = _keys(frame, key)
-    dataset = frame["dataset"].astype(str) if "dataset" in frame else pd.Series("", index=frame.index)
+    with_suite = frame[suites.ne("")]
     preference = [suite, *sorted(set(suites) - {suite, ""}, reverse=True)]
+    covered = _seeds_of(with_suite)
+    recipe = _keys(with_suite, key)
+    dataset = with_suite["dataset"].astype(str) if "dataset" in with_suite else pd.Series("", index=with_suite.index)
     chosen = pd.Series("", index=frame.index)
-    for _, rows in frame[suites.ne("")].groupby(dataset[suites.ne("")], sort=False):
-        has = suites[rows.index].groupby(recipe[rows.index]).agg(set)
-        common = next((s for s in preference if all(s in have for have in has)), None)
-        for name, have in has.items():
-            chosen.loc[rows.index[recipe[rows.index] == name]] = common or next(s for s in preference if s in have)
+    for _, rows in with_suite.groupby(dataset, sort=False):
+        complete, present = {}, {}
+        for name, mine in rows.groupby(recipe[rows.index], sort=False):
+            seeds_by_suite = {s: set().union(*covered[g.index]) for s, g in mine.groupby(suites[mine.index])}
+            every = set().union(*seeds_by_suite.values())
+            complete[name] = {s for s, seeds in seeds_by_suite.items() if seeds == every}
+            present[name] = set(seeds_by_suite)
+        common = next((s for s in preference if all(s in c for c in complete.values())), None)
+        for name in complete:
+            own = common or next((s for s in preference if s in complete[name]), None) \
+                or next(s for s in preference if s in present[name])
+            chosen.loc[rows.index[(recipe[rows.index] == name).to_numpy()]] = own
     return frame[suites.eq(chosen) | suites.eq("")]
+
+
+def _seeds_of(frame: pd.DataFrame) -> pd.Series:
+    """The training seeds each row covers: its `seed`, or the seeds board's `seeds` list; {''} without either."""
+    if "seed" in frame:
+        return frame["seed"].map(lambda v: {text_cell(v)})
+    if "seeds" in frame:
+        return frame["seeds"].map(lambda v: set(text_cell(v).split(",")))
+    return pd.Series([{""}] * len(frame), index=frame.index)
 
 
 def read_summary(path: str | Path) -> pd.DataFrame:
