@@ -15,7 +15,7 @@ from benchmark.report.boards import SUMMARY_TEXT, read_board
 from benchmark.report.publish import publish
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = "20261125-030644-synthped-none-reidnet-s-s0-c81b83"  # an official run: standard suite, convergence check
+RUN = "20261205-091238-synthped-goat-reidnet-s-s0-995997"  # an official run: every attack, suite, convergence check
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_a_new_run_is_published_without_yes(setting):
     ws_runs, ws_boards, results, boards = setting
     for name in ("synthped.csv", "summary-synthped.csv"):  # an official board without this model's rows
         frame = pd.read_csv(boards / name, dtype=str, keep_default_na=False)
-        frame[frame["defense"] != "none"].to_csv(boards / name, index=False)
+        frame[frame["defense"] != "goat"].to_csv(boards / name, index=False)
     _publish(setting)
     board = pd.read_csv(boards / "synthped.csv", dtype=str, keep_default_na=False)
     assert set(board[board["run_id"] == RUN]["attack"]) >= {"standard-v1", "worst-case", "odfa"}
@@ -111,6 +111,27 @@ def test_each_admission_rule_refuses_in_one_line(setting, case, message):
         _publish(setting, yes=True)
     assert len(str(err.value).splitlines()) == 1 and RUN in str(err.value)
     assert {p.name: p.read_bytes() for p in boards.glob("*.csv")} == before
+
+
+def test_runs_published_together_are_judged_together(setting):
+    """A retrained model's attack run and its later suite run on the same checkpoint: the suite run's clean row
+    replaced the attack run's in the workspace, so neither alone covers the published cells; together they do."""
+    ws_runs, ws_boards, results, boards = setting
+    newer = dict(checkpoint="newer", train_date="2027-01-01T00:00:00Z")
+    other = RUN + "-v2"
+    shutil.copytree(ws_runs / RUN, ws_runs / other)
+    frame = pd.read_csv(ws_boards / "synthped.csv", dtype=str, keep_default_na=False).assign(**newer)
+    clean = frame["attack"] == "clean"
+    pd.concat([frame[~clean], frame[clean].assign(run_id=other)]).to_csv(ws_boards / "synthped.csv", index=False)
+    summary = pd.read_csv(ws_boards / "summary-synthped.csv", dtype=str, keep_default_na=False).assign(**newer)
+    pd.concat([summary, summary.assign(run_id=other)]).to_csv(ws_boards / "summary-synthped.csv", index=False)
+    for alone in (RUN, other):
+        with pytest.raises(BenchmarkError, match="publish it together with the run that has them"):
+            publish([alone], ws_runs, ws_boards, results, boards, yes=True, say=lambda line: None)
+    publish([RUN, other], ws_runs, ws_boards, results, boards, yes=True, say=lambda line: None)
+    board = pd.read_csv(boards / "synthped.csv", dtype=str, keep_default_na=False)
+    goat = board[(board["defense"] == "goat") & (board["seed"] == "0")]
+    assert set(goat["checkpoint"]) == {"newer"} and set(goat["run_id"]) == {RUN, other}
 
 
 def test_unknown_or_hostile_run_names_are_refused(setting):

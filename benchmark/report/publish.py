@@ -3,7 +3,8 @@
 Runs write into the user's workspace; a maintainer publishes chosen runs. A run is admitted when it
 is an official run (the protocol's standard settings), from a clean tree, made at the board's
 thread count (floating-point results depend on it), with the standard suite and its convergence
-check, and when it replaces no row of a run that covered more attacks. Every refusal is one line
+check, and when it replaces no row of a run that covered more attacks (runs named together are judged
+together: one may bring the cells the other lacks). Every refusal is one line
 naming the run and the rule. Publication shows the rows it adds and replaces; replacing needs
 `yes=True` (`--yes`). The run folder is copied without its pictures: `plots` and `site` redraw them.
 """
@@ -88,16 +89,19 @@ def _refusal(run: RunToPublish, official: pd.DataFrame) -> str | None:
     return None
 
 
-def _diff(run: RunToPublish, board_path: Path) -> str | None:
-    """Upsert the run into a scratch copy of the official board, as publishing would; fill the run's added and
-    replaced rows, and refuse (one line) when published rows would be lost (a newer training of a model
-    keeps only its own rows: it must cover every attack cell its predecessor had)."""
+def _diff(runs: list[RunToPublish], board_path: Path) -> str | None:
+    """Upsert the runs (of one data set, in order) into a scratch copy of the official board, as publishing would;
+    fill each run's added and replaced rows, and refuse (one line) when published rows would be lost (a newer
+    training of a model keeps only its own rows: together, the runs must cover every attack cell its predecessor
+    had). Runs published together are judged together: one run's attacks and another's `standard-v2` on the same
+    checkpoint may each lack a cell the other brings."""
     with tempfile.TemporaryDirectory() as scratch:
         trial = Path(scratch) / board_path.name
         if board_path.is_file():
             shutil.copy2(board_path, trial)
         before = read_board(trial) if trial.is_file() else pd.DataFrame()
-        upsert_rows(trial, run.rows.to_dict("records"))
+        for run in runs:
+            upsert_rows(trial, run.rows.to_dict("records"))
         after = read_board(trial)
     keyed = {_key(r): r for _, r in before.iterrows()} if not before.empty else {}
     now = {_key(r): r for _, r in after.iterrows()}
@@ -105,9 +109,11 @@ def _diff(run: RunToPublish, board_path: Path) -> str | None:
     if lost:
         cells = ", ".join(sorted({f"{k[4]}@{k[5]}" for k in lost}))
         return (f"would remove {len(lost)} published rows of the same model that it does not cover ({cells}): "
-                "run those attacks too")
+                "run those attacks too, or publish it together with the run that has them")
+    by_id = {run.run_id: run for run in runs}
     for key, row in now.items():
-        if str(row["run_id"]) != run.run_id:
+        run = by_id.get(str(row["run_id"]))
+        if run is None:
             continue
         label = " / ".join(key[2:6]) + f" / seed {key[6]}"
         if key not in keyed:
@@ -132,10 +138,14 @@ def publish(run_ids: list[str], workspace_runs: Path, workspace_boards: Path, re
     runs = [_load(r, workspace_runs, workspace_boards) for r in run_ids]
     refusals = []
     for run in runs:
-        board_path = board_paths(boards, run.dataset, official=True)[0]
-        reason = _refusal(run, read_board(board_path)) or _diff(run, board_path)
+        reason = _refusal(run, read_board(board_paths(boards, run.dataset, official=True)[0]))
         if reason:
             refusals.append(f"publish {run.run_id}: refused, {reason}")
+    for dataset in dict.fromkeys(run.dataset for run in runs):
+        together = [run for run in runs if run.dataset == dataset]
+        reason = None if refusals else _diff(together, board_paths(boards, dataset, official=True)[0])
+        if reason:
+            refusals.append(f"publish {', '.join(run.run_id for run in together)}: refused, {reason}")
     if len(refusals) == 1:
         raise BenchmarkError(refusals[0])
     if refusals:
