@@ -121,8 +121,13 @@ def test_runs_published_together_are_judged_together(setting):
     other = RUN + "-v2"
     shutil.copytree(ws_runs / RUN, ws_runs / other)
     frame = pd.read_csv(ws_boards / "synthped.csv", dtype=str, keep_default_na=False).assign(**newer)
-    clean = frame["attack"] == "clean"
-    pd.concat([frame[~clean], frame[clean].assign(run_id=other)]).to_csv(ws_boards / "synthped.csv", index=False)
+    published = pd.read_csv(boards / "synthped.csv", dtype=str, keep_default_na=False)
+    model = published[(published["defense"] == "goat") & (published["seed"] == "0")]
+    # the other run: the published cells the attack run lacks (its clean row among them)
+    rest = model[~model["attack"].isin(set(frame["attack"]) - {"clean"})]
+    assert "clean" in set(rest["attack"])
+    pd.concat([frame[frame["attack"] != "clean"], rest.assign(run_id=other, **newer)]).to_csv(
+        ws_boards / "synthped.csv", index=False)
     summary = pd.read_csv(ws_boards / "summary-synthped.csv", dtype=str, keep_default_na=False).assign(**newer)
     pd.concat([summary, summary.assign(run_id=other)]).to_csv(ws_boards / "summary-synthped.csv", index=False)
     for alone in (RUN, other):
