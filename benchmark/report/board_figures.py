@@ -17,7 +17,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from benchmark.core.protocol import STANDARD_EPS_LABEL as EPS
 from benchmark.core.protocol import WORST_CASE
-from benchmark.report.boards import THROUGHPUT_UNITS, eps_units, training_identity
+from benchmark.report.boards import THROUGHPUT_UNITS, eps_units, trained_as
 
 ONE_COLUMN, TWO_COLUMNS = 3.4, 7.0
 #: Okabe & Ito (2008), distinguishable under the common colour-vision deficiencies (their yellow, too faint
@@ -151,11 +151,7 @@ def _clean_of(board: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     """The clean rows of the models `rows` were measured on (by checkpoint where rows record one), so a curve's ε = 0
     point comes from the same checkpoints as the rest of it."""
     clean = board[board["defense"].isin(rows["defense"]) & (board["seen"] == "clean")]
-    if "checkpoint" not in rows:
-        return clean
-    identity = training_identity(pd.concat([clean, rows]))
-    models = set(identity.iloc[len(clean):]) - {""}
-    return clean[identity.iloc[:len(clean)].isin(models).to_numpy()] if models else clean
+    return clean[trained_as(clean, rows)] if "checkpoint" in rows else clean
 
 
 def eps_curves(board: pd.DataFrame, dataset: str, stem: Path, save: Saver) -> list[Path]:

@@ -524,8 +524,7 @@ def rows_of_model(board: pd.DataFrame, summary_row: pd.Series) -> pd.DataFrame:
         same &= board[column] == summary_row[column]
     checkpoint = summary_row.get("checkpoint", "")
     if isinstance(checkpoint, str) and checkpoint and "checkpoint" in board:
-        identity = training_identity(pd.concat([board, summary_row.to_frame().T], ignore_index=True))
-        return board[same & (identity.iloc[:len(board)] == identity.iloc[-1]).to_numpy()]
+        return board[same & trained_as(board, summary_row.to_frame().T)]
     return board[same & (board["run_id"] == summary_row["run_id"])]
 
 
@@ -645,6 +644,16 @@ def training_identity(frame: pd.DataFrame) -> pd.Series:
     known = {k: d for k, d in zip(keys, digests, strict=True) if k and d}
     return pd.Series([f"model:{known.get(k) or d}" if (k in known or (not k and d)) else k
                       for k, d in zip(keys, digests, strict=True)], index=frame.index, dtype=object)
+
+
+def trained_as(frame: pd.DataFrame, reference: pd.DataFrame) -> pd.Series:
+    """Which rows of `frame` measured a model that a row of `reference` measured (`training_identity`, computed
+    over both, so a digest known on either side joins keys); every row when `reference` records no training."""
+    identity = training_identity(pd.concat([frame, reference], ignore_index=True))
+    models = set(identity.iloc[len(frame):]) - {""}
+    if not models:
+        return pd.Series(True, index=frame.index)
+    return pd.Series(identity.iloc[:len(frame)].isin(models).to_numpy(), index=frame.index)
 
 
 def newest_training(old: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
