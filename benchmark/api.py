@@ -1,7 +1,7 @@
 """The Python API: score any embedding model with the benchmark's protocol and standard suite.
 
     import benchmark
-    result = benchmark.evaluate(model, dataset="synthped", suite="standard-v1", eps=8 / 255)
+    result = benchmark.evaluate(model, dataset="synthped", suite="standard-v2", eps=8 / 255)
     print(result.clean.mAP, result.worst_case.mAP)
 
 `model` is any `nn.Module` mapping a batch of images in [0, 1] (B x 3 x H x W, normalisation
@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
+from attacks.suites import DEFAULT_SUITE
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.metrics import RetrievalMetrics
 from benchmark.core.provenance import provenance
@@ -66,7 +67,7 @@ class Evaluation:
 
 
 def evaluate(model: nn.Module, dataset: str = "synthped", *, data_root: str | None = None,
-             dataset_options: Mapping[str, str] | None = None, suite: str | None = "standard-v1",
+             dataset_options: Mapping[str, str] | None = None, suite: str | None = DEFAULT_SUITE,
              attacks: Sequence[str] = (), eps: float | Sequence[float] = 8 / 255, metric: str = "euclidean",
              input_size: tuple[int, int] = (128, 64), defense: str = "none", seed: int = 0, data_seed: int = 0,
              check_convergence: bool = False, name: str | None = None, device: str = "auto",

@@ -107,3 +107,20 @@ def test_a_published_defense_name_stands_for_its_runs_of_the_suite_one_per_seed(
         resolve_side("goat", [results], boards, "synthped", "standard-v1")
     with pytest.raises(BenchmarkError, match="no published standard-v2 run of seeds 2"):
         resolve_side("ddid", [results], boards, "synthped", "standard-v2", [2])
+
+
+def test_without_suite_compare_uses_the_suite_the_tables_show_for_the_two_defenses(tmp_path):
+    """The headline suite where it covers every seed of both defenses, else the suite that does (PKU has v1 only)."""
+    from benchmark.report.compare import suite_on_view
+
+    boards = tmp_path / "leaderboards"
+    boards.mkdir()
+    rows = [{"dataset": "synthped", "train_dataset": "synthped", "defense": d, "backbone": "b", "seed": seed,
+             "settings": "", "suite": suite, "run_id": f"{d}-{seed}-{suite}", "data_seed": "0"}
+            for d in ("ddid", "metric-at") for seed in (0, 1) for suite in ("standard-v1", "standard-v2")
+            if not (d == "metric-at" and seed == 1 and suite == "standard-v2")]
+    pd.DataFrame(rows).to_csv(boards / "summary-synthped.csv", index=False)
+    assert suite_on_view(["ddid", "metric-at"], boards, "synthped", "standard-v2") == "standard-v1"
+    assert suite_on_view(["ddid", "RUN_ID"], boards, "synthped", "standard-v2") == "standard-v2"
+    assert suite_on_view(["a", "b"], boards, "synthped", "standard-v2") == "standard-v2"  # no published defense
+    assert suite_on_view(["ddid"], boards, "pku", "standard-v2") == "standard-v2"  # no board

@@ -280,35 +280,68 @@ def _suite_run(suite, worst, run_id, seed=0):
 
 
 def test_the_summary_keeps_one_row_per_suite_and_shows_the_headline_suite(tmp_path):
-    """standard-v2 is published beside standard-v1: neither replaces the other, a run without a suite replaces
-    neither, and tables, pages and the seeds board show one suite per recipe, never a mix."""
+    """standard-v2 (the headline) is published beside standard-v1: neither replaces the other, a run without a
+    suite replaces neither, and tables, pages and the seeds board show one suite per recipe, never a mix: v2 only
+    once it covers every seed of the recipe (PKU's seeds have only v1 so far), else v1."""
     from attacks.suites import PUBLISHED_SUITES, SUITES
     from benchmark.core.protocol import HEADLINE_SUITE
     from benchmark.report.boards import headline_rows, read_summary
     from benchmark.report.tables import summary_frame
 
-    assert HEADLINE_SUITE in PUBLISHED_SUITES and HEADLINE_SUITE in SUITES
+    assert HEADLINE_SUITE == "standard-v2" and HEADLINE_SUITE in PUBLISHED_SUITES and HEADLINE_SUITE in SUITES
     write_leaderboards(_suite_run("", 20.0, "no-suite"), tmp_path)  # an early run with single attacks only
     write_leaderboards(_suite_run("standard-v1", 10.0, "v1"), tmp_path)
+    write_leaderboards(_suite_run("standard-v1", 12.0, "v1-seed1", seed=1), tmp_path)
     write_leaderboards(_suite_run("standard-v2", 7.0, "v2"), tmp_path)
     write_leaderboards(_suite_run("", 25.0, "later-no-suite"), tmp_path)
     summary = pd.read_csv(tmp_path / "summary-toy.csv", keep_default_na=False)
-    pairs = sorted(zip(summary["suite"], summary["worst_case_mAP"], strict=True))
-    assert pairs == [("standard-v1", 10.0), ("standard-v2", 7.0)]
-    assert headline_rows(read_summary(tmp_path / "summary-toy.csv"))["suite"].tolist() == ["standard-v1"]
-    assert summary_frame(tmp_path, "toy")["worst case mAP / R1"].tolist() == ["10.0 / 10.0"]
-    # seed 1 has only v2: v1 no longer covers the recipe's models and v2 does, so v2 is on view (both seeds), and
-    # no mean mixes the two suites
+    pairs = sorted(zip(summary["seed"], summary["suite"], summary["worst_case_mAP"], strict=True))
+    assert pairs == [(0, "standard-v1", 10.0), (0, "standard-v2", 7.0), (1, "standard-v1", 12.0)]
+    # v2 lacks seed 1: the headline suite does not cover the recipe, so v1 (which does) is on view for both seeds
+    assert sorted(headline_rows(read_summary(tmp_path / "summary-toy.csv"))[["seed", "suite"]].values.tolist()) \
+        == [[0, "standard-v1"], [1, "standard-v1"]]
+    assert sorted(summary_frame(tmp_path, "toy")["worst case mAP / R1"]) == ["10.0 / 10.0", "12.0 / 12.0"]
+    # seed 1 gets v2: v2 covers the recipe's models and is on view (both seeds), and no mean mixes the suites
     write_leaderboards(_suite_run("standard-v2", 5.0, "v2-seed1", seed=1), tmp_path)
     seeds = pd.read_csv(tmp_path / "seeds-toy.csv", keep_default_na=False).set_index("suite")
-    assert seeds.loc["standard-v2", "n"] == 2 and seeds.loc["standard-v1", "n"] == 1
+    assert seeds.loc["standard-v2", "n"] == 2 and seeds.loc["standard-v1", "n"] == 2
     assert headline_rows(seeds.reset_index()).suite.tolist() == ["standard-v2"]
-    assert headline_rows(read_summary(tmp_path / "summary-toy.csv"))[["seed", "suite"]].values.tolist() \
+    assert sorted(headline_rows(read_summary(tmp_path / "summary-toy.csv"))[["seed", "suite"]].values.tolist()) \
         == [[0, "standard-v2"], [1, "standard-v2"]]
-    assert headline_rows(summary.assign(suite=["standard-v2"] * 2, defense=["a", "b"]))["defense"].tolist() \
-        == ["a", "b"]  # a recipe without the headline suite shows its newest
+    assert sorted(summary_frame(tmp_path, "toy")["worst case mAP / R1"]) == ["5.0 / 5.0", "7.0 / 7.0"]
+    summary = pd.read_csv(tmp_path / "summary-toy.csv", keep_default_na=False)
+    assert headline_rows(summary.assign(suite=["standard-v1"] * 4, defense=["a", "b", "c", "d"]))["defense"] \
+        .tolist() == ["a", "b", "c", "d"]  # a recipe without the headline suite shows its newest
     from benchmark.report.tables import suites_frame
 
-    both = suites_frame(tmp_path, "toy")  # seed 0 has both suites, seed 1 only v2
-    assert both.to_dict("records") == [{"defense": "ddid", "seed": "0", "standard-v1 worst case mAP": "10.0",
-                                        "standard-v2 worst case mAP": "7.0", "standard-v2 - standard-v1": -3.0}]
+    both = suites_frame(tmp_path, "toy")  # each seed has both suites: the newer one's difference from the first
+    assert sorted(both.to_dict("records"), key=lambda r: r["seed"]) == [
+        {"defense": "ddid", "seed": "0", "standard-v1 worst case mAP": "10.0", "standard-v2 worst case mAP": "7.0",
+         "standard-v2 - standard-v1": -3.0},
+        {"defense": "ddid", "seed": "1", "standard-v1 worst case mAP": "12.0", "standard-v2 worst case mAP": "5.0",
+         "standard-v2 - standard-v1": -7.0}]
+
+
+def test_the_heatmap_shows_a_runs_worst_case_only_where_its_suite_is_on_view(tmp_path):
+    """A v1 run's worst case over its attacks (8.8) would stand beside, and above, the v2 worst case (6.9)."""
+    from benchmark.report import board_figures as figures
+
+    rows = [{"defense": "ddid", "attack": a, "eps": e, "seen": seen, "mAP": m, "suite": suite, "run_id": run}
+            for a, e, seen, m, suite, run in (("clean", "0", "clean", 60.0, "standard-v1", "v1"),
+                                              ("fna", "8/255", "unseen", 35.0, "standard-v1", "v1"),
+                                              ("standard-v1", "8/255", "worst-case", 8.8, "standard-v1", "v1"),
+                                              ("worst-case", "8/255", "worst-case", 8.8, "standard-v1", "v1"),
+                                              ("standard-v2", "8/255", "worst-case", 6.9, "standard-v2", "v2"))]
+    board = pd.DataFrame(rows)
+    columns: list[list[str]] = []
+
+    def record(fig, stem):
+        columns.append([t.get_text() for t in fig.axes[0].get_xticklabels()])
+        fig.clf()
+        return []
+
+    for suite in ("standard-v2", "standard-v1"):
+        summary = pd.DataFrame([{"defense": "ddid", "worst_case_mAP": 6.9, "suite": suite, "seed": 0}])
+        figures.heatmap(board, summary, "d", tmp_path / "d", record)
+    assert columns == [["clean", "fna", "standard-v1", "standard-v2"],
+                       ["clean", "fna", "standard-v1", "standard-v2", "worst-case"]]

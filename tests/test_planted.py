@@ -63,10 +63,10 @@ def test_the_planted_model_is_the_reference_until_the_probe_fires(tiny_ws, undef
     assert (grad[:, :, : x.shape[2] // 2] == 0).all(), "the model must not see the probe's region"
 
 
-def test_standard_v2_finds_the_planted_example(tiny_ws, undefended):
+def test_standard_v1_finds_the_planted_example(tiny_ws, undefended):
     check = planted_check(build_defense("none"), undefended, tiny_ws, TINY_SYNTHPED, torch.device("cpu"),
-                          suite="standard-v2")
+                          suite="standard-v1")
     assert check.clean_gate <= 1e-3  # clean inputs score as before
     assert check.damaged >= 6, "the plant must damage queries for the test to mean anything"
     assert check.problem is None, check.detail()
-    assert check.found == check.damaged and (check.report.reached["standard-v2"][check.report.tested] >= SHARE).all()
+    assert check.found == check.damaged and (check.report.reached["standard-v1"][check.report.tested] >= SHARE).all()

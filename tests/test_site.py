@@ -117,7 +117,9 @@ def test_board_sorts_and_stays_local_in_chromium(browser, site, tmp_path):
     browser.get_log("performance")  # drop what earlier pages logged
     browser.get((site / "synthped.html").as_uri())
     rows = browser.find_elements("css selector", "#board tbody tr")
-    assert len(rows) == summary["defense"].nunique()
+    variants = browser.find_elements("css selector", "#variants tbody tr")
+    assert len(rows) == summary.loc[~summary["defense"].str.contains("[", regex=False), "defense"].nunique()
+    assert len(rows) + len(variants) == summary["defense"].nunique()
     before = [r.get_attribute("data-row") for r in rows]
     header = browser.find_element("css selector", '#board th[data-key="clean_mAP"] button')
     header.click()
@@ -150,12 +152,15 @@ def test_a_multi_seed_row_shows_numbers_over_the_same_seeds(site):
 
     summary = pd.read_csv(REPO / "leaderboards" / "summary-synthped.csv", dtype=str)
     seeds = pd.read_csv(REPO / "leaderboards" / "seeds-synthped.csv")
-    multi = seeds[(seeds["n"] > 1) & (seeds["settings"].isna())].iloc[0]
     html = (site / "synthped.html").read_text()
+    shown = re.search(r'<tr data-row="ddid".*?</tr>', html, re.S).group(0)
+    suite = "standard-v2" if "standard-v2" in shown else "standard-v1"
+    multi = seeds[(seeds["n"] > 1) & (seeds["settings"].isna()) & (seeds["suite"] == suite)].iloc[0]
     row = re.search(rf'<tr data-row="{re.escape(multi["defense"])}".*?</tr>', html, re.S).group(0)
     assert f"{multi['clean_mAP_mean']:.2f}" in row and f"{multi['worst_case_mAP_mean']:.2f}" in row
     assert f"{multi['worst_case_mAP_sd']:.2f}" in row
-    first = summary[(summary["defense"] == multi["defense"]) & (summary["settings"].isna())]
+    first = summary[(summary["defense"] == multi["defense"]) & (summary["settings"].isna())
+                    & (summary["suite"] == suite)]
     seed0_clean = float(first.sort_values("seed").iloc[0]["clean_mAP"])
     if round(seed0_clean, 2) != round(multi["clean_mAP_mean"], 2):
         assert f"{seed0_clean:.2f}" not in row
@@ -241,3 +246,27 @@ def test_a_recorded_interval_is_shown_beside_its_number(tmp_path):
     assert "8.00\u201312.50" in board
     run_page = next((out / "runs").glob("*/index.html")).read_text()
     assert "55.00\u201365.00" in run_page and "8.00\u201312.50" in run_page
+
+
+def test_standard_recipes_and_ablation_variants_are_ranked_apart_each_in_its_own_suite(tmp_path):
+    """A variant measured with v1 only must neither pull the standard recipes back to v1 nor outrank their v2."""
+    import dataclasses
+
+    from benchmark.report.boards import write_leaderboards
+    from tests.test_leaderboard import clean_row, make_row
+
+    def run(defense, suite, worst):
+        rows = [clean_row(defense), make_row(defense, suite, "worst-case", worst)]
+        return [dataclasses.replace(r, suite=suite, run_id=f"{defense}-{suite}", checkpoint=defense) for r in rows]
+
+    for rows in (run("ddid", "standard-v1", 10.0), run("ddid", "standard-v2", 7.0),
+                 run("ddid[ablate=fnes]", "standard-v1", 9.0)):
+        write_leaderboards(rows, tmp_path / "boards")
+    out = tmp_path / "site"
+    build_site(tmp_path / "boards", tmp_path / "results", out)
+    page = (out / "toy.html").read_text()
+    main = re.search(r'<table class="sortable" id="board">.*?</table>', page, re.S).group(0)
+    variants = re.search(r'<table class="sortable" id="variants">.*?</table>', page, re.S).group(0)
+    assert "standard-v2" in main and "7.00" in main and "standard-v1" not in main and "fnes" not in main
+    assert "ddid[ablate=fnes]" in variants and "9.00" in variants
+    assert "per-query worst case of standard-v2 on every row" in page

@@ -23,9 +23,10 @@ from tests.conftest import cpu_runtime, tiny_config
 
 def test_all_means_every_attack_outside_suites_plus_the_standard_suite():
     names, suite = split_attacks("all")
-    assert suite == DEFAULT_SUITE == "standard-v1"
+    assert suite == DEFAULT_SUITE == "standard-v2"
     assert not any(n.startswith("apgd-") for n in names) and "fna" in names and "transfer" in names
-    assert split_attacks("standard") == ([], "standard-v1")
+    assert split_attacks("standard") == ([], "standard-v2")  # the alias follows the headline suite
+    assert split_attacks("standard-v1") == ([], "standard-v1")
     assert split_attacks("fna,standard-v1") == (["fna"], "standard-v1")
     assert split_attacks("apgd-*") == (sorted(ATTACKS.names("apgd-*")), None)
     assert split_attacks("none") == ([], None)
@@ -47,7 +48,7 @@ def test_convergence_check_needs_a_suite():
 
 @pytest.mark.slow
 def test_standard_suite_run_records_per_query_worst_case_and_resumes(tiny_ws, tmp_path):
-    cfg = tiny_config(defense="none", attacks="fna,sma,standard", epochs=2, check_convergence=True)
+    cfg = tiny_config(defense="none", attacks="fna,sma,standard-v1", epochs=2, check_convergence=True)
     outcome = execute(cfg, cpu_runtime(), workspace=tiny_ws)
     by_name = {r.attack: r for r in outcome.aggregates}
     assert set(by_name) == {"standard-v1", "worst-case"}

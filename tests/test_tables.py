@@ -200,3 +200,34 @@ def test_the_curves_table_gives_each_models_suite_worst_case_at_every_eps_it_was
     assert frame.set_index("defense").loc["ddid", "ε 16/255"] == "-"
     page = readme_tables("<!-- table:toy:curves -->\n<!-- /table -->\n", tmp_path)
     assert "| ddid | 1 | standard-v2 | 60.0 | 30.0 [29.0, 31.0] | 9.0 [8.0, 10.0] | - |" in page
+
+
+def test_a_suite_only_run_shows_its_models_single_attacks(tmp_path):
+    """standard-v2 run alone on a checkpoint already attacked (v1 plus FNA and SMA): the table shows v2's worst
+    case with the single attacks the model has on the board, not an empty mean."""
+    import dataclasses
+
+    def run(rows, run_id, suite):
+        return [dataclasses.replace(r, run_id=run_id, suite=suite, checkpoint="ck") for r in rows]
+
+    write_leaderboards(run([clean_row("ddid"), make_row("ddid", "fna", "unseen", 30.0),
+                            make_row("ddid", "sma", "unseen", 40.0),
+                            make_row("ddid", "standard-v1", "worst-case", 10.0)], "v1", "standard-v1"), tmp_path)
+    write_leaderboards(run([clean_row("ddid"), make_row("ddid", "standard-v2", "worst-case", 7.0)], "v2",
+                           "standard-v2"), tmp_path)
+    row = summary_frame(tmp_path, "toy").iloc[0]
+    assert row["worst case mAP / R1"] == "7.0 / 7.0" and row["min of means"] == 30.0
+    assert row["mean of single attacks (n)"] == "35.0 (2)" and row["FNA"] == 30.0
+    seeds = pd.read_csv(tmp_path / "seeds-toy.csv").set_index("suite")
+    assert seeds.loc["standard-v2", "robust_mAP_mean_mean"] == seeds.loc["standard-v1", "robust_mAP_mean_mean"] == 35.0
+
+
+def test_the_caption_names_the_suite_on_view():
+    from benchmark.report.captions import suite_caption
+
+    frame = pd.DataFrame({"defense": ["ddid", "none", "old"], "suite": ["standard-v2", "standard-v2", ""]})
+    assert suite_caption(frame.iloc[:2]) == "Worst case: the per-query worst case of `standard-v2` on every row."
+    assert suite_caption(frame.assign(suite=["standard-v2", "standard-v1", ""])) == (
+        "Worst case: the per-query worst case of `standard-v1` (none); `standard-v2` (ddid); rows of no suite "
+        "show single attacks only.")
+    assert suite_caption(frame.assign(suite="")) == "" and suite_caption(frame.drop(columns="suite")) == ""

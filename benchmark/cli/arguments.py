@@ -69,8 +69,8 @@ _count = _integer(1)
 def _add_run_args(p: argparse.ArgumentParser, attacks_default: str) -> None:
     p.add_argument("--defense", default="none", help="defense name (see `list defenses`)")
     p.add_argument("--attack", default=attacks_default,
-                   help="'all' (every attack plus the standard suite), 'standard' (the suite standard-v1), 'none', "
-                        "a comma list (fna,sma) or wildcards (art-*)")
+                   help="'all' (every attack plus the standard suite), 'standard' (the suite standard-v2; "
+                        "standard-v1 names the first), 'none', a comma list (fna,sma) or wildcards (art-*)")
     p.add_argument("--check-convergence", action="store_true",
                    help="rerun the suite's APGD attacks with doubled iterations on the queries it left unbroken; "
                         "flags not-converged when worst-case mAP drops by more than 1 point")
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "workspace's runs/, then the published results/)")
     p_cmp.add_argument("--dataset", default="synthped", help="the official board a defense name is looked up on")
     p_cmp.add_argument("--suite", default=None, help="the suite whose runs a defense name stands for (default: the "
-                       "headline suite)")
+                       "one the board's tables show for these defenses: the headline suite once it covers them)")
     p_cmp.add_argument("--seeds", default=None, help="training seeds a defense name stands for, e.g. 0,1,2 "
                        "(default: every published seed)")
     p_cmp.add_argument("--leaderboard-dir", default=None, help="the official boards (default: the checkout's "

@@ -197,14 +197,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from attacks.suites import SUITES
     from benchmark.core.paths import OFFICIAL_BOARDS, OFFICIAL_RESULTS, runs_dir
     from benchmark.core.protocol import HEADLINE_SUITE
-    from benchmark.report.compare import compare_text, resolve_side
+    from benchmark.report.compare import compare_text, resolve_side, suite_on_view
 
-    suite = args.suite or HEADLINE_SUITE
-    if suite not in SUITES:
-        raise BenchmarkError(f"--suite {suite}: not a suite; use one of {', '.join(SUITES.names())}")
+    if args.suite and args.suite not in SUITES:
+        raise BenchmarkError(f"--suite {args.suite}: not a suite; use one of {', '.join(SUITES.names())}")
     seeds = seeds_from_args(args) if args.seeds else None
     folders = [Path(args.results_dir) if args.results_dir else runs_dir(), REPO / OFFICIAL_RESULTS]
     boards = Path(args.leaderboard_dir) if args.leaderboard_dir else REPO / OFFICIAL_BOARDS
+    suite = args.suite or suite_on_view(list(args.runs), boards, args.dataset, HEADLINE_SUITE)
     a, b = (resolve_side(side, folders, boards, args.dataset, suite, seeds) for side in args.runs)
     print(compare_text(a, b), end="")
     return 0

@@ -17,7 +17,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from benchmark.core.protocol import STANDARD_EPS_LABEL as EPS
 from benchmark.core.protocol import WORST_CASE
-from benchmark.report.boards import THROUGHPUT_UNITS, eps_units, trained_as
+from benchmark.report.boards import THROUGHPUT_UNITS, eps_units, is_variant, trained_as
 
 ONE_COLUMN, TWO_COLUMNS = 3.4, 7.0
 #: Okabe & Ito (2008), distinguishable under the common colour-vision deficiencies (their yellow, too faint
@@ -68,11 +68,6 @@ def spread_labels(values: list[float], min_gap: float) -> list[float]:
     return placed
 
 
-def is_variant(defenses: pd.Series | pd.Index) -> np.ndarray:
-    """Defense labels with options, e.g. ddid[ablate=fnes] (drawn in their own variants figure)."""
-    return np.asarray(defenses.str.contains("[", regex=False), dtype=bool)
-
-
 def _main_defenses(summary: pd.DataFrame) -> pd.DataFrame:
     """Standard recipes only (labels with options, e.g. ablations, have their own figure)."""
     return summary[~is_variant(summary["defense"])]
@@ -103,8 +98,15 @@ def seed_labels(summary: pd.DataFrame) -> dict[str, str]:
 
 def heatmap(board: pd.DataFrame, summary: pd.DataFrame, dataset: str, stem: Path,
             save: Saver) -> list[Path]:
-    """Defense x attack mAP at 8/255; attacks a defense trained with are boxed."""
+    """Defense x attack mAP at 8/255; attacks a defense trained with are boxed; each suite a column, and the
+    runs' worst case over all their attacks where it includes the suite on view."""
     scope = board[((board["eps"] == EPS) | (board["seen"] == "clean")) & ~is_variant(board["defense"])]
+    if "suite" in scope and "suite" in summary:
+        # a run's worst case over all its attacks counts only where its suite is the one on view: a v1 run's
+        # would stand above the v2 worst case of the same model
+        on_view = dict(zip(summary["defense"], summary["suite"].fillna(""), strict=True))
+        other = scope["attack"].eq(WORST_CASE) & scope["suite"].fillna("").ne(scope["defense"].map(on_view))
+        scope = scope[~other]
     if scope.empty:
         return []
     table = scope.pivot_table(index="defense", columns="attack", values="mAP", aggfunc="mean")
@@ -249,7 +251,8 @@ def clean_vs_worst_case(summary: pd.DataFrame, dataset: str, stem: Path, save: S
     high = max(max(label_y), float(stats["robust"].max())) + 0.06 * y_span
     ax.set_ylim(low, high)  # labels spread past the points stay inside the axes
     ax.set_xlabel("clean mAP (%)", fontsize=7)
-    ax.set_ylabel("worst-case mAP (%), standard suite", fontsize=7)
+    suites = sorted(set(main["suite"].fillna("")) - {""}) if "suite" in main else []
+    ax.set_ylabel(f"worst-case mAP (%), {', '.join(suites) or 'standard suite'}", fontsize=7)
     one_seed = (stats["seeds"] <= 1).all()
     ax.set_title(f"clean vs worst case, {dataset}" + (" (one seed each)" if one_seed else ""), fontsize=8)
     ax.tick_params(labelsize=7)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from filelock import FileLock
 
@@ -64,7 +65,7 @@ class LeaderboardRow:
     defense: str = column("canonical defense label: the registry name, then its non-default options in sorted order "
                           "(`ddid[ablate=fnes+self-meta]`)")
     backbone: str = column("backbone registry name (`osnet_small`, `resnet50`, `timm:NAME`, ...)")
-    attack: str = column("attack registry name; `clean` for the unattacked row; a suite's name (`standard-v1`) for its "
+    attack: str = column("attack registry name; `clean` for the unattacked row; a suite's name (`standard-v2`) for its "
                          "per-query worst case; `worst-case` for the per-query worst case over every attack of the run "
                          "and the clean image")
     eps: str = column("L∞ budget as a fraction of 255 (`8/255`); `0` on the clean row")
@@ -115,7 +116,7 @@ class LeaderboardRow:
     allow_dirty: bool = column("the row was written with `--allow-dirty` from a tree with uncommitted code", False)
     training_quality: str = column("the defense's own training diagnostics, `name=value;...` (DDID: phase-1 identity "
                                    "and camera fidelity in percent, chance, images used)", "")
-    suite: str = column("the versioned suite the run included (`standard-v1`); empty if none", "")
+    suite: str = column("the versioned suite the run included (`standard-v2`); empty if none", "")
     forward: str = column("the adaptive forward this row's attack used; empty on worst-case rows", "")
     mAP_2x: float = column("suite rows of runs with `--check-convergence`: worst-case mAP with doubled APGD "
                            "iterations", math.nan)
@@ -279,6 +280,7 @@ def seed_summary(summary: pd.DataFrame) -> pd.DataFrame:
     frame = summary[on_recipe_test_set(summary)].copy()
     if frame.empty:
         return pd.DataFrame()
+    frame = with_single_attacks(frame, frame)  # a suite-only run's row: its model's single attacks
     for col in SEED_GROUP:
         frame[col] = frame[col].fillna("").astype(str) if col in frame else ""
     rows, worst_by_seed = [], []
@@ -729,6 +731,50 @@ def headline_rows(frame: pd.DataFrame, key: tuple[str, ...] = RECIPE, suite: str
                 or next(s for s in preference if s in present[name])
             chosen.loc[rows.index[(recipe[rows.index] == name).to_numpy()]] = own
     return frame[suites.eq(chosen) | suites.eq("")]
+
+
+def is_variant(defenses: pd.Series | pd.Index) -> np.ndarray:
+    """Defense labels with options, e.g. ddid[ablate=fnes]: ablation variants, compared apart from the standard
+    recipes (their own tables, figures and site section)."""
+    return np.asarray(pd.Series(defenses).astype(str).str.contains("[", regex=False), dtype=bool)
+
+
+#: a summary row's fields about its run's single attacks (not its suite)
+SINGLE_ATTACK_FIELDS = ("attacks", "robust_mAP_mean", "robust_mAP_worst", "unseen_mAP_mean", "unseen_mAP_worst")
+
+
+def summary_on_view(frame: pd.DataFrame) -> pd.DataFrame:
+    """The summary rows a table, page or figure shows (`headline_rows`: one suite per comparison), each with its
+    model's single attacks (`with_single_attacks`)."""
+    return with_single_attacks(headline_rows(frame), frame)
+
+
+def with_single_attacks(shown: pd.DataFrame, every: pd.DataFrame) -> pd.DataFrame:
+    """`shown` with each model's single-attack fields taken from its row in `every` (any suite) that covered the
+    most single attacks, and the flags of both rows.
+
+    A suite-only run (`--attack standard-v2` on a checkpoint already attacked) summarises no single attack,
+    yet the model's single attacks are on the board: its row on view should say what they gave.
+    """
+    if shown.empty or "attacks" not in shown or "attacks" not in every:
+        return shown
+    count = pd.to_numeric(every["attacks"], errors="coerce").fillna(0)
+    shown = shown.copy()
+    for index, row in shown.iterrows():
+        mine = rows_of_model(every, row).index
+        if not len(mine):
+            continue
+        source = every.loc[count[mine].idxmax()]
+        if count[source.name] <= pd.to_numeric(pd.Series([row["attacks"]]), errors="coerce").fillna(0).iloc[0]:
+            continue
+        for field in SINGLE_ATTACK_FIELDS:
+            if field in shown:
+                shown.at[index, field] = source[field]
+        if "flags" in shown:
+            codes = [c for c in (*str(row["flags"]).split(";"), *str(source["flags"]).split(";"))
+                     if c and c != "nan"]
+            shown.at[index, "flags"] = ";".join(dict.fromkeys(codes))
+    return shown
 
 
 def _seeds_of(frame: pd.DataFrame) -> pd.Series:

@@ -31,6 +31,22 @@ def single_attack_caption(summary: pd.DataFrame) -> str:
             "robustness, never a robustness figure.")
 
 
+def suite_caption(summary: pd.DataFrame) -> str:
+    """Which suite's per-query worst case the rows show, as one sentence ('' without a suite column): the headline
+    suite is shown only where it covers every model compared, so a reader must be told which one it is."""
+    if summary.empty or "suite" not in summary:
+        return ""
+    suites = summary["suite"].fillna("").astype(str)
+    named = sorted(set(suites) - {""})
+    if not named:
+        return ""
+    if len(named) == 1 and suites.ne("").all():
+        return f"Worst case: the per-query worst case of `{named[0]}` on every row."
+    parts = [f"`{s}` ({', '.join(sorted(set(summary.loc[suites.eq(s), 'defense'])))})" for s in named]
+    rest = "; rows of no suite show single attacks only" if suites.eq("").any() else ""
+    return f"Worst case: the per-query worst case of {'; '.join(parts)}{rest}."
+
+
 def current_flags(codes: object) -> list[str]:
     """The `;`-joined flag codes of a board row, without retired ones."""
     if not isinstance(codes, str):

@@ -29,6 +29,22 @@ def resolve_run(run: str, folders: list[Path]) -> Path:
     return candidates[0]
 
 
+def suite_on_view(sides: list[str], boards: Path, dataset: str, default: str) -> str:
+    """The suite the official board shows for the published defenses named among `sides` (`headline_rows`: the
+    headline suite where it covers every model of theirs, else the newest that does), so `compare` without
+    --suite compares what the tables show; `default` when no side names a published defense."""
+    from benchmark.report.boards import board_paths, headline_rows, read_summary
+
+    path = board_paths(boards, dataset, official=True)[1]
+    summary = read_summary(path) if path.is_file() else pd.DataFrame()
+    if summary.empty:
+        return default
+    named = summary[summary["settings"].fillna("").eq("") & summary["defense"].isin(sides)
+                    & summary["suite"].fillna("").ne("")]
+    shown = set(headline_rows(named)["suite"]) if not named.empty else set()
+    return next(iter(shown)) if len(shown) == 1 else default
+
+
 def published_runs(defense: str, boards: Path, dataset: str, suite: str, seeds: list[int] | None = None
                    ) -> list[str]:
     """Run ids of a defense's published models (one per training seed) on an official summary board: the run that

@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 
 from benchmark.core.protocol import STANDARD_EPS_LABEL
 from benchmark.report import board_figures as figures
-from benchmark.report.boards import check_boards, headline_rows, read_board, read_summary  # noqa: E402
+from benchmark.report.boards import check_boards, is_variant, read_board, read_summary, summary_on_view  # noqa: E402
 from benchmark.report.records import read_json_record
 from benchmark.report.study_figures import plot_studies  # noqa: E402
 
@@ -232,7 +232,7 @@ def _mAP_at_8(board: pd.DataFrame) -> pd.DataFrame:
 def plot_variants(board: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
     """Each defense run with options (e.g. DDID ablations) beside its default, on the attacks all share."""
     table = _mAP_at_8(board)
-    variants = table.index[figures.is_variant(table.index)]
+    variants = table.index[is_variant(table.index)]
     paths: list[Path] = []
     for base in sorted({v.split("[", 1)[0] for v in variants}):
         rows = [base] * (base in table.index) + sorted(v for v in variants if v.startswith(base + "["))
@@ -290,7 +290,10 @@ def plot_all(leaderboard_dir: str | Path, results_dir: str | Path, out: str | Pa
         if name.startswith(("summary-", "seeds-")):  # derived from the board of the same data set
             continue
         board = read_board(board_path)
-        summary = headline_rows(read_summary(leaderboard_dir / f"summary-{name}.csv"))
+        every = read_summary(leaderboard_dir / f"summary-{name}.csv")
+        variant = is_variant(every["defense"])
+        # the standard recipes and the ablation variants are compared in separate figures: one suite each
+        summary = pd.concat([summary_on_view(every[~variant]), summary_on_view(every[variant])])
         paths += figures.heatmap(board, summary, name, out / f"{name}-heatmap", save_figure)
         paths += figures.eps_curves(board, name, out / f"{name}-eps-curves", save_figure)
         paths += figures.iteration_curves(summary, name, out / f"{name}-iteration-curves", save_figure)

@@ -21,8 +21,15 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from benchmark.core.atomic import TMP_PREFIX, atomic_write_text, remove_folder, sweep_stale_temps
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.protocol import WORST_CASE
-from benchmark.report.boards import THROUGHPUT_UNITS, check_boards, eps_units, headline_rows, on_recipe_test_set
-from benchmark.report.captions import current_flags, single_attack_caption
+from benchmark.report.boards import (
+    THROUGHPUT_UNITS,
+    check_boards,
+    eps_units,
+    is_variant,
+    on_recipe_test_set,
+    summary_on_view,
+)
+from benchmark.report.captions import current_flags, single_attack_caption, suite_caption
 from benchmark.report.records import read_json_record
 from benchmark.run.spec import safe_name
 
@@ -217,44 +224,53 @@ class SiteBuilder:
         published = _read(self.boards / f"summary-{dataset}.csv",
                           [c.key for c in BOARD_COLUMNS] + ["run_id", "eps", "suite", "data_seed"])
         published = published[on_recipe_test_set(published)]
-        summary = headline_rows(published)
         board_path = self.boards / f"{dataset}.csv"
         needed = [c.key for c in ATTACK_COLUMNS] + [*GROUP, "seed", "run_id", "eps", "suite", "checkpoint", "date"]
         board = _read(board_path, needed) if board_path.is_file() else None
         seeds = self.seed_rows(dataset)
-        rows, pages = [], []
-        for _, group in summary.groupby(list(GROUP), sort=False):
-            group = group.sort_values("seed", key=lambda s: s.astype(int))
-            first = group.iloc[0]
-            run_pages = []
-            for _, run in group.iterrows():
-                run_pages.append(self.run_page(out, dataset, run, board, group))
-            pages += run_pages
-            over_seeds = seeds.get((str(first["train_dataset"]), *(str(first[k]) for k in GROUP)))
-            rows.append(self.board_row(first, group, run_pages[0].relative_to(out).as_posix(), over_seeds))
+        rank = [c.key for c in BOARD_COLUMNS].index("worst_case_mAP")
+        variant = is_variant(published["defense"])
+        sections, shown, pages = [], [], []
+        # standard recipes and ablation variants are ranked apart, each in the one suite all its rows have
+        for table_id, heading, part in (("board", "", published[~variant]),
+                                        ("variants", "Ablation variants", published[variant])):
+            summary = summary_on_view(part)
+            if summary.empty:
+                continue
+            rows = []
+            for _, group in summary.groupby(list(GROUP), sort=False):
+                group = group.sort_values("seed", key=lambda s: s.astype(int))
+                first = group.iloc[0]
+                run_pages = [self.run_page(out, dataset, run, board, group) for _, run in group.iterrows()]
+                pages += run_pages
+                over_seeds = seeds.get((str(first["train_dataset"]), *(str(first[k]) for k in GROUP),
+                                        str(first["suite"])))
+                rows.append(self.board_row(first, group, run_pages[0].relative_to(out).as_posix(), over_seeds))
+            rows.sort(key=lambda r: -(_number(r.cells[rank].value) or -1.0))
+            caption = " ".join(filter(None, (suite_caption(summary), single_attack_caption(summary))))
+            sections.append({"id": table_id, "heading": heading, "rows": rows, "caption": caption.replace("`", "")})
+            shown.append(summary)
+        summary = pd.concat(shown) if shown else published.iloc[:0]
         for _, run in published[~published["run_id"].isin(set(summary["run_id"]))].iterrows():  # other suites
             same = (published[list(GROUP)] == run[list(GROUP)]).all(axis=1) & published["suite"].eq(run["suite"])
             pages.append(self.run_page(out, dataset, run, board, published[same]))
-        rank = [c.key for c in BOARD_COLUMNS].index("worst_case_mAP")
-        rows.sort(key=lambda r: -(_number(r.cells[rank].value) or -1.0))
         figures = []
         for png in sorted((self.boards / "figures").glob(f"{dataset}-*.png")):
             target = self.copy_figure(png, out, f"figures/{png.name}")
             figures.append({"src": target, "caption": png.stem})
         eps = summary["eps"].iloc[0] if len(summary) else ""
-        suites = ", ".join(sorted(s for s in summary.get("suite", pd.Series(dtype=str)).unique() if s)) or "none"
         pages.insert(0, self.render(out, f"{dataset}.html", "board.html.j2", title=f"{dataset} leaderboard",
-                                    dataset=dataset, eps=eps, suites=suites, columns=BOARD_COLUMNS, rows=rows,
-                                    figures=figures, caption=single_attack_caption(summary)))
+                                    dataset=dataset, eps=eps, columns=BOARD_COLUMNS, sections=sections,
+                                    figures=figures))
         return pages
 
     def seed_rows(self, dataset: str) -> dict[tuple[str, ...], pd.Series]:
-        """The seeds board's rows (`seeds-<dataset>.csv`, where seed statistics are computed) by recipe."""
+        """The seeds board's rows (`seeds-<dataset>.csv`, where seed statistics are computed) by recipe and suite."""
         path = self.boards / f"seeds-{dataset}.csv"
         if not path.is_file():
             return {}
-        frame = headline_rows(_read(path, ["train_dataset", *GROUP, "n", "suite"]))
-        return {(str(r["train_dataset"]), *(str(r[k]) for k in GROUP)): r for _, r in frame.iterrows()}
+        frame = _read(path, ["train_dataset", *GROUP, "n", "suite"])
+        return {(str(r["train_dataset"]), *(str(r[k]) for k in GROUP), str(r["suite"])): r for _, r in frame.iterrows()}
 
     def board_row(self, first: pd.Series, group: pd.DataFrame, href: str, over_seeds: pd.Series | None = None
                   ) -> Row:

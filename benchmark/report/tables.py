@@ -18,7 +18,7 @@ import pandas as pd
 
 from benchmark.core.atomic import atomic_write_text
 from benchmark.core.errors import BenchmarkError
-from benchmark.core.protocol import HEADLINE_ATTACKS, HEADLINE_SUITE
+from benchmark.core.protocol import HEADLINE_ATTACKS
 from benchmark.report import ablation
 from benchmark.report.boards import (
     MODEL_KEY,
@@ -29,13 +29,15 @@ from benchmark.report.boards import (
     check_boards,
     eps_units,
     headline_rows,
+    is_variant,
     on_recipe_test_set,
     read_board,
     read_summary,
     rows_of_model,
     seeds_path,
+    summary_on_view,
 )
-from benchmark.report.captions import current_flags, single_attack_caption
+from benchmark.report.captions import current_flags, single_attack_caption, suite_caption
 from benchmark.report.columns import fill_references
 
 NAMES = {"fna": "FNA", "sma": "SMA", "ifgsm": "I-FGSM"}
@@ -64,7 +66,7 @@ def _with_interval(row: pd.Series, metric: str, text: bool = False) -> float | s
 def _protocol_rows(summary: pd.DataFrame, variants: bool) -> pd.DataFrame:
     """Summary rows at the protocol's settings: plain defenses, or (`variants`) only labelled recipes."""
     plain = summary[summary["settings"].eq("")]
-    return plain[plain["defense"].str.contains(r"\[", regex=True) == variants]
+    return plain[is_variant(plain["defense"]) == variants]
 
 
 def summary_frame(leaderboard_dir: str | Path, dataset: str, variants: bool = False) -> pd.DataFrame:
@@ -78,7 +80,7 @@ def summary_frame(leaderboard_dir: str | Path, dataset: str, variants: bool = Fa
     board, summary = read_board(board_path), read_summary(summary_path)
     if board.empty or summary.empty:
         return pd.DataFrame()
-    summary = headline_rows(_protocol_rows(summary, variants))
+    summary = summary_on_view(_protocol_rows(summary, variants))
     rows = []
     at8 = board[board["eps"] == STANDARD_EPS]
     # a leaderboard is read top-down: highest worst-case mAP first, then mean robust mAP (ties by name)
@@ -163,7 +165,7 @@ def seeds_frame(leaderboard_dir: str | Path, dataset: str) -> pd.DataFrame:
 
 def suites_frame(leaderboard_dir: str | Path, dataset: str) -> pd.DataFrame:
     """Every suite's worst case side by side, one row per model with more than one suite at the protocol's
-    settings: mAP [95 % interval] per suite, and the difference from the headline suite."""
+    settings: mAP [95 % interval] per suite, and each newer suite's difference from the oldest."""
     _, summary_path = board_paths(leaderboard_dir, dataset, official=True)
     summary = read_board(summary_path, SUMMARY_TEXT)
     if summary.empty or "suite" not in summary:
@@ -177,10 +179,10 @@ def suites_frame(leaderboard_dir: str | Path, dataset: str) -> pd.DataFrame:
         row = {"defense": model["defense"].iloc[0], "seed": str(int(model["seed"].iloc[0]))}
         for suite in sorted(by_suite.index):
             row[f"{suite} worst case mAP"] = _with_interval(by_suite.loc[suite], "worst_case_mAP", text=True)
-        if HEADLINE_SUITE in by_suite.index:
-            for suite in sorted(set(by_suite.index) - {HEADLINE_SUITE}):
-                row[f"{suite} - {HEADLINE_SUITE}"] = float(by_suite.loc[suite, "worst_case_mAP"]
-                                                           - by_suite.loc[HEADLINE_SUITE, "worst_case_mAP"])
+        first, *later = sorted(by_suite.index)  # each newer version against the first: what it adds
+        for suite in later:
+            row[f"{suite} - {first}"] = float(by_suite.loc[suite, "worst_case_mAP"]
+                                              - by_suite.loc[first, "worst_case_mAP"])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -222,7 +224,8 @@ def _caption(leaderboard_dir: str | Path, dataset: str) -> str:
     summary = read_summary(summary_path)
     if summary.empty:
         return ""
-    sentence = single_attack_caption(headline_rows(_protocol_rows(summary, variants=False)))
+    shown = summary_on_view(_protocol_rows(summary, variants=False))
+    sentence = " ".join(filter(None, (suite_caption(shown), single_attack_caption(shown))))
     return f"\n{sentence}\n" if sentence else ""
 
 
