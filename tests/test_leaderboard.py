@@ -345,3 +345,15 @@ def test_the_heatmap_shows_a_runs_worst_case_only_where_its_suite_is_on_view(tmp
         figures.heatmap(board, summary, "d", tmp_path / "d", record)
     assert columns == [["clean", "fna", "standard-v1", "standard-v2"],
                        ["clean", "fna", "standard-v1", "standard-v2", "worst-case"]]
+
+
+def test_standard_recipes_and_variants_choose_their_suite_apart():
+    """A v1-only ablation variant must not hold the standard recipes on v1 (tables, figures, site)."""
+    from benchmark.report.boards import summary_on_view
+
+    frame = pd.DataFrame([{"dataset": "toy", "train_dataset": "toy", "defense": d, "backbone": "b", "settings": "",
+                           "seed": 0, "suite": s, "run_id": f"{d}-{s}", "attacks": 0}
+                          for d, s in (("ddid", "standard-v1"), ("ddid", "standard-v2"), ("none", "standard-v1"),
+                                       ("none", "standard-v2"), ("ddid[ablate=fnes]", "standard-v1"))])
+    shown = summary_on_view(frame)
+    assert shown["run_id"].tolist() == ["ddid-standard-v2", "none-standard-v2", "ddid[ablate=fnes]-standard-v1"]

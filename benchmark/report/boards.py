@@ -744,9 +744,17 @@ SINGLE_ATTACK_FIELDS = ("attacks", "robust_mAP_mean", "robust_mAP_worst", "unsee
 
 
 def summary_on_view(frame: pd.DataFrame) -> pd.DataFrame:
-    """The summary rows a table, page or figure shows (`headline_rows`: one suite per comparison), each with its
-    model's single attacks (`with_single_attacks`)."""
-    return with_single_attacks(headline_rows(frame), frame)
+    """The summary rows a table, page or figure shows, each with its model's single attacks (`with_single_attacks`).
+
+    `headline_rows` picks one suite per comparison; the standard recipes and the ablation variants
+    (`is_variant`) are compared apart, so a variant measured with an older suite only does not hold the
+    standard recipes back on it. Rows keep their order in `frame`.
+    """
+    if frame.empty or "defense" not in frame:
+        return with_single_attacks(headline_rows(frame), frame)
+    variant = is_variant(frame["defense"])
+    kept = [headline_rows(part).index for part in (frame[~variant], frame[variant]) if not part.empty]
+    return with_single_attacks(frame[frame.index.isin(kept[0].append(kept[1:]))], frame)
 
 
 def with_single_attacks(shown: pd.DataFrame, every: pd.DataFrame) -> pd.DataFrame:

@@ -290,10 +290,7 @@ def plot_all(leaderboard_dir: str | Path, results_dir: str | Path, out: str | Pa
         if name.startswith(("summary-", "seeds-")):  # derived from the board of the same data set
             continue
         board = read_board(board_path)
-        every = read_summary(leaderboard_dir / f"summary-{name}.csv")
-        variant = is_variant(every["defense"])
-        # the standard recipes and the ablation variants are compared in separate figures: one suite each
-        summary = pd.concat([summary_on_view(every[~variant]), summary_on_view(every[variant])])
+        summary = summary_on_view(read_summary(leaderboard_dir / f"summary-{name}.csv"))
         paths += figures.heatmap(board, summary, name, out / f"{name}-heatmap", save_figure)
         paths += figures.eps_curves(board, name, out / f"{name}-eps-curves", save_figure)
         paths += figures.iteration_curves(summary, name, out / f"{name}-iteration-curves", save_figure)
