@@ -61,6 +61,7 @@ def study(dataset: str, data_root: str | None, sigmas: list[float], id_guidance:
                      "cam_guidance": gcam, "keep_center": variant.keep_center, "height": variant.height,
                      "width": variant.width,
                      "channels": "-".join(map(str, variant.channels)), "train_steps": variant.train_steps,
+                     "sample_steps": variant.sample_steps,
                      "seed": seed, **{k: quality.get(k) for k in ("generated", *COLUMNS, *FILTER_COLUMNS)},
                      "fit_seconds": balanced.info.get("fit_seconds"),
                      "generate_seconds": balanced.info.get("generate_seconds"),
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=DiffusionConfig.height)
     p.add_argument("--width", type=int, default=DiffusionConfig.width)
     p.add_argument("--train-steps", type=int, default=DiffusionConfig.train_steps)
+    p.add_argument("--sample-steps", type=int, default=DiffusionConfig.sample_steps,
+                   help="sampler steps from the start noise level down")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="leaderboards/studies")
@@ -103,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         id_guidance = _floats(args.id_guidance, "--id-guidance", 0, 50)
         cam_guidance = _floats(args.cam_guidance, "--cam-guidance", 0, 50)
         keep_center = _floats(args.keep_center, "--keep-center", 0, 0.99)
-        cfg = DiffusionConfig(height=args.height, width=args.width, train_steps=args.train_steps)
+        cfg = DiffusionConfig(height=args.height, width=args.width, train_steps=args.train_steps,
+                              sample_steps=args.sample_steps)
         frame = study(args.dataset, args.data_root, sigmas, id_guidance, cam_guidance, keep_center, cfg, args.seed,
                       resolve_device(args.device), with_generate=not args.no_generate)
     except (BenchmarkError, ValueError) as exc:
@@ -112,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"ddid-phase1-{args.dataset}-{args.height}x{args.width}"
+    if (cfg.train_steps, cfg.sample_steps) != (DiffusionConfig.train_steps, DiffusionConfig.sample_steps):
+        stem += f"-{cfg.train_steps}steps-{cfg.sample_steps}samplesteps"  # a budget study beside the default's
     atomic_write_text(out / f"{stem}.csv", frame.drop(columns=["samples"]).to_csv(index=False))
     ddid_phase1(frame, out / stem, save_figure)
     print(frame[["mode", "sigma_start", "id_guidance", "cam_guidance", "keep_center", "id_fidelity", "cam_fidelity",
