@@ -758,28 +758,30 @@ def summary_on_view(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def with_single_attacks(shown: pd.DataFrame, every: pd.DataFrame) -> pd.DataFrame:
-    """`shown` with each model's single-attack fields taken from its row in `every` (any suite) that covered the
-    most single attacks, and the flags of both rows.
+    """`shown` (rows of `every`) with each model's single-attack fields taken from its row in `every` (any suite)
+    that covered the most single attacks, and the flags of both rows.
 
     A suite-only run (`--attack standard-v2` on a checkpoint already attacked) summarises no single attack,
-    yet the model's single attacks are on the board: its row on view should say what they gave.
+    yet the model's single attacks are on the board: its row on view should say what they gave. Models are
+    told apart as `rows_of_model` does: by model key and training, by run where a row records no training.
     """
     if shown.empty or "attacks" not in shown or "attacks" not in every:
         return shown
     count = pd.to_numeric(every["attacks"], errors="coerce").fillna(0)
+    identity = training_identity(every)
+    run = "run:" + every["run_id"].astype(str) if "run_id" in every else pd.Series("", index=every.index)
+    model = every[list(MODEL_KEY)].astype(str).agg("\x1f".join, axis=1) + "\x1f" + identity.where(identity.ne(""), run)
+    best = count.groupby(model, sort=False).idxmax()
     shown = shown.copy()
-    for index, row in shown.iterrows():
-        mine = rows_of_model(every, row).index
-        if not len(mine):
-            continue
-        source = every.loc[count[mine].idxmax()]
-        if count[source.name] <= pd.to_numeric(pd.Series([row["attacks"]]), errors="coerce").fillna(0).iloc[0]:
+    for index in shown.index:
+        source = every.loc[best[model[index]]]
+        if count[source.name] <= count[index]:
             continue
         for field in SINGLE_ATTACK_FIELDS:
             if field in shown:
                 shown.at[index, field] = source[field]
         if "flags" in shown:
-            codes = [c for c in (*str(row["flags"]).split(";"), *str(source["flags"]).split(";"))
+            codes = [c for c in (*str(shown.at[index, "flags"]).split(";"), *str(source["flags"]).split(";"))
                      if c and c != "nan"]
             shown.at[index, "flags"] = ";".join(dict.fromkeys(codes))
     return shown

@@ -229,16 +229,16 @@ class SiteBuilder:
         board = _read(board_path, needed) if board_path.is_file() else None
         seeds = self.seed_rows(dataset)
         rank = [c.key for c in BOARD_COLUMNS].index("worst_case_mAP")
-        variant = is_variant(published["defense"])
-        sections, shown, pages = [], [], []
+        summary = summary_on_view(published)
+        variant = is_variant(summary["defense"])
+        sections, pages = [], []
         # standard recipes and ablation variants are ranked apart, each in the one suite all its rows have
-        for table_id, heading, part in (("board", "", published[~variant]),
-                                        ("variants", "Ablation variants", published[variant])):
-            summary = summary_on_view(part)
-            if summary.empty:
+        for table_id, heading, part in (("board", "", summary[~variant]),
+                                        ("variants", "Ablation variants", summary[variant])):
+            if part.empty:
                 continue
             rows = []
-            for _, group in summary.groupby(list(GROUP), sort=False):
+            for _, group in part.groupby(list(GROUP), sort=False):
                 group = group.sort_values("seed", key=lambda s: s.astype(int))
                 first = group.iloc[0]
                 run_pages = [self.run_page(out, dataset, run, board, group) for _, run in group.iterrows()]
@@ -247,10 +247,8 @@ class SiteBuilder:
                                         str(first["suite"])))
                 rows.append(self.board_row(first, group, run_pages[0].relative_to(out).as_posix(), over_seeds))
             rows.sort(key=lambda r: -(_number(r.cells[rank].value) or -1.0))
-            caption = " ".join(filter(None, (suite_caption(summary), single_attack_caption(summary))))
+            caption = " ".join(filter(None, (suite_caption(part), single_attack_caption(part))))
             sections.append({"id": table_id, "heading": heading, "rows": rows, "caption": caption.replace("`", "")})
-            shown.append(summary)
-        summary = pd.concat(shown) if shown else published.iloc[:0]
         for _, run in published[~published["run_id"].isin(set(summary["run_id"]))].iterrows():  # other suites
             same = (published[list(GROUP)] == run[list(GROUP)]).all(axis=1) & published["suite"].eq(run["suite"])
             pages.append(self.run_page(out, dataset, run, board, published[same]))
