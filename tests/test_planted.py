@@ -63,10 +63,11 @@ def test_the_planted_model_is_the_reference_until_the_probe_fires(tiny_ws, undef
     assert (grad[:, :, : x.shape[2] // 2] == 0).all(), "the model must not see the probe's region"
 
 
-def test_standard_v1_finds_the_planted_example(tiny_ws, undefended):
+@pytest.mark.parametrize("suite", ["standard-v1", "standard-v3"])  # v2: every defense in test_admission.py
+def test_the_suite_finds_the_planted_example(tiny_ws, undefended, suite):
     check = planted_check(build_defense("none"), undefended, tiny_ws, TINY_SYNTHPED, torch.device("cpu"),
-                          suite="standard-v1")
+                          suite=suite)
     assert check.clean_gate <= 1e-3  # clean inputs score as before
     assert check.damaged >= 6, "the plant must damage queries for the test to mean anything"
     assert check.problem is None, check.detail()
-    assert check.found == check.damaged and (check.report.reached["standard-v1"][check.report.tested] >= SHARE).all()
+    assert check.found == check.damaged and (check.report.reached[suite][check.report.tested] >= SHARE).all()

@@ -135,3 +135,31 @@ def test_standard_v2_counts_passes_and_stops_each_query_above_its_lowest_reachab
     attacked_last = records[-1]["attacked"]
     assert attacked_last <= int((final > floors).sum()) + records[-1]["improved"]
 
+
+
+def test_standard_v3_sharpens_from_the_worst_images_and_stops_a_tenth_of_a_point_above_the_lowest(tiny_ws):
+    from benchmark.core.metrics import QueryScorer
+    from benchmark.run.suites import query_floors
+
+    v3 = SUITES.get("standard-v3")
+    assert [(m.attack, dict(m.options).get("temperature"), dict(m.options).get("start")) for m in v3.members[:3]] \
+        == [("apgd-sap", None, None), ("apgd-sap", 0.01, "given"), ("apgd-sap", 0.002, "given")]
+    # v2 exactly as the test above runs it, so its cells come from this session's cache
+    runs = {name: execute(tiny_config(defense="none", attacks=name, epochs=2, check_convergence=name.endswith("2")),
+                          cpu_runtime(), workspace=tiny_ws) for name in ("standard-v2", "standard-v3")}
+    outcome = runs["standard-v3"]
+    (suite,) = outcome.aggregates
+    records = suite.report["members"]
+    assert [m["member"] for m in records] == ["apgd-sap", "apgd-sap T=0.01 from worst", "apgd-sap T=0.002 from worst",
+                                              "apgd-ce", "apgd-margin", "apgd-fna", "query-bb"]
+    ws = outcome.workspace
+    lowest = QueryScorer(outcome.gallery_feats, ws.gallery.pids, ws.gallery.camids).lowest_ap(ws.query.pids,
+                                                                                                ws.query.camids)
+    floors = query_floors(v3, outcome)
+    assert torch.allclose(floors, 0.001 + lowest.nan_to_num(0.0))
+    # the finer stop lets no query end higher than v2 left it by more than v2's own stop allows
+    v2_ap = runs["standard-v2"].aggregates[0].metrics.per_query_ap
+    v3_ap = suite.metrics.per_query_ap
+    scored = ~torch.isnan(v3_ap)
+    assert suite.metrics.mAP <= runs["standard-v2"].aggregates[0].metrics.mAP
+    assert (v3_ap[scored] <= torch.maximum(v2_ap[scored], lowest[scored] + 0.01) + 1e-9).all()

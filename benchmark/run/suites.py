@@ -84,7 +84,9 @@ def run_suite(suite: Suite, eps: float, outcome: RunOutcome, cells: CellStore, c
         white = ATTACKS.get(member.attack).knowledge == Knowledge.WHITE_BOX
         for view in outcome.views if white else outcome.views[:1]:
             label = f"{member.attack}[{view.surrogate_name}]" if white and len(outcome.views) > 1 else member.attack
-            label += " from worst" if dict(member.options).get("start") == "given" else ""
+            named = dict(member.options)
+            label += f" T={named['temperature']:g}" if "temperature" in named else ""
+            label += " from worst" if named.get("start") == "given" else ""
             open_ = state.open_queries(floor)
             record: dict[str, Any] = {"member": label, "attack": member.attack, "forward": view.surrogate_name,
                                       "attacked": len(open_), "improved": 0, "seconds": 0.0, "from_cache": False}
