@@ -136,7 +136,6 @@ def test_standard_v2_counts_passes_and_stops_each_query_above_its_lowest_reachab
     assert attacked_last <= int((final > floors).sum()) + records[-1]["improved"]
 
 
-
 def test_standard_v3_sharpens_from_the_worst_images_and_stops_a_tenth_of_a_point_above_the_lowest(tiny_ws):
     from benchmark.core.metrics import QueryScorer
     from benchmark.run.suites import query_floors
