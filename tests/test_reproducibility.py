@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 TRAIN = """
 import hashlib, sys, torch
+from benchmark.core.allocator import tune_allocator
+tune_allocator()
 torch.set_num_threads(2)
 torch.use_deterministic_algorithms(True, warn_only=True)
 from benchmark.run.checkpoints import train_or_load
@@ -35,9 +37,11 @@ print(digest.hexdigest())
 @pytest.mark.slow
 @pytest.mark.parametrize("defense", ["metric-at", "ddid"])
 def test_training_twice_in_separate_processes_gives_identical_weights(defense, tmp_path):
+    """Twice from empty caches, once with glibc's heap defaults and once with the run's tuned heap: the allocator
+    moves buffers around (alignment included) and must not move a bit."""
     digests = []
-    for i in range(2):
-        env = {**os.environ, "PYTHONPATH": str(REPO), "RRB_CACHE_DIR": str(tmp_path / f"cache{i}")}
+    for i, heap in enumerate(("system", "tuned")):
+        env = {**os.environ, "PYTHONPATH": str(REPO), "RRB_CACHE_DIR": str(tmp_path / f"cache{i}"), "RRB_MALLOC": heap}
         script = TRAIN.replace("epochs=2", "epochs=1") if defense == "ddid" else TRAIN
         if defense == "ddid":
             script = script.replace("spec = make_spec(defense=sys.argv[1],",

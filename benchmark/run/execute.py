@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from benchmark.core.allocator import tune_allocator
 from benchmark.core.device import deterministic_kernels, resolve_device
 from benchmark.core.distributed import world
 from benchmark.core.errors import BenchmarkError, RunInterrupted
@@ -43,7 +44,9 @@ class Writer(Protocol):
 
 
 def apply_runtime(runtime: Runtime) -> None:
-    """Process-wide settings of a run: CPU threads and deterministic kernels (bitwise-repeatable CPU runs)."""
+    """Process-wide settings of a run: CPU threads, deterministic kernels (bitwise-repeatable CPU runs) and the
+    heap settings that spare every step its page faults (`benchmark.core.allocator`)."""
+    tune_allocator()
     if runtime.threads:
         torch.set_num_threads(runtime.threads)
     deterministic_kernels()

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from attacks import ATTACKS, AttackContext, build_attack
+from benchmark.core.allocator import tune_allocator
 from benchmark.core.metrics import evaluate, evaluate_features, pairwise_distance
 from benchmark.models import BACKBONES, ModelConfig, ReidModel
 from benchmark.run.throughput import training_rate
@@ -162,6 +163,7 @@ def test_feature_extraction(benchmark, backbone):
 
 
 def _setup(batch=32):
+    tune_allocator()  # every run applies it (`apply_runtime`), so the timings here do too
     torch.manual_seed(0)
     model = DefendedModel(ReidModel(ModelConfig("reidnet-s", 10))).eval()
     x = torch.rand(batch, 3, 128, 64)
@@ -226,3 +228,60 @@ def test_training_step(benchmark, defense):
                               iterations=1)
     benchmark.extra_info["images_per_second"] = rate[0]
 
+
+
+ALLOCATOR = """
+import sys, time, torch
+sys.path.insert(0, "tests/benchmarks")
+from benchmark.core.allocator import tune_allocator
+tuned = tune_allocator()
+torch.set_num_threads(1)
+from test_speed import _setup
+from attacks import build_attack
+model, x, ctx = _setup(128)
+attack = build_attack("apgd-sap", model, steps=8)
+net = model.model.train()
+opt = torch.optim.SGD(net.parameters(), lr=0.01)
+labels = torch.arange(64) % 10
+def train_steps():
+    for _ in range(4):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x[:64]).logits, labels).backward()
+        opt.step()
+def timed(fn):
+    fn()
+    times = []
+    for _ in range(3):
+        start = time.perf_counter(); fn(); times.append(time.perf_counter() - start)
+    return min(times)
+print(int(tuned), timed(lambda: attack.run(x, ctx)), timed(train_steps))
+"""
+
+
+def test_allocator_tuning(benchmark):
+    """glibc's default heap settings against `benchmark.core.allocator`'s (a process-wide choice, so one
+    subprocess per setting, alternated): a 128-image APGD run (8 iterations) and 4 training steps of 64 images."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+
+    def measure(choice):
+        env = {**os.environ, "PYTHONPATH": str(repo), "RRB_MALLOC": choice}
+        out = subprocess.run([sys.executable, "-c", ALLOCATOR], capture_output=True, text=True, check=True,
+                             cwd=repo, env=env)
+        return [float(v) for v in out.stdout.split()]
+
+    runs = {"system": [], "tuned": []}
+    for _ in range(2):
+        for choice in runs:
+            runs[choice].append(measure(choice))
+    benchmark.pedantic(measure, args=("tuned",), rounds=1, iterations=1)
+    assert [r[0] for r in runs["tuned"]] == [1.0, 1.0] and [r[0] for r in runs["system"]] == [0.0, 0.0]
+    attack = {c: min(r[1] for r in rs) for c, rs in runs.items()}
+    train = {c: min(r[2] for r in rs) for c, rs in runs.items()}
+    benchmark.extra_info.update(attack_s=attack, train_s=train,
+                                attack_speedup=attack["system"] / attack["tuned"],
+                                train_speedup=train["system"] / train["tuned"])
