@@ -4,18 +4,17 @@ stop the page faults that glibc's defaults cost a batch of 128 images on every f
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from benchmark.core.allocator import tune_allocator
+from benchmark.core.allocator import tune_allocator, uses_glibc
 from benchmark.core.errors import BenchmarkError
 
 REPO = Path(__file__).resolve().parents[1]
-GLIBC = platform.libc_ver()[0] == "glibc"
+GLIBC = uses_glibc()
 
 FAULTS = """
 import resource, torch
@@ -53,7 +52,7 @@ def test_the_choice_is_read_from_rrb_malloc(monkeypatch):
 
 
 @pytest.mark.skipif(not GLIBC, reason="the settings are glibc's (mallopt); elsewhere the C library's own apply")
-def test_tuned_heap_keeps_pages_that_glibc_gives_back():
+def test_tuned_heap_keeps_pages_thatuses_glibc_gives_back():
     """Three forward+backward passes of 128 images after a warm-up: with glibc's defaults they fault memory
     back in (the kernel zeroes it each time), with the settings in force they reuse what is mapped."""
     system_on, system = _faults("system")

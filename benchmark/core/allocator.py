@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import platform
 
 from benchmark.core.errors import BenchmarkError
 
@@ -29,13 +28,21 @@ TRIM_THRESHOLD = 2**31 - 1
 TOP_PAD = 64 * 1024 * 1024
 
 
+def uses_glibc() -> bool:
+    """True when the process runs on GNU libc, whose `mallopt` parameters these are."""
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    except (AttributeError, ValueError, OSError):  # not a POSIX C library that names itself
+        return False
+
+
 @functools.cache
 def tune_allocator() -> bool:
     """Apply the settings once per process; True when they are in force (glibc, not opted out with RRB_MALLOC)."""
     choice = os.environ.get("RRB_MALLOC", "tuned")
     if choice not in ("tuned", "system"):
         raise BenchmarkError(f"RRB_MALLOC={choice!r} is not a choice; set it to 'tuned' (the default) or 'system'")
-    if choice == "system" or platform.libc_ver()[0] != "glibc":
+    if choice == "system" or not uses_glibc():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
