@@ -10,11 +10,13 @@ from pathlib import Path
 import torch
 
 from attacks import ATTACKS
-from benchmark.core.device import deterministic_kernels, resolve_device
+from benchmark.core.device import resolve_device
 from benchmark.core.paths import boards_dir
 from benchmark.core.provenance import provenance
 from benchmark.models import BACKBONES
 from benchmark.report.boards import ThroughputRow, upsert
+from benchmark.run.execute import apply_runtime
+from benchmark.run.outcome import Runtime
 from benchmark.run.throughput import ITERATIONS, THROUGHPUT_KEY, attack_rate, extraction_rate, training_rate
 from defenses import DEFENSES
 
@@ -22,7 +24,7 @@ from defenses import DEFENSES
 def cmd_throughput(args: argparse.Namespace) -> int:
     """Measure and write the throughput board."""
     device = resolve_device(args.device)
-    deterministic_kernels()  # the same kernels as a run
+    apply_runtime(Runtime())  # the same kernels and heap settings as a run
     prov = provenance(device, 0)
     rows = []
     jobs: list[tuple[str, str, Callable[[], tuple[float, int]]]] = []
