@@ -229,7 +229,6 @@ def test_training_step(benchmark, defense):
     benchmark.extra_info["images_per_second"] = rate[0]
 
 
-
 ALLOCATOR = """
 import sys, time, torch
 sys.path.insert(0, "tests/benchmarks")
