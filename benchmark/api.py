@@ -1,7 +1,7 @@
 """The Python API: score any embedding model with the benchmark's protocol and standard suite.
 
     import benchmark
-    result = benchmark.evaluate(model, dataset="synthped", suite="standard-v2", eps=8 / 255)
+    result = benchmark.evaluate(model, dataset="synthped", suite="standard-v3", eps=8 / 255)
     print(result.clean.mAP, result.worst_case.mAP)
 
 `model` is any `nn.Module` mapping a batch of images in [0, 1] (B x 3 x H x W, normalisation

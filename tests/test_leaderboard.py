@@ -288,7 +288,7 @@ def test_the_summary_keeps_one_row_per_suite_and_shows_the_headline_suite(tmp_pa
     from benchmark.report.boards import headline_rows, read_summary
     from benchmark.report.tables import summary_frame
 
-    assert HEADLINE_SUITE == "standard-v2" and HEADLINE_SUITE in PUBLISHED_SUITES and HEADLINE_SUITE in SUITES
+    assert HEADLINE_SUITE == "standard-v3" and HEADLINE_SUITE in PUBLISHED_SUITES and HEADLINE_SUITE in SUITES
     write_leaderboards(_suite_run("", 20.0, "no-suite"), tmp_path)  # an early run with single attacks only
     write_leaderboards(_suite_run("standard-v1", 10.0, "v1"), tmp_path)
     write_leaderboards(_suite_run("standard-v1", 12.0, "v1-seed1", seed=1), tmp_path)

@@ -63,7 +63,7 @@ def test_the_planted_model_is_the_reference_until_the_probe_fires(tiny_ws, undef
     assert (grad[:, :, : x.shape[2] // 2] == 0).all(), "the model must not see the probe's region"
 
 
-@pytest.mark.parametrize("suite", ["standard-v1", "standard-v3"])  # v2: every defense in test_admission.py
+@pytest.mark.parametrize("suite", ["standard-v1", "standard-v2"])  # v3: every defense in test_admission.py
 def test_the_suite_finds_the_planted_example(tiny_ws, undefended, suite):
     check = planted_check(build_defense("none"), undefended, tiny_ws, TINY_SYNTHPED, torch.device("cpu"),
                           suite=suite)

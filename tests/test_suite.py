@@ -23,10 +23,11 @@ from tests.conftest import cpu_runtime, tiny_config
 
 def test_all_means_every_attack_outside_suites_plus_the_standard_suite():
     names, suite = split_attacks("all")
-    assert suite == DEFAULT_SUITE == "standard-v2"
+    assert suite == DEFAULT_SUITE == "standard-v3"
     assert not any(n.startswith("apgd-") for n in names) and "fna" in names and "transfer" in names
-    assert split_attacks("standard") == ([], "standard-v2")  # the alias follows the headline suite
+    assert split_attacks("standard") == ([], "standard-v3")  # the alias follows the headline suite
     assert split_attacks("standard-v1") == ([], "standard-v1")
+    assert split_attacks("standard-v2") == ([], "standard-v2")
     assert split_attacks("fna,standard-v1") == (["fna"], "standard-v1")
     assert split_attacks("apgd-*") == (sorted(ATTACKS.names("apgd-*")), None)
     assert split_attacks("none") == ([], None)

@@ -69,8 +69,8 @@ _count = _integer(1)
 def _add_run_args(p: argparse.ArgumentParser, attacks_default: str) -> None:
     p.add_argument("--defense", default="none", help="defense name (see `list defenses`)")
     p.add_argument("--attack", default=attacks_default,
-                   help="'all' (every attack plus the standard suite), 'standard' (the headline suite, standard-v2; "
-                        "standard-v1 or standard-v3 name the others, see `list suites`), 'none', a comma list "
+                   help="'all' (every attack plus the standard suite), 'standard' (the headline suite, standard-v3; "
+                        "standard-v1 or standard-v2 name the older ones, see `list suites`), 'none', a comma list "
                         "(fna,sma) or wildcards (art-*)")
     p.add_argument("--check-convergence", action="store_true",
                    help="rerun the suite's APGD attacks with doubled iterations on the queries it left unbroken; "

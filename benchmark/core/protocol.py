@@ -19,4 +19,4 @@ HEADLINE_ATTACKS = ("fna", "sma", "ifgsm")
 WORST_CASE = Seen.WORST_CASE.value
 #: the suite whose per-query worst case tables, pages and figures show when a model has rows of several
 #: (the summary board keeps one row per model and suite while a new suite version is introduced)
-HEADLINE_SUITE = "standard-v2"
+HEADLINE_SUITE = "standard-v3"
