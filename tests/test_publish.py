@@ -101,7 +101,7 @@ def test_each_admission_rule_refuses_in_one_line(setting, case, message):
         "threads": lambda: _edit_rows(setting, lambda f: f.assign(device="cpu-x86_64-2threads")),
         # a newer training of the model that ran fewer attacks would drop the published rows it does not cover
         "fewer-attacks": lambda: _edit_rows(setting, lambda f: f[f["attack"] != "odfa"].assign(
-            checkpoint="newer", train_date="2027-01-01T00:00:00Z")),
+            checkpoint="newer", train_date="2027-01-01T00:00:00Z", model_digest="newer-weights")),
         "no-rows": lambda: _edit_rows(setting, lambda f: f.iloc[:0]),
     }
     edits[case]()
@@ -117,7 +117,8 @@ def test_runs_published_together_are_judged_together(setting):
     """A retrained model's attack run and its later suite run on the same checkpoint: the suite run's clean row
     replaced the attack run's in the workspace, so neither alone covers the published cells; together they do."""
     ws_runs, ws_boards, results, boards = setting
-    newer = dict(checkpoint="newer", train_date="2027-01-01T00:00:00Z")
+    # a new training: a new key and new weights (the published rows' digest would make it the same model)
+    newer = dict(checkpoint="newer", train_date="2027-01-01T00:00:00Z", model_digest="newer-weights")
     other = RUN + "-v2"
     shutil.copytree(ws_runs / RUN, ws_runs / other)
     frame = pd.read_csv(ws_boards / "synthped.csv", dtype=str, keep_default_na=False).assign(**newer)
