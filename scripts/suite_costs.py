@@ -9,7 +9,8 @@ attacked, summed, over the number of queries). Used to compare suite versions on
 (`leaderboards/studies/suite-v2-vs-v1-synthped.csv`): one row per
 suite result with clean and worst-case mAP, the worst case's 95 % identity-bootstrap interval, passes per
 query, each member's attacked/improved queries, and, where another given run attacked the same checkpoint
-with another suite, the paired interval of the difference over the same queries (this run minus that one).
+with another suite, the paired interval of the difference over the same queries (this run minus that one;
+of several, the oldest suite, so v2 and v3 both pair with v1 and v1 with v2).
 """
 
 from __future__ import annotations
@@ -72,13 +73,14 @@ def study_records(runs: list[Path]) -> list[dict[str, Any]]:
         for result in metrics["worst_cases"]:
             if "members" not in result:
                 continue
-            column = f"{result['suite']}@8/255_ap"
+            eps = result.get("eps", "8/255")
+            column = f"{result['suite']}@{eps}_ap"
             ap = table[column].to_numpy(dtype=float) if column in table else np.full(len(table), np.nan)
             low, high = identity_bootstrap(ap, table["pid"].to_numpy())
             forward, backward = _passes(result)
             records.append({
                 "dataset": spec["data"]["name"], "scale": f"{spec['settings'] or 'default'} ({config['dataset']})",
-                "defense": spec["defense_label"], "seed": spec["seed"], "suite": result["suite"],
+                "defense": spec["defense_label"], "seed": spec["seed"], "suite": result["suite"], "eps": eps,
                 "clean_mAP": metrics["clean"]["mAP"], "worst_case_mAP": result["mAP"],
                 "worst_case_mAP_low": 100 * low, "worst_case_mAP_high": 100 * high,
                 "worst_case_R1": result["rank1"], "forward_per_query": forward, "backward_per_query": backward,
@@ -86,13 +88,14 @@ def study_records(runs: list[Path]) -> list[dict[str, Any]]:
                 "members": ";".join(f"{m['member']}:{m['attacked']}/{m['improved']}" for m in result["members"]),
                 "paired_vs": "", "paired_diff": np.nan, "paired_low": np.nan, "paired_high": np.nan,
                 "run_id": run.name, "git_commit": config["provenance"]["git_commit"],
-                "_model": (config["checkpoint"], spec["defense_label"])})
+                # the checkpoint's key (its file name): runs made in other cache folders measured the same model
+                "_model": (Path(str(config["checkpoint"])).name, spec["defense_label"], eps)})
             per_query[len(records) - 1] = (ap, table["pid"].to_numpy())
     for i, row in enumerate(records):
         others = [j for j, other in enumerate(records) if j != i and other["_model"] == row["_model"]
-                  and other["suite"] != row["suite"]]  # the same deployed model: checkpoint and defense
+                  and other["suite"] != row["suite"]]  # the same deployed model (checkpoint, defense) at the same ε
         if others:
-            j = others[0]
+            j = min(others, key=lambda k: records[k]["suite"])  # the oldest other suite: the baseline
             (a, pids), (b, _) = per_query[i], per_query[j]
             diff, low, high = paired_difference(a, b, pids)
             row.update(paired_vs=records[j]["suite"], paired_diff=100 * diff, paired_low=100 * low,

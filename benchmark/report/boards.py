@@ -65,7 +65,7 @@ class LeaderboardRow:
     defense: str = column("canonical defense label: the registry name, then its non-default options in sorted order "
                           "(`ddid[ablate=fnes+self-meta]`)")
     backbone: str = column("backbone registry name (`osnet_small`, `resnet50`, `timm:NAME`, ...)")
-    attack: str = column("attack registry name; `clean` for the unattacked row; a suite's name (`standard-v2`) for its "
+    attack: str = column("attack registry name; `clean` for the unattacked row; a suite's name (`standard-v3`) for its "
                          "per-query worst case; `worst-case` for the per-query worst case over every attack of the run "
                          "and the clean image")
     eps: str = column("L∞ budget as a fraction of 255 (`8/255`); `0` on the clean row")
@@ -116,7 +116,7 @@ class LeaderboardRow:
     allow_dirty: bool = column("the row was written with `--allow-dirty` from a tree with uncommitted code", False)
     training_quality: str = column("the defense's own training diagnostics, `name=value;...` (DDID: phase-1 identity "
                                    "and camera fidelity in percent, chance, images used)", "")
-    suite: str = column("the versioned suite the run included (`standard-v2`); empty if none", "")
+    suite: str = column("the versioned suite the run included (`standard-v3`); empty if none", "")
     forward: str = column("the adaptive forward this row's attack used; empty on worst-case rows", "")
     mAP_2x: float = column("suite rows of runs with `--check-convergence`: worst-case mAP with doubled APGD "
                            "iterations", math.nan)
@@ -761,7 +761,7 @@ def with_single_attacks(shown: pd.DataFrame, every: pd.DataFrame) -> pd.DataFram
     """`shown` (rows of `every`) with each model's single-attack fields taken from its row in `every` (any suite)
     that covered the most single attacks, and the flags of both rows.
 
-    A suite-only run (`--attack standard-v2` on a checkpoint already attacked) summarises no single attack,
+    A suite-only run (`--attack standard-v3` on a checkpoint already attacked) summarises no single attack,
     yet the model's single attacks are on the board: its row on view should say what they gave. Models are
     told apart as `rows_of_model` does: by model key and training, by run where a row records no training.
     """

@@ -93,7 +93,7 @@ def _diff(runs: list[RunToPublish], board_path: Path) -> str | None:
     """Upsert the runs (of one data set, in order) into a scratch copy of the official board, as publishing would;
     fill each run's added and replaced rows, and refuse (one line) when published rows would be lost (a newer
     training of a model keeps only its own rows: together, the runs must cover every attack cell its predecessor
-    had). Runs published together are judged together: one run's attacks and another's `standard-v2` on the same
+    had). Runs published together are judged together: one run's attacks and another's suite run on the same
     checkpoint may each lack a cell the other brings."""
     with tempfile.TemporaryDirectory() as scratch:
         trial = Path(scratch) / board_path.name

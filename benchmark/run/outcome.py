@@ -83,7 +83,7 @@ class RunOutcome:
     gallery_feats: torch.Tensor = field(repr=False)
     #: white-box views of the deployed model, one per adaptive forward (the first is the attacks')
     views: list[AttackView] = field(repr=False, default_factory=list)
-    #: per-query worst cases: the suite's (`standard-v2`) and, with two or more sources, the run's (`worst-case`)
+    #: per-query worst cases: the suite's (`standard-v3`) and, with two or more sources, the run's (`worst-case`)
     aggregates: list[AttackResult] = field(default_factory=list)
     #: the deployed defense's configuration, computed once
     defense_config: dict[str, Any] = field(default_factory=dict)

@@ -154,7 +154,7 @@ class RunSpec:
     metric: str = STANDARD_METRIC
     train_data: DataSpec | None = None      # cross-domain training set; None = the test set's training split
     norm: str = Norm.LINF.value
-    suite: str | None = None                # versioned attack suite (standard-v2), run after the attacks
+    suite: str | None = None                # versioned attack suite (standard-v3), run after the attacks
     check_convergence: bool = False         # rerun the suite's iterative members with doubled iterations
     train_processes: int = 1                # data-parallel processes the checkpoint is trained with (torchrun)
     amp: str = "off"                        # mixed precision of training and feature extraction (attacks: float32)
