@@ -18,5 +18,6 @@ HEADLINE_ATTACKS = ("fna", "sma", "ifgsm")
 #: the `attack` value of a per-query worst case over every attack of a run
 WORST_CASE = Seen.WORST_CASE.value
 #: the suite whose per-query worst case tables, pages and figures show when a model has rows of several
-#: (the summary board keeps one row per model and suite while a new suite version is introduced)
+#: (the summary board keeps one row per model and suite while a new suite version is introduced); also what
+#: `--attack standard` and `--attack all` run (`attacks.suites.DEFAULT_SUITE`)
 HEADLINE_SUITE = "standard-v3"
