@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.core.intervals import identity_bootstrap, paired_difference
-from benchmark.report.boards import write_csv
+from benchmark.report.boards import per_query_column, training_identity, write_csv
 
 
 def suite_rows(run: Path) -> list[str]:
@@ -74,7 +74,7 @@ def study_records(runs: list[Path]) -> list[dict[str, Any]]:
             if "members" not in result:
                 continue
             eps = result.get("eps", "8/255")
-            column = f"{result['suite']}@{eps}_ap"
+            column = per_query_column(result["suite"], eps)
             ap = table[column].to_numpy(dtype=float) if column in table else np.full(len(table), np.nan)
             low, high = identity_bootstrap(ap, table["pid"].to_numpy())
             forward, backward = _passes(result)
@@ -88,12 +88,17 @@ def study_records(runs: list[Path]) -> list[dict[str, Any]]:
                 "members": ";".join(f"{m['member']}:{m['attacked']}/{m['improved']}" for m in result["members"]),
                 "paired_vs": "", "paired_diff": np.nan, "paired_low": np.nan, "paired_high": np.nan,
                 "run_id": run.name, "git_commit": config["provenance"]["git_commit"],
-                # the checkpoint's key (its file name): runs made in other cache folders measured the same model
-                "_model": (Path(str(config["checkpoint"])).name, spec["defense_label"], eps)})
+                "_key": Path(str(config["checkpoint"])).name, "_digest": config.get("model_digest", ""),
+                "_deployed": (spec["defense_label"], eps)})
             per_query[len(records) - 1] = (ap, table["pid"].to_numpy())
+    # one trained model as the boards define it (`training_identity`: its digest, else its checkpoint key, the
+    # cache folder's name), deployed behind one defense and attacked at one ε
+    trained = training_identity(pd.DataFrame({"checkpoint": [r["_key"] for r in records],
+                                              "model_digest": [r["_digest"] for r in records]}))
+    models = [(t, *r["_deployed"]) for t, r in zip(trained, records, strict=True)]
     for i, row in enumerate(records):
-        others = [j for j, other in enumerate(records) if j != i and other["_model"] == row["_model"]
-                  and other["suite"] != row["suite"]]  # the same deployed model (checkpoint, defense) at the same ε
+        others = [j for j in range(len(records))
+                  if j != i and models[j] == models[i] and records[j]["suite"] != row["suite"]]
         if others:
             j = min(others, key=lambda k: records[k]["suite"])  # the oldest other suite: the baseline
             (a, pids), (b, _) = per_query[i], per_query[j]

@@ -17,7 +17,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from benchmark.core.protocol import STANDARD_EPS_LABEL as EPS
 from benchmark.core.protocol import WORST_CASE
-from benchmark.report.boards import THROUGHPUT_UNITS, eps_units, is_variant, trained_as
+from benchmark.report.boards import THROUGHPUT_UNITS, eps_units, is_variant, per_query_column, trained_as
 
 ONE_COLUMN, TWO_COLUMNS = 3.4, 7.0
 #: Okabe & Ito (2008), distinguishable under the common colour-vision deficiencies (their yellow, too faint
@@ -269,7 +269,7 @@ def worst_case_ap(summary: pd.DataFrame, results_dir: Path, dataset: str, stem: 
                        _several=runs.groupby("defense")["seed"].transform("nunique") > 1)
     for _, run in runs.iterrows():
         csv = results_dir / str(run["run_id"]) / "per_query.csv"
-        column = f"worst-case@{EPS}_ap"
+        column = per_query_column(WORST_CASE, EPS)
         if not csv.is_file():
             continue
         table = pd.read_csv(csv)

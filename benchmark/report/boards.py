@@ -514,6 +514,11 @@ def eps_units(label: str) -> float:
     return float(str(label).split("/")[0])
 
 
+def per_query_column(attack: str, eps: str, score: str = "ap") -> str:
+    """A run's `per_query.csv` column of one (attack, ε label) cell: `standard-v3@8/255_ap`, `fna@8/255_r1`."""
+    return f"{attack}@{eps}_{score}"
+
+
 def rows_of_model(board: pd.DataFrame, summary_row: pd.Series) -> pd.DataFrame:
     """The board's rows for the trained model a summary row describes, whichever run wrote them.
 

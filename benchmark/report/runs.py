@@ -22,7 +22,7 @@ from benchmark.core.intervals import identity_bootstrap
 from benchmark.core.metrics import RetrievalMetrics, pairwise_distance
 from benchmark.core.protocol import WORST_CASE
 from benchmark.core.provenance import provenance, tree_dirty
-from benchmark.report.boards import LeaderboardRow, board_paths, write_leaderboards
+from benchmark.report.boards import LeaderboardRow, board_paths, per_query_column, write_leaderboards
 from benchmark.run.checkpoints import embed
 from benchmark.run.outcome import AttackResult, RunOutcome, eps_label, format_summary, format_table
 from benchmark.run.sanity import Flag, format_flags
@@ -118,9 +118,8 @@ def per_query_table(outcome: RunOutcome) -> str:
     columns: dict[str, list[float]] = {"clean_ap": outcome.clean.per_query_ap.tolist(),
                                        "clean_r1": outcome.clean.per_query_rank1.tolist()}
     for r in outcome.attacks + outcome.aggregates:
-        tag = f"{r.attack}@{eps_label(r.eps)}"
-        columns[f"{tag}_ap"] = r.metrics.per_query_ap.tolist()
-        columns[f"{tag}_r1"] = r.metrics.per_query_rank1.tolist()
+        columns[per_query_column(r.attack, eps_label(r.eps))] = r.metrics.per_query_ap.tolist()
+        columns[per_query_column(r.attack, eps_label(r.eps), "r1")] = r.metrics.per_query_rank1.tolist()
     lines = ["query,name,pid,camid," + ",".join(columns)]
     for q in range(len(ws.query)):
         values = ",".join("" if math.isnan(v[q]) else f"{v[q]:.6f}" for v in columns.values())
