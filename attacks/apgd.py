@@ -96,33 +96,32 @@ def _one_run(attack: Ascender, x: torch.Tensor, x0: torch.Tensor, ctx: AttackCon
     reduced_at_mark = torch.ones(n, dtype=torch.bool, device=dev)
     last_mark = 0
     active = (ap_sel > floor).to(dev)
-    all_rows = torch.arange(n, device=dev)
     for k in range(o.steps):
         rows = active.nonzero().flatten()
         if len(rows):
-            # every sample still active: plain slices avoid copying the batch each iteration
-            a = slice(None) if len(rows) == n else rows
-            a_cpu = a if isinstance(a, slice) else a.cpu()
-            xa, xc = x[a], x_cur[a]
-            z = attack.project(_direction(attack, grad[a]).mul_(step[a]).add_(xc), xa)
+            # every sample still active: the batch's own tensors, no copies (rows=None)
+            rows = None if len(rows) == n else rows
+            xa, xc = _rows(x, rows), _rows(x_cur, rows)
+            z = attack.project(_ascent(attack, xc, _rows(grad, rows), _rows(step, rows)), xa)
             if k > 0:
-                z = attack.project(momentum_step(z, xc, x_prev[a], o.momentum), xa)
-            loss_a, grad_a, emb_a = attack.loss_and_gradient(z, xa, ctx, index[a_cpu])
-            if isinstance(a, slice):  # the whole batch moves: take the new tensors instead of copying into the old
+                z = attack.project(momentum_step(z, xc, _rows(x_prev, rows), o.momentum), xa)
+            loss_a, grad_a, emb_a = attack.loss_and_gradient(z, xa, ctx, _rows(index, rows))
+            if rows is None:  # the whole batch moves: take the new tensors instead of copying into the old
                 x_prev, x_cur, grad = x_cur, z, grad_a
             else:
-                x_prev[a], x_cur[a], grad[a] = xc, z, grad_a
-            successes[a] += (loss_a > loss_cur[a]).float()
-            loss_cur[a] = loss_a
-            better = loss_a > loss_best[a]
-            if better.any():
-                b = all_rows[a][better]
-                x_best[b], loss_best[b], grad_best[b] = z[better], loss_a[better], grad_a[better]
-            ap_a = _scores(attack, ctx, emb_a, index[a_cpu]).to(ap_sel.dtype)
-            lower = ap_a < ap_sel[a_cpu]
-            if lower.any():
-                b = all_rows[a][lower.to(dev)]
-                x_sel[b], ap_sel[b.cpu()] = z[lower.to(dev)], ap_a[lower]
+                for dst, src in ((x_prev, xc), (x_cur, z), (grad, grad_a)):
+                    dst.index_copy_(0, rows, src)
+            raised = (loss_a > _rows(loss_cur, rows)).float()
+            if rows is None:
+                successes.add_(raised)
+                loss_cur.copy_(loss_a)
+            else:
+                successes.index_add_(0, rows, raised)
+                loss_cur.index_copy_(0, rows, loss_a)
+            _take_where(loss_a > _rows(loss_best, rows), rows,
+                        ((x_best, z), (loss_best, loss_a), (grad_best, grad_a)))
+            ap_a = _scores(attack, ctx, emb_a, _rows(index, rows)).to(ap_sel.dtype)
+            _take_where(ap_a < _rows(ap_sel, rows), rows, ((x_sel, z), (ap_sel, ap_a)))
         if k + 1 in marks:
             height = k + 1 - last_mark
             reduce = (successes < o.rho * height) | (~reduced_at_mark & (loss_at_mark >= loss_best))
@@ -131,9 +130,13 @@ def _one_run(attack: Ascender, x: torch.Tensor, x0: torch.Tensor, ctx: AttackCon
             loss_at_mark = loss_best.clone()
             successes.zero_()
             last_mark = k + 1
-            if reduce.any():
-                step[reduce] /= 2
-                x_cur[reduce], x_prev[reduce], grad[reduce] = x_best[reduce], x_best[reduce], grad_best[reduce]
+            back = reduce.nonzero().flatten()
+            if len(back):
+                step[back] /= 2
+                best_rows = x_best.index_select(0, back)
+                x_cur.index_copy_(0, back, best_rows)
+                x_prev.index_copy_(0, back, best_rows)
+                grad.index_copy_(0, back, grad_best.index_select(0, back))
         active &= (ap_sel > floor).to(dev)
     # queries that could not be scored (no valid positive, or no gallery in the context) keep the best loss
     unscored = torch.isinf(ap_sel).to(dev)
@@ -150,11 +153,35 @@ def momentum_step(z: torch.Tensor, x_cur: torch.Tensor, x_prev: torch.Tensor, mo
     return z.sub_(x_cur).mul_(momentum).add_(x_cur).add_(x_cur.sub(x_prev).mul_(1 - momentum))
 
 
-def _direction(attack: Ascender, grad: torch.Tensor) -> torch.Tensor:
-    """Signed (L-inf) or unit-L2 gradient, a new tensor."""
+def _rows(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """The given rows of `t` (a copy), or `t` itself when rows is None (the whole batch)."""
+    return t if rows is None else t.index_select(0, rows.to(t.device))
+
+
+def _take_where(take: torch.Tensor, rows: torch.Tensor | None,
+                pairs: tuple[tuple[torch.Tensor, torch.Tensor], ...]) -> None:
+    """For each (dst, src): dst[rows[take]] = src[take], `src` holding the batch's `rows` (all when None).
+
+    Row copies (`index_select` / `index_copy_`), or one plain copy when every row of the whole batch is
+    taken, as in most early iterations: the same values as boolean-mask indexing at a fraction of the cost.
+    """
+    if rows is None and bool(take.all()):
+        for dst, src in pairs:
+            dst.copy_(src)
+        return
+    picked = take.nonzero().flatten()
+    if not len(picked):
+        return
+    target = picked if rows is None else rows[picked.to(rows.device)]
+    for dst, src in pairs:
+        dst.index_copy_(0, target.to(dst.device), src.index_select(0, picked.to(src.device)).to(dst.device))
+
+
+def _ascent(attack: Ascender, x_cur: torch.Tensor, grad: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """x_cur + step · direction(grad), a new tensor; direction is sign(grad) (L-inf) or grad / ||grad|| (L2)."""
     if attack.options.norm == Norm.LINF.value:
-        return grad.sign()
-    return attack.ascend(torch.zeros_like(grad), grad, 1.0)
+        return grad.sign().mul_(step).add_(x_cur)
+    return attack.ascend(torch.zeros_like(grad), grad, 1.0).mul_(step).add_(x_cur)
 
 
 def apgd_ascent(attack: Ascender, x: torch.Tensor, ctx: AttackContext, index: torch.Tensor,

@@ -182,3 +182,99 @@ def test_in_place_steps_keep_the_bits_of_the_plain_formulas():
     attack = AwayFromClean(Flatten(), eps=EPS)
     far = x + 3 * EPS * torch.randn(x.shape, generator=g)
     assert torch.equal(attack.project(far, x), (x + (far - x).clamp(-EPS, EPS)).clamp(0.0, 1.0))
+
+
+def _plain_run(attack, x, x0, ctx, index, floor):
+    """One APGD run written the plain way: boolean masks and `torch.where`, nothing in place. The loop in
+    `attacks.apgd` copies rows instead of masking and reuses buffers; it must give these bits exactly."""
+    o = attack.options
+    n = len(x)
+    rows4 = (n, 1, 1, 1)
+
+    def scores(emb, idx):
+        if not ctx.can_score():
+            return torch.full((len(emb),), float("inf"), dtype=torch.float64)
+        ap = ctx.query_ap(emb, idx)
+        return torch.where(torch.isnan(ap), float("inf"), ap)
+
+    step = torch.full(rows4, float(o.step))
+    marks = set(checkpoints(o.steps))
+    loss, grad, emb = attack.loss_and_gradient(x0, x, ctx, index)
+    x_cur = x_prev = x_best = x_sel = x0
+    loss_cur = loss_best = loss_at_mark = loss
+    grad_best, ap_sel = grad, scores(emb, index)
+    successes, reduced_at_mark, last_mark = torch.zeros(n), torch.ones(n, dtype=torch.bool), 0
+    active = ap_sel > floor
+    for k in range(o.steps):
+        a = active.clone()
+        if a.any():
+            g = grad[a]
+            direction = g.sign() if o.norm == "linf" else attack.ascend(torch.zeros_like(g), g, 1.0)
+            z = attack.project(x_cur[a] + step[a] * direction, x[a])
+            if k > 0:
+                z = attack.project(x_cur[a] + o.momentum * (z - x_cur[a]) + (1 - o.momentum) * (x_cur[a] - x_prev[a]),
+                                   x[a])
+            loss_a, grad_a, emb_a = attack.loss_and_gradient(z, x[a], ctx, index[a])
+            x_prev, x_cur, grad = x_prev.clone(), x_cur.clone(), grad.clone()
+            x_prev[a], x_cur[a], grad[a] = x_cur[a], z, grad_a
+            successes[a] += (loss_a > loss_cur[a]).float()
+            loss_cur = loss_cur.clone()
+            loss_cur[a] = loss_a
+            better = torch.zeros(n, dtype=torch.bool)
+            better[a] = loss_a > loss_best[a]
+            x_best = torch.where(better.view(rows4), x_cur, x_best)
+            grad_best = torch.where(better.view(rows4), grad, grad_best)
+            loss_best = torch.where(better, loss_cur, loss_best)
+            ap_now = ap_sel.clone()
+            ap_now[a] = scores(emb_a, index[a])
+            lower = ap_now < ap_sel
+            x_sel, ap_sel = torch.where(lower.view(rows4), x_cur, x_sel), torch.where(lower, ap_now, ap_sel)
+        if k + 1 in marks:
+            stalled = (successes < o.rho * (k + 1 - last_mark)) | (~reduced_at_mark & (loss_at_mark >= loss_best))
+            reduce = stalled & active
+            reduced_at_mark, loss_at_mark, last_mark, successes = reduce, loss_best, k + 1, torch.zeros(n)
+            step = torch.where(reduce.view(rows4), step / 2, step)
+            x_cur = torch.where(reduce.view(rows4), x_best, x_cur)
+            x_prev = torch.where(reduce.view(rows4), x_best, x_prev)
+            grad = torch.where(reduce.view(rows4), grad_best, grad)
+        active = active & (ap_sel > floor)
+    return torch.where(torch.isinf(ap_sel).view(rows4), x_best, x_sel), ap_sel
+
+
+@pytest.mark.parametrize("name, options", [
+    ("apgd-sap", {"steps": 12}),
+    ("apgd-ce", {"steps": 10, "restarts": 2}),
+    ("apgd-sap", {"steps": 12, "floor": "median"}),
+    ("apgd-margin", {"steps": 9, "floor": "median", "restarts": 3}),
+    ("apgd-ce", {"steps": 10, "norm": "l2", "eps": 0.5, "step": 1.0, "floor": "median"}),
+    ("apgd-sma", {"steps": 8}),  # no gallery: the best-loss iterate is kept
+])
+def test_the_loop_gives_the_bits_of_plain_apgd(monkeypatch, name, options):
+    """The loop's row copies, whole-batch fast paths and reused buffers change no bit of any iterate: the attack
+    equals `_plain_run` exactly, with queries dropping out at the floor, step halvings, restarts and L2."""
+    import attacks.apgd
+    from attacks import build_attack
+    from benchmark.core.metrics import QueryScorer
+
+    g = torch.Generator().manual_seed(3)
+    x, gallery = torch.rand(24, 3, 8, 4, generator=g), torch.rand(60, 3, 8, 4, generator=g)
+    model = Flatten(torch.randn(16, x[0].numel(), generator=g))
+    q_pids, g_pids = torch.arange(24) % 6, torch.arange(60) % 6
+    q_cams, g_cams = torch.zeros(24, dtype=torch.long), torch.arange(60) % 3
+    qf, gf = model.embed(x).detach(), model.embed(gallery).detach()
+    scored = name != "apgd-sma"
+    ctx = AttackContext(query_pids=q_pids, query_feats=qf, gallery_feats=gf if scored else None,
+                        gallery_pids=g_pids if scored else None, query_camids=q_cams if scored else None,
+                        gallery_camids=g_cams if scored else None)
+    if options.get("floor") == "median":
+        options = {**options, "floor": float(QueryScorer(gf, g_pids, g_cams)(qf, q_pids, q_cams)[0].nanmedian())}
+    attack = build_attack(name, model, **options)
+    attack.batch_size = 12  # two batches: a run's whole-batch and subset paths differ
+    fast = attack.run(x, ctx)
+    steps_taken = []
+    loss_and_gradient = attack.loss_and_gradient
+    attack.loss_and_gradient = lambda x_adv, *a: steps_taken.append(len(x_adv)) or loss_and_gradient(x_adv, *a)
+    monkeypatch.setattr(attacks.apgd, "_one_run", _plain_run)
+    assert torch.equal(attack.run(x, ctx), fast)
+    if "floor" in options and "restarts" not in options:
+        assert any(s < 12 for s in steps_taken), "no iteration ran with only some of its batch still active"

@@ -116,6 +116,18 @@ def test_random_option_values_never_give_a_traceback(capsys, monkeypatch):
     assert refused > 50
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_numbers_from_python_are_refused_like_strings(value):
+    """`benchmark.evaluate(..., attack_options=...)` passes numbers, not strings: NaN compares False with every
+    bound, so without its own check `floor=nan` would be admitted and stop no query."""
+    from attacks.apgd import APGDOptions
+    from benchmark.core.errors import BenchmarkError
+    from benchmark.core.options import build_options
+
+    with pytest.raises(BenchmarkError, match="floor=.* is not finite"):
+        build_options(APGDOptions, "attack 'apgd-sap'", {"floor": value})
+
+
 def test_weights_holding_nan_are_refused_before_training(tmp_path, capsys):
     import torch
 

@@ -132,6 +132,8 @@ def coerce(value: Any, default: Any, owner: str, key: str) -> Any:
         if isinstance(value, bool):
             raise BenchmarkError(f"{owner}: option {key}={value!r} is not a number")
         if isinstance(value, (int, float)):
+            if not math.isfinite(value):
+                raise BenchmarkError(f"{owner}: option {key}={value!r} is not finite; give a finite number")
             if kind is int and float(value) != int(value):
                 raise BenchmarkError(f"{owner}: option {key}={value!r} is not an integer")
             return kind(value)
