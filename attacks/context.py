@@ -71,7 +71,7 @@ class AttackContext:
     def query_ap(self, emb: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """AP (fraction) of each query `index` given its embedding `emb`; NaN where it has no valid positive."""
         idx = index.cpu()
-        return self._scorer()(emb, self.query_pids[idx], self.query_camids[idx])[0]
+        return self._scorer().ap(emb, self.query_pids[idx], self.query_camids[idx])
 
     def lowest_ap(self, index: torch.Tensor) -> torch.Tensor:
         """The lowest AP each query `index` can reach (all its true matches ranked last); NaN without one."""

@@ -220,6 +220,17 @@ def test_query_scorer_equals_the_evaluator_per_query():
     assert torch.equal(rank1.nan_to_num(-1), whole.per_query_rank1.nan_to_num(-1))
 
 
+def test_the_attack_loops_ap_only_score_equals_the_full_one():
+    """`QueryScorer.ap` (what APGD scores each iterate with) skips CMC and INP but not a bit of AP: ties (rounded
+    embeddings), junk, queries without a positive, and a batch with no positive at all."""
+    qf, gf, qp, gp, qc, gc = structured_case(3, noise=1.0)
+    qf, gf = (qf * 2).round() / 2, (gf * 2).round() / 2  # many exactly equal distances
+    scorer = QueryScorer(gf, gp, gc)
+    assert torch.equal(scorer.ap(qf, qp, qc).nan_to_num(-1), scorer(qf, qp, qc)[0].nan_to_num(-1))
+    unmatched = torch.full_like(qp, 10_000)
+    assert torch.isnan(scorer.ap(qf, unmatched, qc)).all() and scorer.ap(qf, unmatched, qc).dtype == torch.float64
+
+
 def test_signed_zero_and_negative_distances_tie_and_order_correctly():
     q_pids, q_cams = torch.tensor([1, 1]), torch.tensor([0, 0])
     g_pids, g_cams = torch.tensor([2, 1, 3, 1]), torch.tensor([1, 1, 1, 1])

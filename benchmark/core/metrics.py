@@ -233,16 +233,27 @@ def _bucket_histogram(columns: torch.Tensor, thresholds: torch.Tensor, lo: torch
     return counts + _place_exactly(exact // size, columns.reshape(-1)[exact], thresholds)
 
 
-def _score_block(dist: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor, gallery: _Gallery,
-                 max_rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Expected AP, INP and CMC[1..max_rank] of each query row under a random order within each tie group.
+@dataclass
+class _PositiveGroups:
+    """Per query and positive (padded to the widest query): where its group of equal distances lies."""
+
+    n_pos: torch.Tensor   # (B,) valid positives of each query
+    valid: torch.Tensor   # (B, W) the column is one of the query's positives
+    first: torch.Tensor   # (B, W) positives strictly before the positive's group
+    r: torch.Tensor       # (B, W) positives in the group (float64)
+    i: torch.Tensor       # (B, W) items (valid negatives and positives) strictly before the group
+    t: torch.Tensor       # (B, W) items in the group
+
+
+def _positive_groups(dist: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor, gallery: _Gallery
+                     ) -> _PositiveGroups | None:
+    """Each query's positive distances, sorted, and the items before and tied with each; None without positives.
 
     No row is sorted. A query's positive distances P (few) are sorted; thresholds S = P and the float just
     below each P; one `searchsorted` of the row into S and a per-row histogram give, for each positive,
     the valid negatives strictly before it (d <= below(P)) and tied with it (d == P). Same-identity items
     (positives and same-camera copies) are counted and subtracted, junk columns are dropped first.
     """
-    nan = torch.full((len(dist),), float("nan"), dtype=torch.float64, device=dist.device)
     same = gallery.same_identity(q_pids)
     in_same = same >= 0
     same_d = dist.gather(1, same.clamp(min=0))
@@ -250,7 +261,7 @@ def _score_block(dist: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor,
     n_pos = positive.sum(1)
     width = int(n_pos.max()) if len(n_pos) else 0
     if width == 0:
-        return nan, nan.clone(), nan[:, None].expand(-1, max_rank).clone()
+        return None
     inf = torch.tensor(float("inf"), device=dist.device)
     pos_d = torch.where(positive, same_d, inf).sort(1).values[:, :width].contiguous()
     below = torch.nextafter(pos_d, -inf)
@@ -269,24 +280,41 @@ def _score_block(dist: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor,
     r = (torch.searchsorted(pos_d, pos_d, right=True) - start).double()
     i = torch.where(valid, start + less, 0)           # items strictly before the positive's group
     t = torch.where(valid, r.long() + tied, 1)        # items in the group
-    pb, i_f, t_f = start.double(), i.double(), t.double()
-    slope = torch.where(t > 1, (r - 1) / (t_f - 1).clamp(min=1), 0.0)
+    return _PositiveGroups(n_pos, valid, start, r, i, t)
+
+
+def _expected_ap(g: _PositiveGroups, harmonic: torch.Tensor) -> torch.Tensor:
+    """Expected AP of each query under a random order within each tie group; NaN without a valid positive."""
+    pb, i_f, t_f = g.first.double(), g.i.double(), g.t.double()
+    slope = torch.where(g.t > 1, (g.r - 1) / (t_f - 1).clamp(min=1), 0.0)
     offset = pb + 1 - slope * (i_f + 1)
-    sums = offset * (gallery.harmonic[i + t] - gallery.harmonic[i]) + slope * t_f
-    sums = torch.where(t == 1, (pb + 1) / (i_f + 1), sums)  # untied: exactly the precision at the positive
-    scored = n_pos > 0
-    ap = torch.where(scored, torch.where(valid, sums / t_f, 0.0).sum(1) / n_pos.clamp(min=1), nan)
+    sums = offset * (harmonic[g.i + g.t] - harmonic[g.i]) + slope * t_f
+    sums = torch.where(g.t == 1, (pb + 1) / (i_f + 1), sums)  # untied: exactly the precision at the positive
+    per_query = torch.where(g.valid, sums / t_f, 0.0).sum(1) / g.n_pos.clamp(min=1)
+    return torch.where(g.n_pos > 0, per_query, float("nan"))
+
+
+def _score_block(dist: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor, gallery: _Gallery,
+                 max_rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Expected AP, INP and CMC[1..max_rank] of each query row under a random order within each tie group."""
+    g = _positive_groups(dist, q_pids, q_cams, gallery)
+    if g is None:
+        nan = torch.full((len(dist),), float("nan"), dtype=torch.float64, device=dist.device)
+        return nan, nan.clone(), nan[:, None].expand(-1, max_rank).clone()
+    ap = _expected_ap(g, gallery.harmonic)
+    scored = g.n_pos > 0
     # CMC: the first positive lies in group 0, after i0 items; P(none of the first m tied items is positive)
-    i0, t0, r0 = i[:, :1], t[:, :1], r[:, :1]
+    i0, t0, r0 = g.i[:, :1], g.t[:, :1], g.r[:, :1]
     j = torch.arange(max_rank, device=dist.device)[None]
     m = (j + 1 - i0).clamp(min=0).minimum(t0)
     factors = torch.where(j < t0, (t0 - r0 - j) / (t0 - j).clamp(min=1).double(), 0.0).clamp(0.0, 1.0)
     none_first = torch.cat([torch.ones_like(factors[:, :1]), factors.cumprod(1)], 1).gather(1, m)
     cmc = torch.where(scored[:, None], 1.0 - none_first, float("nan"))
     # INP: the last positive sits at position M of the last group, P(M = m) = C(m-1, r-1) / C(t, r)
+    n_pos = g.n_pos
     last = (n_pos - 1).clamp(min=0)[:, None]
-    rl, il, tl = (v.gather(1, last)[:, 0] for v in (r.long(), i, t))
-    inp = torch.where(scored, n_pos / (il + tl).double(), nan)
+    rl, il, tl = (v.gather(1, last)[:, 0] for v in (g.r.long(), g.i, g.t))
+    inp = torch.where(scored, n_pos / (il + tl).double(), float("nan"))
     for q in torch.nonzero(scored & (tl > rl)).flatten().tolist():
         inp[q] = _inp_tied_last_group(int(n_pos[q]), int(rl[q]), int(il[q]), int(tl[q]))
     return ap, inp, cmc
@@ -426,11 +454,25 @@ class QueryScorer:
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """(AP, rank-1) of each query given its embedding, on the embedding's device."""
         qf = _as_tensor(qf).detach()
-        dist = _checked_distances(pairwise_distance(qf.to(self.gf.device), self.gf, self.metric))
-        device = self.gf.device
-        ap, _, cmc = _score_block(dist, _as_tensor(q_pids).to(device).long(), _as_tensor(q_cams).to(device).long(),
-                                  self.gallery, 1)
+        dist, q_pids, q_cams = self._inputs(qf, q_pids, q_cams)
+        ap, _, cmc = _score_block(dist, q_pids, q_cams, self.gallery, 1)
         return ap.to(qf.device), cmc[:, 0].to(qf.device)
+
+    def ap(self, qf: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor) -> torch.Tensor:
+        """AP of each query alone (the same values as `__call__`'s), on the embedding's device: an attack's
+        per-iteration score, which needs neither CMC nor INP."""
+        qf = _as_tensor(qf).detach()
+        dist, q_pids, q_cams = self._inputs(qf, q_pids, q_cams)
+        groups = _positive_groups(dist, q_pids, q_cams, self.gallery)
+        if groups is None:
+            return torch.full((len(dist),), float("nan"), dtype=torch.float64, device=qf.device)
+        return _expected_ap(groups, self.gallery.harmonic).to(qf.device)
+
+    def _inputs(self, qf: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        device = self.gf.device
+        dist = _checked_distances(pairwise_distance(qf.to(device), self.gf, self.metric))
+        return dist, _as_tensor(q_pids).to(device).long(), _as_tensor(q_cams).to(device).long()
 
 
 def query_scores(qf: torch.Tensor, gf: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor,
