@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from attacks import ATTACKS, AttackContext, build_attack
-from benchmark.core.allocator import tune_allocator
 from benchmark.core.metrics import evaluate, evaluate_features, pairwise_distance
 from benchmark.models import BACKBONES, ModelConfig, ReidModel
+from benchmark.run.execute import apply_runtime
+from benchmark.run.outcome import Runtime
 from benchmark.run.throughput import training_rate
 from defenses import DEFENSES, DefendedModel
 
@@ -163,7 +164,9 @@ def test_feature_extraction(benchmark, backbone):
 
 
 def _setup(batch=32):
-    tune_allocator()  # every run applies it (`apply_runtime`), so the timings here do too
+    # a run's process settings (heap, deterministic kernels: index_put and index_copy_ take their
+    # deterministic paths), so the timings are those of a run
+    apply_runtime(Runtime())
     torch.manual_seed(0)
     model = DefendedModel(ReidModel(ModelConfig("reidnet-s", 10))).eval()
     x = torch.rand(batch, 3, 128, 64)
