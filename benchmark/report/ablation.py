@@ -51,7 +51,8 @@ def per_seed(leaderboard_dir: str | Path, dataset: str, defense: str) -> pd.Data
         for _, s in summary[summary["defense"] == label].iterrows():
             row = {"order": order, "step": step.label, "defense": label, "versus": step.versus or "",
                    "seed": int(s["seed"]), "run_id": s["run_id"], "clean_mAP": float(s["clean_mAP"]),
-                   "worst_case_mAP": float(s.get("worst_case_mAP", math.nan))}
+                   "worst_case_mAP": float(s.get("worst_case_mAP", math.nan)),
+                   "suite": str(s.get("suite", "") or "")}
             run = rows_of_model(at8, s)
             for a in ATTACKS:
                 hit = run[run["attack"] == a]
