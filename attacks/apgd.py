@@ -101,26 +101,23 @@ def _one_run(attack: Ascender, x: torch.Tensor, x0: torch.Tensor, ctx: AttackCon
         if len(rows):
             # every sample still active: the batch's own tensors, no copies (rows=None)
             rows = None if len(rows) == n else rows
-            xa, xc = _rows(x, rows), _rows(x_cur, rows)
+            xa, xc, idx = _rows(x, rows), _rows(x_cur, rows), _rows(index, rows)
             z = attack.project(_ascent(attack, xc, _rows(grad, rows), _rows(step, rows)), xa)
             if k > 0:
                 z = attack.project(momentum_step(z, xc, _rows(x_prev, rows), o.momentum), xa)
-            loss_a, grad_a, emb_a = attack.loss_and_gradient(z, xa, ctx, _rows(index, rows))
+            loss_a, grad_a, emb_a = attack.loss_and_gradient(z, xa, ctx, idx)
+            raised = (loss_a > _rows(loss_cur, rows)).float()
             if rows is None:  # the whole batch moves: take the new tensors instead of copying into the old
                 x_prev, x_cur, grad = x_cur, z, grad_a
-            else:
-                for dst, src in ((x_prev, xc), (x_cur, z), (grad, grad_a)):
-                    dst.index_copy_(0, rows, src)
-            raised = (loss_a > _rows(loss_cur, rows)).float()
-            if rows is None:
                 successes.add_(raised)
                 loss_cur.copy_(loss_a)
             else:
+                for dst, src in ((x_prev, xc), (x_cur, z), (grad, grad_a), (loss_cur, loss_a)):
+                    dst.index_copy_(0, rows, src)
                 successes.index_add_(0, rows, raised)
-                loss_cur.index_copy_(0, rows, loss_a)
             _take_where(loss_a > _rows(loss_best, rows), rows,
                         ((x_best, z), (loss_best, loss_a), (grad_best, grad_a)))
-            ap_a = _scores(attack, ctx, emb_a, _rows(index, rows)).to(ap_sel.dtype)
+            ap_a = _scores(attack, ctx, emb_a, idx).to(ap_sel.dtype)
             _take_where(ap_a < _rows(ap_sel, rows), rows, ((x_sel, z), (ap_sel, ap_a)))
         if k + 1 in marks:
             height = k + 1 - last_mark

@@ -18,6 +18,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 from benchmark.core.protocol import STANDARD_EPS_LABEL as EPS
 from benchmark.core.protocol import WORST_CASE
 from benchmark.report.boards import THROUGHPUT_UNITS, eps_units, is_variant, per_query_column, trained_as
+from benchmark.report.captions import suite_label
 
 ONE_COLUMN, TWO_COLUMNS = 3.4, 7.0
 #: Okabe & Ito (2008), distinguishable under the common colour-vision deficiencies (their yellow, too faint
@@ -251,8 +252,7 @@ def clean_vs_worst_case(summary: pd.DataFrame, dataset: str, stem: Path, save: S
     high = max(max(label_y), float(stats["robust"].max())) + 0.06 * y_span
     ax.set_ylim(low, high)  # labels spread past the points stay inside the axes
     ax.set_xlabel("clean mAP (%)", fontsize=7)
-    suites = sorted(set(main["suite"].fillna("")) - {""}) if "suite" in main else []
-    ax.set_ylabel(f"worst-case mAP (%), {', '.join(suites) or 'standard suite'}", fontsize=7)
+    ax.set_ylabel(f"worst-case mAP (%), {suite_label(main)}", fontsize=7)
     one_seed = (stats["seeds"] <= 1).all()
     ax.set_title(f"clean vs worst case, {dataset}" + (" (one seed each)" if one_seed else ""), fontsize=8)
     ax.tick_params(labelsize=7)

@@ -47,6 +47,12 @@ def suite_caption(summary: pd.DataFrame) -> str:
     return f"Worst case: the per-query worst case of {'; '.join(parts)}{rest}."
 
 
+def suite_label(frame: pd.DataFrame) -> str:
+    """The suites whose worst case a figure's rows show, for its axis ('standard suite' without a suite column)."""
+    named = sorted(set(frame["suite"].fillna("").astype(str)) - {""}) if "suite" in frame else []
+    return ", ".join(named) or "standard suite"
+
+
 def current_flags(codes: object) -> list[str]:
     """The `;`-joined flag codes of a board row, without retired ones."""
     if not isinstance(codes, str):

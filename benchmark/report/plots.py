@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 from benchmark.core.protocol import STANDARD_EPS_LABEL
 from benchmark.report import board_figures as figures
 from benchmark.report.boards import check_boards, is_variant, read_board, read_summary, summary_on_view  # noqa: E402
+from benchmark.report.captions import suite_label
 from benchmark.report.records import read_json_record
 from benchmark.report.study_figures import plot_studies  # noqa: E402
 
@@ -260,9 +261,8 @@ def plot_ablations(leaderboard_dir: Path, dataset: str, out: Path) -> list[Path]
         stats = ablation.summary(leaderboard_dir, dataset, name)
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), sharey=False)
         ys = np.arange(len(stats))[::-1]
-        suites = ", ".join(sorted(set(seeds["suite"]) - {""})) or "standard suite"
         for ax, metric, title in zip(axes, ("clean_mAP", "worst_case_mAP", "fna_mAP"),
-                                     ("clean mAP", f"worst-case mAP ({suites})", "FNA mAP"), strict=True):
+                                     ("clean mAP", f"worst-case mAP ({suite_label(seeds)})", "FNA mAP"), strict=True):
             ax.barh(ys, stats[f"{metric}_mean"], xerr=stats[f"{metric}_sd"].fillna(0), color="#9ecae1",
                     edgecolor="#3182bd", capsize=3)
             for y, step in zip(ys, stats["step"], strict=True):
